@@ -1,0 +1,92 @@
+"""A small JSON-able language for the test networks, so that cases can be stored as data.
+
+An architecture is a list of layer specs, each a list ``[kind, *arguments]``:
+
+- ``["linear", d_in, d_out, bias]``;
+- ``["conv2d", c_in, c_out, kernel, stride, padding, dilation, bias]``;
+- ``["tanh"]``, ``["sigmoid"]``, ``["relu"]``;
+- ``["sum", dims]`` / ``["mean", dims]``: pool over the given axes (the shared axes);
+- ``["flatten"]`` (all but the batch axis); ``["movedim", source, destination]``.
+
+The result is an ``nn.Sequential`` whose modules are named ``"0"``, ``"1"``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+LayerSpec = Sequence
+
+
+class Pool(nn.Module):
+    """Sum or average over ``dims``: the reduction over shared axes that KFAC-reduce assumes."""
+
+    def __init__(self, how: str, dims: Sequence[int]) -> None:
+        super().__init__()
+        self.how, self.dims = how, tuple(dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sum(self.dims) if self.how == "sum" else x.mean(self.dims)
+
+    def extra_repr(self) -> str:
+        return f"{self.how}, dims={self.dims}"
+
+
+class MoveDim(nn.Module):
+    def __init__(self, source: int, destination: int) -> None:
+        super().__init__()
+        self.source, self.destination = source, destination
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.movedim(self.source, self.destination)
+
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
+def build_layer(spec: LayerSpec) -> nn.Module:
+    kind, *args = spec
+    if kind == "linear":
+        d_in, d_out, bias = args
+        return nn.Linear(d_in, d_out, bias=bias)
+    if kind == "conv2d":
+        c_in, c_out, kernel, stride, padding, dilation, bias = args
+        return nn.Conv2d(
+            c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias
+        )
+    if kind in _ACTIVATIONS:
+        return _ACTIVATIONS[kind]()
+    if kind in ("sum", "mean"):
+        return Pool(kind, args[0])
+    if kind == "flatten":
+        return nn.Flatten()
+    if kind == "movedim":
+        return MoveDim(*args)
+    raise ValueError(f"unknown layer kind {kind!r} in architecture spec {list(spec)}")
+
+
+def build_model(
+    architecture: Sequence[LayerSpec], dtype: torch.dtype, generator: torch.Generator
+) -> nn.Sequential:
+    """The network, with weights drawn from ``generator`` (uniform, PyTorch's default scale)."""
+    model = nn.Sequential(*(build_layer(spec) for spec in architecture)).to(dtype)
+    with torch.no_grad():
+        for param in model.parameters():
+            fan_in = param.shape[1:].numel() if param.ndim > 1 else param.shape[0]
+            bound = 1.0 / fan_in**0.5
+            param.copy_(
+                torch.rand(param.shape, generator=generator, dtype=dtype) * 2 * bound - bound
+            )
+    return model
+
+
+def parameter_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that hold parameters of their own, in ``named_modules`` order."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if next(module.parameters(recurse=False), None) is not None
+    ]

@@ -1,0 +1,12 @@
+"""A minimal, readable reference KFAC: the math is in the docstrings beside the code.
+
+Read in this order: :mod:`kfac_ref.factors` (the result), :mod:`kfac_ref.losses` (``R``, the
+criterion and its Hessian factorisation), :mod:`kfac_ref.backpropagated` (the vectors per
+Fisher type), :mod:`kfac_ref.layers` (factor sums per layer type and flavour) and
+:mod:`kfac_ref.compute` (the scaffold).
+"""
+
+from kfac_ref.compute import compute_kfac
+from kfac_ref.factors import KroneckerFactors
+
+__all__ = ["KroneckerFactors", "compute_kfac"]

@@ -1,0 +1,175 @@
+"""The scaffold: forward with hooks, backpropagate the Fisher type's vectors, form the factors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from kfac_ref import layers as layer_rules
+from kfac_ref import losses
+from kfac_ref.backpropagated import FISHER_TYPES, backpropagated_vectors
+from kfac_ref.factors import KroneckerFactors
+
+BIAS_CHOICES = ("separate", "joint")
+
+
+def compute_kfac(
+    model: nn.Module,
+    loss_func: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    *,
+    fisher_type: str = "type-2",
+    kfac_approx: str = "expand",
+    mc_samples: int = 1,
+    seed: int = 0,
+    bias: str = "separate",
+    layers: Sequence[str] | None = None,
+) -> dict[str, KroneckerFactors]:
+    r"""KFAC of :math:`L = R\sum_n c_n` over all batches in ``data``, one entry per layer.
+
+    ``A`` and ``B`` follow :mod:`kfac_ref.layers`; for ``"forward-only"`` ``B`` is the identity.
+    The batches are treated as one concatenated batch: sums over data are accumulated and
+    normalised once, with the reduction factor of the whole data set.
+
+    ``layers`` names modules as in ``model.named_modules()``; by default every module that
+    holds parameters of its own, each of which must be supported. MC labels come from a
+    generator seeded with ``seed``; the global RNG is neither used nor changed.
+    """
+    if fisher_type not in FISHER_TYPES:
+        raise ValueError(f"fisher_type must be one of {FISHER_TYPES}, got {fisher_type!r}")
+    if bias not in BIAS_CHOICES:
+        raise ValueError(f"bias must be one of {BIAS_CHOICES}, got {bias!r}")
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    losses.check_loss_supported(loss_func)
+    selected = _select_layers(model, layers)
+    rules = {name: layer_rules.rule_for(module, kfac_approx) for name, module in selected.items()}
+
+    generator = torch.Generator().manual_seed(seed)
+    input_sums: dict[str, Tensor] = {}
+    grad_sums: dict[str, Tensor] = {}
+    input_counts = dict.fromkeys(selected, 0)
+    num_data, num_terms = 0, None
+
+    for X, y in _batches(data):
+        with torch.enable_grad(), _recording(selected) as recorded:
+            output = model(X)
+        losses.check_labels(loss_func, output, y)
+        num_data += output.shape[0]
+        num_terms = losses.terms_per_datum(loss_func, output)
+        vectors = backpropagated_vectors(loss_func, output, y, fisher_type, mc_samples, generator)
+        layer_outputs = [recorded[name][1] for name in selected]
+        grads_per_vector = [
+            torch.autograd.grad(output, layer_outputs, grad_outputs=vector, retain_graph=True)
+            for vector in vectors
+        ]
+        for index, (name, module) in enumerate(selected.items()):
+            rule, layer_input = rules[name], recorded[name][0]
+            positions = rule.input_positions(module, layer_input)
+            if bias == "joint" and module.bias is not None:
+                positions = layer_rules.with_ones(positions)
+            input_sum, count = rule.input_sum(positions)
+            _accumulate(input_sums, name, input_sum)
+            input_counts[name] += count
+            if grads_per_vector:
+                grads = torch.stack([grads[index] for grads in grads_per_vector])
+                _accumulate(grad_sums, name, rule.grad_sum(rule.output_positions(module, grads)))
+
+    if num_data == 0:
+        raise ValueError("data holds no batches (or only empty ones): nothing to compute KFAC on")
+    reduction = losses.reduction_factor(loss_func, num_data, num_terms)
+    result = {}
+    for name, module in selected.items():
+        A = input_sums[name] / input_counts[name]
+        if fisher_type == "forward-only":
+            B = torch.eye(module.weight.shape[0], dtype=A.dtype, device=A.device)
+        else:
+            B = reduction * grad_sums[name]
+        mode = "none" if module.bias is None else bias
+        result[name] = KroneckerFactors(A.detach(), B.detach(), mode)
+    return result
+
+
+def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:
+    sums[name] = value.detach() if name not in sums else sums[name] + value.detach()
+
+
+def _batches(data: Iterable[tuple[Tensor, Tensor]]):
+    for index, batch in enumerate(data):
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError(f"batch {index} of data must be a pair (X, y), got {type(batch).__name__}")
+        X, y = batch
+        if not (isinstance(X, Tensor) and isinstance(y, Tensor)):
+            raise ValueError(f"batch {index}: X and y must be tensors")
+        if X.shape[0] == 0:
+            continue
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"batch {index}: X has {X.shape[0]} data but y has {y.shape[0]}"
+            )
+        yield X, y
+
+
+def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = [name for name, module in modules.items() if any(True for _ in module.parameters(recurse=False))]
+    else:
+        if isinstance(layers, str):
+            raise ValueError("layers must be a sequence of module names, not a single string")
+        unknown = [name for name in layers if name not in modules]
+        if unknown:
+            raise ValueError(f"layers {unknown} are not modules of the model")
+        names = list(dict.fromkeys(layers))
+    if not names:
+        raise ValueError("no layers to compute KFAC for: the model holds no parameters")
+    selected = {name: modules[name] for name in names}
+    for name, module in selected.items():
+        if not isinstance(module, layer_rules.SUPPORTED_LAYERS):
+            supported = ", ".join(cls.__name__ for cls in layer_rules.SUPPORTED_LAYERS)
+            raise NotImplementedError(
+                f"layer {name!r} ({type(module).__name__}) is not supported; supported: {supported}"
+            )
+        frozen = [p for p, param in module.named_parameters(recurse=False) if not param.requires_grad]
+        if frozen:
+            raise ValueError(f"layer {name!r} has parameters with requires_grad=False: {frozen}")
+    return selected
+
+
+@contextmanager
+def _recording(selected: dict[str, nn.Module]):
+    """Record each layer's ``(input, output)``; the hooks are removed whatever happens."""
+    recorded: dict[str, tuple[Tensor, Tensor]] = {}
+    versions: dict[str, int] = {}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if name in recorded:
+                raise NotImplementedError(
+                    f"layer {name!r} is called more than once in one forward pass "
+                    "(weight tying); KFAC for shared modules is not supported"
+                )
+            recorded[name] = (args[0].detach(), output)
+            versions[name] = output._version
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name)) for name, module in selected.items()]
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in selected if name not in recorded]
+    if missing:
+        raise ValueError(f"layers {missing} were not called in the forward pass")
+    # an in-place op on a layer's output would make its recorded gradient the wrong one
+    overwritten = [name for name, (_, out) in recorded.items() if out._version != versions[name]]
+    if overwritten:
+        raise NotImplementedError(
+            f"the outputs of layers {overwritten} are modified in place (e.g. ReLU(inplace=True)); "
+            "use out-of-place operations"
+        )
