@@ -31,6 +31,7 @@ class Case:
     num_batches: int = 1
     seed: int = 0
     exact: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    per_position: bool = False  # the network acts on each shared position alone
     statement: str = ""
     source: str = ""
 
@@ -150,6 +151,7 @@ def _expand_cases() -> list[Case]:
             reduction=reduction,
             seed=200 + index,
             exact={"type-2/expand": _all(_SHARED_LINEAR)},
+            per_position=True,
             statement=statement,
             source=ESCHENHAGEN,
         )
@@ -286,6 +288,7 @@ def _agreement_cases() -> list[Case]:
             input_shape=(3, 4, 3),
             loss="ce",
             seed=503,
+            per_position=True,
         ),
         Case(
             id="sequence[sigmoid-bce-mean-pool]",

@@ -1,0 +1,47 @@
+"""Agreement with the reference: where KFAC is not exact, a candidate must equal ``kfac_ref``."""
+
+from __future__ import annotations
+
+from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.problem import FLAVOURS, Request
+from kfac_conformance.session import Session, compare_blocks, tolerance_for
+
+
+def _not_exact(entry: CaseEntry) -> bool:
+    return entry.case is None or not entry.case.exact
+
+
+def _agreement_check(fisher_type: str) -> Check:
+    def run(session: Session, entry: CaseEntry):
+        measurement, ran = Measurement(), False
+        for flavour in FLAVOURS:
+            for bias in session.supported_bias_modes(entry, fisher_type, flavour):
+                request = Request(fisher_type, flavour, bias=bias)
+                problem = session.fresh(entry)
+                result = session.call(problem, request)
+                reference = {
+                    layer: f.to_dense() for layer, f in session.reference(entry, request).items()
+                }
+                compare_blocks(
+                    result,
+                    reference,
+                    problem.layers,
+                    tolerance_for(problem),
+                    measurement,
+                    f"kfac_approx={flavour}, bias={bias}",
+                )
+                ran = True
+        if not ran:
+            raise CheckSkipped(f"not supported: fisher type {fisher_type!r}")
+        return measurement
+
+    return Check(
+        id=f"agreement/{fisher_type}",
+        statement=f"KFAC {fisher_type} equals kfac_ref's on problems where KFAC is not exact (differential test)",
+        source="differential testing against the reference",
+        applies_to=_not_exact,
+        run=run,
+    )
+
+
+CHECKS = [_agreement_check(fisher_type) for fisher_type in ("type-2", "empirical", "forward-only")]

@@ -1,0 +1,78 @@
+"""What a check is, what it returns, and the context it runs in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfac_conformance.cases import Case
+from kfac_conformance.problem import Problem
+
+STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+class CheckFailed(AssertionError):
+    """The property does not hold; carries the observed error and the tolerance."""
+
+    def __init__(
+        self,
+        message: str,
+        observed: float | None = None,
+        tolerance: float | None = None,
+        diagnosis: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.observed, self.tolerance, self.diagnosis = (
+            message,
+            observed,
+            tolerance,
+            diagnosis,
+        )
+
+
+class CheckSkipped(Exception):
+    """The check does not apply (e.g. outside the candidate's claimed capabilities)."""
+
+
+@dataclass
+class Measurement:
+    """The worst observed error of a passing check and the tolerance it was held to."""
+
+    observed: float | None = None
+    tolerance: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, observed: float, tolerance: float) -> None:
+        if self.observed is None or observed / tolerance > self.observed / self.tolerance:
+            self.observed, self.tolerance = observed, tolerance
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """A problem source: a canonical case (with exactness facts) or a user's factory."""
+
+    id: str
+    make_problem: Callable[[], Problem]
+    case: Case | None = None
+    builtin: bool = False  # a purpose-built problem that only its own check runs on
+
+
+@dataclass(frozen=True)
+class Check:
+    """One property: its stable id, statement, source, where it applies, and how to test it."""
+
+    id: str
+    statement: str
+    source: str
+    applies_to: Callable[[CaseEntry], bool]
+    run: Callable[[Any, CaseEntry], Measurement | None]
+    profiles: frozenset[str] = frozenset({"quick", "default", "thorough"})
+    on_builtin: bool = False
+
+    @property
+    def family(self) -> str:
+        return self.id.split("/", 1)[0]
+
+
+CheckRegistry = Mapping[str, Check]

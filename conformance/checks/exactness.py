@@ -1,0 +1,52 @@
+"""Exactness: where the theory says KFAC equals the exact curvature block, it must."""
+
+from __future__ import annotations
+
+from kfac_conformance.checks.base import CaseEntry, Check
+from kfac_conformance.problem import Request
+from kfac_conformance.session import Session, compare_blocks, run_for_bias_modes, tolerance_for
+
+_CURVATURE = {"type-2": ("ggn", "empirical"), "empirical": ("empirical", "ggn")}
+_NAMES = {"ggn": "GGN", "empirical": "empirical Fisher"}
+
+
+def _exactness_check(fisher_type: str, flavour: str) -> Check:
+    curvature, other = _CURVATURE[fisher_type]
+
+    def applies(entry: CaseEntry) -> bool:
+        return entry.case is not None and bool(entry.case.exact_layers(fisher_type, flavour))
+
+    def run(session: Session, entry: CaseEntry):
+        layers = entry.case.exact_layers(fisher_type, flavour)
+        exact = session.exact(entry, curvature)
+        alternatives = {_NAMES[other]: session.exact(entry, other)}
+
+        def body(bias, measurement):
+            problem = session.fresh(entry)
+            result = session.call(problem, Request(fisher_type, flavour, bias=bias))
+            compare_blocks(
+                result,
+                exact,
+                layers,
+                tolerance_for(problem),
+                measurement,
+                f"bias={bias}",
+                alternatives,
+            )
+
+        return run_for_bias_modes(session, entry, fisher_type, flavour, body)
+
+    return Check(
+        id=f"exactness/{fisher_type}-{flavour}",
+        statement=f"KFAC {fisher_type} ({flavour}) equals the exact {_NAMES[curvature]} block where the theory says it is exact",
+        source="KFAC tutorial (arXiv 2507.05127); Eschenhagen et al. 2023 for shared axes",
+        applies_to=applies,
+        run=run,
+    )
+
+
+CHECKS = [
+    _exactness_check(fisher_type, flavour)
+    for fisher_type in ("type-2", "empirical")
+    for flavour in ("expand", "reduce")
+]

@@ -1,0 +1,195 @@
+"""Scaling and invariances that hold for any network, exact or not."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from kfac_conformance import oracle
+from kfac_conformance.architectures import MoveDim
+from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.problem import Problem, Request
+from kfac_conformance.session import Session, compare_blocks, tolerance_for, with_reduction
+from torch import nn
+
+
+def _deterministic_request(session: Session, entry: CaseEntry, flavour: str = "expand") -> Request:
+    for fisher_type in ("type-2", "empirical"):
+        modes = session.supported_bias_modes(entry, fisher_type, flavour)
+        if modes:
+            return Request(fisher_type, flavour, bias=modes[0])
+    raise CheckSkipped("not supported: neither type-2 nor empirical KFAC is claimed")
+
+
+def _compare_transformed(session, entry, transform, context, flavour="expand", scale=1.0):
+    request = _deterministic_request(session, entry, flavour)
+    problem = session.fresh(entry)
+    original = session.call(problem, request)
+    transformed_problem = transform(session.fresh(entry))
+    transformed = session.call(transformed_problem, request)
+    targets = {layer: scale * f.to_dense() for layer, f in transformed.items()}
+    measurement = Measurement()
+    compare_blocks(
+        original,
+        targets,
+        problem.layers,
+        tolerance_for(problem),
+        measurement,
+        f"{context}, {request.describe()}",
+    )
+    return measurement
+
+
+def concatenated(problem: Problem) -> Problem:
+    problem.batches = [
+        (torch.cat([X for X, _ in problem.batches]), torch.cat([y for _, y in problem.batches]))
+    ]
+    return problem
+
+
+def _num_data(problem: Problem) -> int:
+    return sum(X.shape[0] for X, _ in problem.batches)
+
+
+def _mean_reduction_factor(problem: Problem) -> float:
+    X, y = concatenated(problem).batches[0]
+    with torch.no_grad():
+        output = problem.model(X)
+    return oracle.reduction_factor(with_reduction(problem, "mean").loss_func, output, y)
+
+
+def _mean_vs_sum(session: Session, entry: CaseEntry):
+    reduction = session.fresh(entry).loss_func.reduction
+    other = "sum" if reduction == "mean" else "mean"
+    R = _mean_reduction_factor(session.fresh(entry))
+    return _compare_transformed(
+        session,
+        entry,
+        lambda problem: with_reduction(problem, other),
+        f"reduction={other!r} scaled by R = {R:.6g}",
+        scale=R if reduction == "mean" else 1 / R,
+    )
+
+
+def _batch_splitting(session: Session, entry: CaseEntry):
+    problem = session.fresh(entry)
+    if len(problem.batches) > 1:
+        return _compare_transformed(session, entry, concatenated, "batches concatenated into one")
+    if _num_data(problem) < 2:
+        raise CheckSkipped("needs at least two data to split")
+
+    def split(problem: Problem) -> Problem:
+        X, y = problem.batches[0]
+        half = X.shape[0] // 2
+        problem.batches = [(X[:half], y[:half]), (X[half:], y[half:])]
+        return problem
+
+    return _compare_transformed(session, entry, split, "one batch split into two")
+
+
+def _permutation(session: Session, entry: CaseEntry):
+    if _num_data(session.fresh(entry)) < 2:
+        raise CheckSkipped("needs at least two data to permute")
+
+    def permuted(problem: Problem) -> Problem:
+        X, y = concatenated(problem).batches[0]
+        order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0)).to(X.device)
+        problem.batches = [(X[order], y[order])]
+        return problem
+
+    return _compare_transformed(session, entry, permuted, "data permuted")
+
+
+def _flattened_output(session: Session, entry: CaseEntry):
+    def flattened(problem: Problem) -> Problem:
+        kept = [
+            (name, module)
+            for name, module in problem.model.named_children()
+            if not isinstance(module, MoveDim)
+        ]
+        problem.model = nn.Sequential(OrderedDict(kept))
+        is_ce = isinstance(problem.loss_func, nn.CrossEntropyLoss)
+        problem.batches = [
+            (X.reshape(-1, X.shape[-1]), y.reshape(-1) if is_ce else y.reshape(-1, y.shape[-1]))
+            for X, y in problem.batches
+        ]
+        return problem
+
+    return _compare_transformed(
+        session, entry, flattened, "shared positions flattened into the batch axis"
+    )
+
+
+def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
+    problem = session.fresh(entry)
+    if all(problem.model.get_submodule(layer).bias is None for layer in problem.layers):
+        raise CheckSkipped("no layer has a bias")
+    measurement = Measurement()
+    ran = False
+    for flavour in ("expand", "reduce"):
+        modes = session.supported_bias_modes(entry, "type-2", flavour)
+        if set(modes) != {"separate", "joint"}:
+            continue
+        joint = session.call(session.fresh(entry), Request("type-2", flavour, bias="joint"))
+        separate = session.call(session.fresh(entry), Request("type-2", flavour, bias="separate"))
+        targets = {layer: factors.to_dense() for layer, factors in joint.items()}
+        compare_blocks(
+            separate,
+            targets,
+            problem.layers,
+            tolerance_for(problem),
+            measurement,
+            f"weight and bias blocks, separate vs joint, kfac_approx={flavour}",
+        )
+        ran = True
+    if not ran:
+        raise CheckSkipped("not supported: both bias modes are needed")
+    return measurement
+
+
+def _several_data(entry: CaseEntry) -> bool:
+    return entry.case is None or entry.case.input_shape[0] * entry.case.num_batches >= 2
+
+
+def _per_position(entry: CaseEntry) -> bool:
+    return entry.case is not None and entry.case.per_position
+
+
+SOURCE = "plain invariance"
+CHECKS = [
+    Check(
+        "invariance/mean-vs-sum",
+        "KFAC with reduction='mean' is R times KFAC with reduction='sum'",
+        "definition of the reduction factor R (KFAC tutorial)",
+        lambda entry: True,
+        _mean_vs_sum,
+    ),
+    Check(
+        "invariance/batch-splitting",
+        "the same data as one batch or as several batches give the same KFAC",
+        SOURCE,
+        _several_data,
+        _batch_splitting,
+    ),
+    Check(
+        "invariance/permutation",
+        "permuting the data leaves KFAC unchanged",
+        SOURCE,
+        _several_data,
+        _permutation,
+    ),
+    Check(
+        "invariance/flattened-output",
+        "a per-position network on (N, S, ...) outputs equals the same network on (N*S, ...) (KFAC-expand)",
+        "Eschenhagen et al. 2023: expand treats shared positions like extra data",
+        _per_position,
+        _flattened_output,
+    ),
+    Check(
+        "invariance/bias-joint-vs-separate",
+        "joint and separate bias give the same weight block and the same bias block",
+        "the ones row of a joint bias contributes A[-1, -1] = 1",
+        lambda entry: True,
+        _bias_joint_vs_separate,
+    ),
+]

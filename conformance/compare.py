@@ -1,0 +1,100 @@
+"""Comparing blocks: dtype-aware tolerances, the error measure, and a diagnosis of mismatches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from kfac_ref.factors import KroneckerFactors
+
+# Relative Frobenius error allowed when a block must equal another one up to round-off.
+# float64 cases are exact to ~1e-14; the slack covers ill-conditioned sums, not bugs.
+ROUND_OFF_TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 1e-2,
+    torch.bfloat16: 5e-2,
+}
+
+
+def round_off_tolerance(dtype: torch.dtype) -> float:
+    return ROUND_OFF_TOLERANCE.get(dtype, 1e-4)
+
+
+def relative_error(candidate: Tensor, exact: Tensor) -> float:
+    """``||candidate - exact||_F / ||exact||_F`` (absolute when ``exact`` is zero), in float64."""
+    candidate, exact = candidate.detach().double().cpu(), exact.detach().double().cpu()
+    scale = exact.norm().item()
+    difference = (candidate - exact).norm().item()
+    return difference / scale if scale > 0 else difference
+
+
+def kfac_pattern(factors: KroneckerFactors) -> Tensor | None:
+    """Entries KFAC is meant to approximate: all, or without cross terms for a separate bias."""
+    if factors.bias != "separate":
+        return None
+    size = factors.A.shape[0] * factors.B.shape[0] + factors.B.shape[0]
+    weight = size - factors.B.shape[0]
+    pattern = torch.zeros(size, size, dtype=torch.bool)
+    pattern[:weight, :weight] = True
+    pattern[weight:, weight:] = True
+    return pattern
+
+
+def restrict(block: Tensor, pattern: Tensor | None) -> Tensor:
+    if pattern is None:
+        return block
+    return torch.where(
+        pattern.to(block.device), block, torch.zeros((), dtype=block.dtype, device=block.device)
+    )
+
+
+def diagnose(
+    factors: KroneckerFactors,
+    exact: Tensor,
+    tolerance: float,
+    alternatives: Mapping[str, Tensor] | None = None,
+) -> str | None:
+    """Name the most likely cause of a mismatch, testing hypotheses against the exact block.
+
+    ``alternatives`` are other exact blocks of the same layer (e.g. the empirical Fisher when
+    the GGN was asked for); a candidate equal to one of them is named after it.
+    """
+    candidate = factors.to_dense().detach().double().cpu()
+    exact = exact.detach().double().cpu()
+    pattern = kfac_pattern(factors)
+    target = restrict(exact, pattern)
+    if not torch.isfinite(candidate).all():
+        return "the block has NaN or inf entries"
+    if candidate.shape != target.shape:
+        return f"block shape {tuple(candidate.shape)} differs from the exact {tuple(target.shape)}"
+    scale = (candidate * target).sum() / (target * target).sum().clamp_min(1e-300)
+    if scale.abs() > 0 and relative_error(candidate / scale, target) <= tolerance:
+        return f"off by a constant factor x {scale.item():.6g}: a reduction or convention factor?"
+    swapped = KroneckerFactors(factors.B, factors.A, "none") if factors.bias == "none" else None
+    if swapped is not None and swapped.A.shape[0] * swapped.B.shape[0] == target.shape[0]:
+        swapped_dense = torch.kron(factors.A, factors.B).double().cpu()
+        if relative_error(swapped_dense, target) <= tolerance:
+            return "Kronecker order swapped: kron(A, B) matches, i.e. column-major flattening or A and B exchanged"
+    for name, block in (alternatives or {}).items():
+        other = restrict(block.detach().double().cpu(), pattern)
+        if relative_error(candidate, other) <= tolerance:
+            return f"equals the {name} block instead"
+        ratio = (candidate * other).sum() / (other * other).sum().clamp_min(1e-300)
+        if ratio.abs() > 0 and relative_error(candidate / ratio, other) <= tolerance:
+            return f"equals the {name} block times {ratio.item():.6g} instead"
+    if factors.bias == "joint":
+        weight = factors.A.shape[0] * factors.B.shape[0] - factors.B.shape[0]
+        cross = candidate[:weight, weight:]
+        if cross.abs().max() == 0 and exact[:weight, weight:].abs().max() > 0:
+            return "weight-bias cross terms are zero although bias='joint' was asked for"
+        without_cross = torch.ones_like(exact, dtype=torch.bool)
+        without_cross[:weight, weight:] = False
+        without_cross[weight:, :weight] = False
+        if relative_error(candidate[weight:, weight:], exact[weight:, weight:]) > tolerance and (
+            relative_error(candidate[:weight, :weight], exact[:weight, :weight]) <= tolerance
+        ):
+            return "the weight block is right but the bias entries are wrong (ones row misplaced?)"
+    return None

@@ -1,0 +1,36 @@
+"""Expected-failure files, kept by the implementer: one id or glob per line, a reason after ``#``."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ExpectedFailure:
+    pattern: str
+    reason: str
+    line: int
+
+    def matches(self, item_id: str, check_id: str) -> bool:
+        return fnmatch.fnmatchcase(item_id, self.pattern) or fnmatch.fnmatchcase(
+            check_id, self.pattern
+        )
+
+
+def read_expected_failures(path: str | Path) -> list[ExpectedFailure]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected-failures file {str(path)!r} does not exist")
+    entries = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        pattern, _, reason = raw.partition("#")
+        pattern = pattern.strip()
+        if pattern:
+            entries.append(ExpectedFailure(pattern, reason.strip() or "no reason given", number))
+    return entries
+
+
+def match(entries: list[ExpectedFailure], item_id: str, check_id: str) -> ExpectedFailure | None:
+    return next((entry for entry in entries if entry.matches(item_id, check_id)), None)

@@ -1,0 +1,97 @@
+"""Resolving ``SPEC`` strings: a registered name, ``module:attr`` or ``path/to/file.py:attr``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from kfac_conformance.problem import Candidate, Problem
+
+CANDIDATE_GROUP = "kfac_conformance.candidates"
+
+
+class SpecError(ValueError):
+    """A ``SPEC`` that names nothing usable; the message says why."""
+
+
+def registered_candidates() -> dict[str, Callable[[], Candidate]]:
+    return {ep.name: ep for ep in entry_points(group=CANDIDATE_GROUP)}
+
+
+def _resolve(spec: str, what: str) -> object:
+    if ":" not in spec:
+        raise SpecError(
+            f"{what} {spec!r} is neither a registered name nor of the form module:attr or file.py:attr"
+        )
+    location, _, attr = spec.rpartition(":")
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise SpecError(f"{what} file {location!r} does not exist")
+        name = f"_kfac_conformance_user_{path.stem}_{abs(hash(path.resolve()))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as error:
+            raise SpecError(
+                f"cannot import module {location!r} for {what} {spec!r}: {error}"
+            ) from error
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SpecError(f"{location!r} has no attribute {attr!r} (from {what} {spec!r})") from None
+
+
+def _instantiate(obj: object) -> object:
+    return (
+        obj() if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "compute")) else obj
+    )
+
+
+def load_candidate(spec: str) -> Candidate:
+    """The candidate for ``spec``; ``attr`` may be a candidate, its class or a zero-argument factory."""
+    registered = registered_candidates()
+    if spec in registered:
+        obj = registered[spec].load()
+    else:
+        obj = _resolve(spec, "candidate")
+    candidate = _instantiate(obj)
+    missing = [name for name in ("name", "capabilities", "compute") if not hasattr(candidate, name)]
+    if missing:
+        raise SpecError(
+            f"candidate {spec!r} lacks {missing}: a Candidate has name, capabilities and compute()"
+        )
+    return candidate
+
+
+def load_case_factory(spec: str) -> Callable[[], list[Problem]]:
+    """A zero-argument factory of fresh problems for ``--case SPEC``."""
+    factory = _resolve(spec, "case")
+    if not callable(factory):
+        raise SpecError(
+            f"case {spec!r} must be a zero-argument factory returning a Problem or a list of them"
+        )
+
+    def problems() -> list[Problem]:
+        made = factory()
+        made = list(made) if isinstance(made, (list, tuple)) else [made]
+        for problem in made:
+            if not isinstance(problem, Problem):
+                raise SpecError(
+                    f"case factory {spec!r} returned {type(problem).__name__}, not a Problem"
+                )
+        return made
+
+    return problems
+
+
+def registered_names() -> list[str]:
+    return sorted(registered_candidates())

@@ -1,0 +1,138 @@
+"""The report: a versioned JSON document, rewritten after every result, and a text summary.
+
+Schema (``schema_version`` 1)::
+
+    {
+      "schema_version": 1, "suite_version": str, "complete": bool,
+      "candidate": {"spec": str, "name": str, "version": str | null},
+      "torch_version": str, "device": str, "profile": str,
+      "summary": {"total": int, "ran": int, "passed": int, "failed": int, "error": int,
+                  "skipped": int, "xfailed": int, "xpassed": int, "not_run": int},
+      "not_run": [item id, ...],
+      "unused_expected_failures": [pattern, ...],
+      "results": [{"id", "check_id", "case_id", "status", "message", "observed", "tolerance",
+                   "diagnosis", "reproduction": {"command", "problem"}, "duration_s"}, ...]
+    }
+
+``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from kfac_conformance.checks.base import STATUSES
+from kfac_conformance.runner import Result
+
+SCHEMA_VERSION = 1
+
+
+def suite_version() -> str:
+    try:
+        return version("kfac-conformance")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Report:
+    candidate_spec: str
+    candidate_name: str
+    candidate_version: str | None
+    profile: str
+    device: str
+    planned: list[str]
+    results: list[Result] = field(default_factory=list)
+    unused_expected_failures: list[str] = field(default_factory=list)
+    complete: bool = False
+
+    def counts(self) -> dict[str, int]:
+        counts = Counter(result.status for result in self.results)
+        done = {result.item_id for result in self.results}
+        summary = {"total": len(self.planned), "ran": len(self.results)}
+        summary.update({status: counts.get(status, 0) for status in STATUSES})
+        summary["not_run"] = sum(1 for item in self.planned if item not in done)
+        return summary
+
+    @property
+    def succeeded(self) -> bool:
+        counts = self.counts()
+        return self.complete and counts["failed"] == 0 and counts["error"] == 0
+
+    def to_json(self) -> dict:
+        done = {result.item_id for result in self.results}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "suite_version": suite_version(),
+            "complete": self.complete,
+            "candidate": {
+                "spec": self.candidate_spec,
+                "name": self.candidate_name,
+                "version": self.candidate_version,
+            },
+            "torch_version": torch.__version__,
+            "device": self.device,
+            "profile": self.profile,
+            "summary": self.counts(),
+            "not_run": [item for item in self.planned if item not in done],
+            "unused_expected_failures": self.unused_expected_failures,
+            "results": [result.to_json() for result in self.results],
+        }
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically, so an interrupted run still leaves a valid (incomplete) report."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_text(json.dumps(self.to_json(), indent=1, default=str))
+        os.replace(temporary, path)
+
+
+_SHORT = {
+    "passed": "passed",
+    "failed": "failed",
+    "error": "errors",
+    "skipped": "skipped",
+    "xfailed": "xfailed",
+    "xpassed": "xpassed",
+}
+
+
+def summary_text(report: Report) -> str:
+    """Per-family counts, then every failure and error with its reproduction."""
+    families: dict[str, Counter] = {}
+    for result in report.results:
+        families.setdefault(result.check_id.split("/")[0], Counter())[result.status] += 1
+    width = max([len(name) for name in families] + [6])
+    header = f"{'family':<{width}}  " + "  ".join(f"{_SHORT[s]:>7}" for s in STATUSES)
+    lines = [header, "-" * len(header)]
+    for family, counts in families.items():
+        lines.append(f"{family:<{width}}  " + "  ".join(f"{counts.get(s, 0):>7}" for s in STATUSES))
+    problems = [r for r in report.results if r.status in ("failed", "error", "xpassed")]
+    for result in problems:
+        lines.append("")
+        lines.append(f"{result.status.upper()} {result.item_id}")
+        lines.append(f"  {result.message.strip()}")
+        if result.observed is not None:
+            lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
+        if result.diagnosis:
+            lines.append(f"  diagnosis: {result.diagnosis}")
+        if result.reproduction.get("command"):
+            lines.append(f"  reproduce: {result.reproduction['command']}")
+    for pattern in report.unused_expected_failures:
+        lines.append(f"warning: expected failure {pattern!r} matched no check")
+    counts = report.counts()
+    status = "complete" if report.complete else f"INCOMPLETE ({counts['not_run']} not run)"
+    lines.append("")
+    lines.append(
+        f"{report.candidate_name}: {counts['ran']} checks ran of {counts['total']} ({status}): "
+        f"{counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
+        f"{counts['skipped']} skipped, {counts['xfailed']} xfailed, {counts['xpassed']} xpassed"
+    )
+    return "\n".join(lines)

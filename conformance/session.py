@@ -1,0 +1,160 @@
+"""The context a check runs in: fresh problems, candidate calls, and cached exact answers."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from kfac_conformance import oracle
+from kfac_conformance.calling import CandidateError, call_candidate
+from kfac_conformance.checks.base import CaseEntry, CheckFailed, CheckSkipped, Measurement
+from kfac_conformance.compare import (
+    diagnose,
+    kfac_pattern,
+    relative_error,
+    restrict,
+    round_off_tolerance,
+)
+from kfac_conformance.problem import BIAS_MODES, Candidate, Problem, Request
+from torch import Tensor
+
+import kfac_ref
+from kfac_ref.factors import KroneckerFactors
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard a run looks: which cases, and how many seeds the statistical checks use."""
+
+    name: str
+    mc_seeds: int
+    quick: bool = False
+
+
+PROFILES = {
+    "quick": Profile("quick", mc_seeds=32, quick=True),
+    "default": Profile("default", mc_seeds=32),
+    "thorough": Profile("thorough", mc_seeds=96),
+}
+
+
+@dataclass
+class Session:
+    candidate: Candidate
+    profile: Profile = PROFILES["default"]
+    device: str = "cpu"
+    side_effects: list[str] = field(default_factory=list)
+    _exact_cache: dict = field(default_factory=dict)
+    _reference_cache: dict = field(default_factory=dict)
+
+    def fresh(
+        self, entry: CaseEntry, device: str | None = None, dtype: torch.dtype | None = None
+    ) -> Problem:
+        problem = entry.make_problem()
+        return problem.to(device=device or self.device, dtype=dtype)
+
+    def call(self, problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
+        result, side_effects = call_candidate(self.candidate, problem, request)
+        self.side_effects.extend(side_effects)
+        return result
+
+    def supported_bias_modes(self, entry: CaseEntry, fisher_type: str, flavour: str) -> list[str]:
+        problem = self.fresh(entry)
+        return [
+            bias
+            for bias in BIAS_MODES
+            if self.candidate.capabilities.unsupported(
+                problem, Request(fisher_type, flavour, bias=bias)
+            )
+            is None
+        ]
+
+    def exact(self, entry: CaseEntry, curvature: str) -> dict[str, Tensor]:
+        """Exact blocks of every layer of the entry's problem, in float64 on the CPU (cached)."""
+        key = (entry.id, curvature)
+        if key not in self._exact_cache:
+            problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
+            self._exact_cache[key] = oracle.exact_blocks(
+                problem.model, problem.loss_func, problem.batches, problem.layers, curvature
+            )
+        return self._exact_cache[key]
+
+    def reference(self, entry: CaseEntry, request: Request) -> dict[str, KroneckerFactors]:
+        """``kfac_ref``'s answer for the entry's problem in float64 on the CPU (cached)."""
+        key = (entry.id, request)
+        if key not in self._reference_cache:
+            problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
+            self._reference_cache[key] = reference_compute(problem, request)
+        return self._reference_cache[key]
+
+
+def reference_compute(problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
+    return kfac_ref.compute_kfac(
+        problem.model,
+        problem.loss_func,
+        problem.batches,
+        fisher_type=request.fisher_type,
+        kfac_approx=request.kfac_approx,
+        mc_samples=request.mc_samples,
+        seed=request.seed,
+        bias=request.bias,
+        layers=problem.layers,
+    )
+
+
+def compare_blocks(
+    result: dict[str, KroneckerFactors],
+    targets: dict[str, Tensor],
+    layers: Sequence[str],
+    tolerance: float,
+    measurement: Measurement,
+    context: str,
+    alternatives: dict[str, dict[str, Tensor]] | None = None,
+) -> None:
+    """Fail with a diagnosis unless every layer's block matches its target within ``tolerance``."""
+    for layer in layers:
+        factors = result[layer]
+        target = restrict(targets[layer], kfac_pattern(factors))
+        error = relative_error(factors.to_dense(), target)
+        measurement.record(error, tolerance)
+        if not error <= tolerance:
+            layer_alternatives = {
+                name: blocks[layer] for name, blocks in (alternatives or {}).items()
+            }
+            diagnosis = diagnose(factors, targets[layer], tolerance, layer_alternatives)
+            raise CheckFailed(
+                f"layer {layer!r} ({context}): relative error {error:.3g} > tolerance {tolerance:.1g}",
+                observed=error,
+                tolerance=tolerance,
+                diagnosis=diagnosis,
+            )
+
+
+def run_for_bias_modes(
+    session: Session, entry: CaseEntry, fisher_type: str, flavour: str, body
+) -> Measurement:
+    """Run ``body(bias)`` for each bias mode the candidate claims; skip when it claims none."""
+    modes = session.supported_bias_modes(entry, fisher_type, flavour)
+    if not modes:
+        raise CheckSkipped(
+            f"not supported: fisher type {fisher_type!r} with kfac_approx {flavour!r}"
+        )
+    measurement = Measurement()
+    for bias in modes:
+        body(bias, measurement)
+    return measurement
+
+
+def with_reduction(problem: Problem, reduction: str) -> Problem:
+    problem.loss_func = copy.copy(problem.loss_func)
+    problem.loss_func.reduction = reduction
+    return problem
+
+
+def tolerance_for(problem: Problem) -> float:
+    return round_off_tolerance(problem.dtype)
+
+
+__all__ = ["CandidateError", "Profile", "Session", "compare_blocks", "run_for_bias_modes"]
