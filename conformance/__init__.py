@@ -7,7 +7,6 @@ taken on PyPI). The public contract: :class:`Candidate`, :class:`Problem`, :clas
 
 from kfac_conformance.loading import load_candidate
 from kfac_conformance.problem import Candidate, Capabilities, Problem, Request
-
 from kfac_ref.factors import KroneckerFactors
 
 __all__ = ["Candidate", "Capabilities", "KroneckerFactors", "Problem", "Request", "load_candidate"]

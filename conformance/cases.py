@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor, nn
+
 from kfac_conformance.architectures import build_model, parameter_layers
 from kfac_conformance.problem import Problem
-from torch import Tensor, nn
 
 LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
 
@@ -73,6 +74,18 @@ TUTORIAL = "KFAC tutorial (arXiv 2507.05127), exactness tests"
 ESCHENHAGEN = "Eschenhagen et al. 2023, KFAC-expand and KFAC-reduce"
 
 
+# Seeds for which every ReLU unit is active on the datum: a dead unit zeroes whole rows of the
+# blocks, and with all units dead a KFAC of zeros would pass.
+_LIVE_RELU_SEEDS = {
+    ("mse", "mean"): 1242,
+    ("mse", "sum"): 1500,
+    ("ce", "mean"): 1500,
+    ("ce", "sum"): 1500,
+    ("bce", "mean"): 1664,
+    ("bce", "sum"): 1740,
+}
+
+
 def _one_datum_cases() -> list[Case]:
     cases = []
     for activation in ("tanh", "sigmoid", "relu"):
@@ -92,7 +105,9 @@ def _one_datum_cases() -> list[Case]:
                         input_shape=(1, 4),
                         loss=loss,
                         reduction=reduction,
-                        seed=len(cases),
+                        seed=_LIVE_RELU_SEEDS.get((loss, reduction), len(cases))
+                        if activation == "relu"
+                        else len(cases),
                         exact=_exact_everywhere(
                             architecture, *BOTH_TYPE2, "empirical/expand", "empirical/reduce"
                         ),

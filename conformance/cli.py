@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
 
 from kfac_conformance.checks import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
@@ -14,6 +18,8 @@ from kfac_conformance.report import Report, summary_text
 from kfac_conformance.runner import Item, case_entries, custom_entries, plan, run_items
 from kfac_conformance.session import PROFILES
 
+DEFAULT_TIMEOUT = 300.0
+T = TypeVar("T")
 _PROGRESS = {
     "passed": ".",
     "failed": "F",
@@ -43,8 +49,19 @@ def _parser() -> argparse.ArgumentParser:
         "--report-json", help="write the JSON report here (rewritten after every check)"
     )
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    run.add_argument("--timeout", type=float, default=300.0, help="seconds per check (default 300)")
-    run.add_argument("--isolate", action="store_true", help="run every check in a child process")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds per check, 0 for no limit (default {DEFAULT_TIMEOUT:g}); a check that "
+        "runs longer becomes an error and the run goes on",
+    )
+    run.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run every check in a forked child process (a candidate that crashes or calls "
+        "os._exit costs one check, not the run); CPU only",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     listing = commands.add_parser("list-checks", help="list the checks and the cases they run on")
     listing.add_argument("--profile", choices=sorted(PROFILES), default="default")
@@ -67,6 +84,10 @@ def _reproduction(args: argparse.Namespace):
         ]
         for case in args.case:
             command += ["--case", case]
+        if args.device != "cpu":
+            command += ["--device", args.device]
+        if args.isolate:
+            command.append("--isolate")
         command += ["--select", item.id]
         try:
             problem = item.entry.make_problem().describe()
@@ -77,19 +98,67 @@ def _reproduction(args: argparse.Namespace):
     return reproduce
 
 
-def run(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    """The command line asks for something impossible; exit code 2."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the report is written, marked incomplete."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signal_number: int, frame: object) -> None:
+        raise RunInterrupted(signal_number)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be positive, or 0 for no limit; got {args.timeout:g}")
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            print("error: --device cuda was given but CUDA is not available", file=sys.stderr)
-            return 2
-    candidate = load_candidate(args.candidate)
+            raise UsageError("--device cuda was given but CUDA is not available")
+        if args.isolate:
+            raise UsageError(
+                "--isolate cannot be combined with --device cuda: it forks, and CUDA does not "
+                "survive fork; use --timeout for hangs instead"
+            )
+
+
+def _load(what: str, load: Callable[[], T]) -> T:
+    """``load()``; user code that fails while being imported or called is a usage error."""
+    try:
+        return load()
+    except (SpecError, FileNotFoundError):
+        raise
+    except Exception as error:  # the user's module or factory raised
+        raise UsageError(f"loading {what} failed: {type(error).__name__}: {error}") from error
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_usage(args)
+    candidate = _load(f"candidate {args.candidate!r}", lambda: load_candidate(args.candidate))
     expected = read_expected_failures(args.xfail) if args.xfail else []
-    items = plan(args.profile, case_entries(args.profile, custom_entries(args.case)), args.select)
+    custom = _load(f"cases {args.case}", lambda: custom_entries(args.case))
+    items = plan(args.profile, case_entries(args.profile, custom), args.select)
     if not items:
-        print(f"error: no check matches --select {args.select}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no check matches --select {args.select}")
     report = Report(
         args.candidate,
         candidate.name,
@@ -97,14 +166,17 @@ def run(args: argparse.Namespace) -> int:
         args.profile,
         args.device,
         [item.id for item in items],
+        timeout_s=args.timeout or None,
+        isolate=args.isolate,
     )
     used: set[int] = set()
     if args.report_json:
         report.write(args.report_json)
     progress = not args.quiet
+    exit_code = None
     try:
-        for index, result in enumerate(
-            run_items(
+        with _terminate_as_interrupt():
+            results = run_items(
                 candidate,
                 items,
                 args.profile,
@@ -114,24 +186,29 @@ def run(args: argparse.Namespace) -> int:
                 expected,
                 _reproduction(args),
                 used,
-            ),
-            1,
-        ):
-            report.results.append(result)
-            if args.report_json:
-                report.write(args.report_json)
-            if progress:
-                end = "\n" if index % 60 == 0 or index == len(items) else ""
-                print(_PROGRESS[result.status], end=end, file=sys.stderr, flush=True)
+            )
+            for index, result in enumerate(results, 1):
+                report.results.append(result)
+                if args.report_json:
+                    report.write(args.report_json)
+                if progress:
+                    end = "\n" if index % 60 == 0 or index == len(items) else ""
+                    print(_PROGRESS[result.status], end=end, file=sys.stderr, flush=True)
         report.complete = True
-    except KeyboardInterrupt:
-        print("\ninterrupted: the report is marked incomplete", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        number = getattr(interrupt, "signal_number", signal.SIGINT)
+        report.interruption = signal.Signals(number).name
+        exit_code = 128 + number
+        print(
+            f"\ninterrupted by {report.interruption}: the report is marked incomplete",
+            file=sys.stderr,
+        )
     report.unused_expected_failures = [e.pattern for e in expected if e.line not in used]
     if args.report_json:
         report.write(args.report_json)
     print(summary_text(report))
-    if not report.complete:
-        return 130
+    if exit_code is not None:
+        return exit_code
     return 0 if report.succeeded else 1
 
 
@@ -155,13 +232,17 @@ def list_candidates(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Exit codes: 0 no check failed or errored, 1 one did, 2 usage error, 128 + N signal N."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:  # argparse's own usage errors (2) and --help (0)
+        return exit.code if isinstance(exit.code, int) else 2
     command = {"run": run, "list-checks": list_checks, "list-candidates": list_candidates}[
         args.command
     ]
     try:
         return command(args)
-    except (SpecError, FileNotFoundError) as error:
+    except (SpecError, FileNotFoundError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

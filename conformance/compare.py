@@ -51,16 +51,68 @@ def restrict(block: Tensor, pattern: Tensor | None) -> Tensor:
     )
 
 
+# Relative errors of a float64 result computed in float32: far above float64 round-off, at the
+# level of float32's machine epsilon (6e-8) times the growth of a few sums.
+FLOAT32_ROUND_OFF = (1e-8, 1e-4)
+
+QUANTITY_NAMES = {
+    "N": "data",
+    "T": "loss terms per datum",
+    "S": "shared positions of the layer",
+    "K": "batches",
+}
+
+
+def name_factor(factor: float, quantities: Mapping[str, float], rtol: float = 1e-6) -> str | None:
+    """Express ``factor`` through the problem's counts, e.g. ``"N*T (N = 12 data, ...)"``.
+
+    ``quantities`` maps a short name (see :data:`QUANTITY_NAMES`) to its value; quantities
+    equal to one explain nothing and are ignored. Tries powers 1 and 2 of one quantity and the
+    product of two, each also inverted; every match is listed, since counts can coincide.
+    """
+    order = list(QUANTITY_NAMES) + sorted(set(quantities) - set(QUANTITY_NAMES))
+    counts = {name: float(quantities[name]) for name in order if quantities.get(name, 1) != 1}
+    names = list(counts)
+    expressions: list[tuple[str, tuple[str, ...], float]] = []
+    for name in names:
+        expressions += [(name, (name,), counts[name]), (f"{name}^2", (name,), counts[name] ** 2)]
+    for index, first in enumerate(names):
+        for second in names[index + 1 :]:
+            expressions.append(
+                (f"{first}*{second}", (first, second), counts[first] * counts[second])
+            )
+    matches, used = [], []
+    for text, members, value in expressions:
+        inverse = f"1/({text})" if "*" in text else f"1/{text}"
+        for shown, target in ((text, value), (inverse, 1 / value)):
+            if abs(factor - target) <= rtol * abs(target):
+                matches.append(shown)
+                used += [name for name in members if name not in used]
+    if not matches:
+        return None
+    meaning = ", ".join(
+        f"{name} = {counts[name]:g} {QUANTITY_NAMES.get(name, '')}".rstrip() for name in used
+    )
+    return f"{' or '.join(matches)} ({meaning})"
+
+
+def _ones_moved_last(A: Tensor) -> Tensor:
+    order = torch.cat([torch.arange(1, A.shape[0]), torch.zeros(1, dtype=torch.long)])
+    return A[order][:, order]
+
+
 def diagnose(
     factors: KroneckerFactors,
     exact: Tensor,
     tolerance: float,
     alternatives: Mapping[str, Tensor] | None = None,
+    quantities: Mapping[str, float] | None = None,
 ) -> str | None:
     """Name the most likely cause of a mismatch, testing hypotheses against the exact block.
 
     ``alternatives`` are other exact blocks of the same layer (e.g. the empirical Fisher when
-    the GGN was asked for); a candidate equal to one of them is named after it.
+    the GGN was asked for); a candidate equal to one of them is named after it. ``quantities``
+    (counts of the problem, see :func:`name_factor`) let a constant factor be named.
     """
     candidate = factors.to_dense().detach().double().cpu()
     exact = exact.detach().double().cpu()
@@ -72,7 +124,9 @@ def diagnose(
         return f"block shape {tuple(candidate.shape)} differs from the exact {tuple(target.shape)}"
     scale = (candidate * target).sum() / (target * target).sum().clamp_min(1e-300)
     if scale.abs() > 0 and relative_error(candidate / scale, target) <= tolerance:
-        return f"off by a constant factor x {scale.item():.6g}: a reduction or convention factor?"
+        named = name_factor(scale.item(), quantities or {})
+        explanation = f" = {named}" if named else ""
+        return f"off by a constant factor x {scale.item():.6g}{explanation}: a reduction or convention factor?"
     swapped = KroneckerFactors(factors.B, factors.A, "none") if factors.bias == "none" else None
     if swapped is not None and swapped.A.shape[0] * swapped.B.shape[0] == target.shape[0]:
         swapped_dense = torch.kron(factors.A, factors.B).double().cpu()
@@ -86,15 +140,50 @@ def diagnose(
         if ratio.abs() > 0 and relative_error(candidate / ratio, other) <= tolerance:
             return f"equals the {name} block times {ratio.item():.6g} instead"
     if factors.bias == "joint":
-        weight = factors.A.shape[0] * factors.B.shape[0] - factors.B.shape[0]
-        cross = candidate[:weight, weight:]
-        if cross.abs().max() == 0 and exact[:weight, weight:].abs().max() > 0:
-            return "weight-bias cross terms are zero although bias='joint' was asked for"
-        without_cross = torch.ones_like(exact, dtype=torch.bool)
-        without_cross[:weight, weight:] = False
-        without_cross[weight:, :weight] = False
-        if relative_error(candidate[weight:, weight:], exact[weight:, weight:]) > tolerance and (
-            relative_error(candidate[:weight, :weight], exact[:weight, :weight]) <= tolerance
-        ):
-            return "the weight block is right but the bias entries are wrong (ones row misplaced?)"
+        joint = _diagnose_joint_bias(factors, candidate, exact, tolerance)
+        if joint is not None:
+            return joint
+    error = relative_error(candidate, target)
+    low, high = FLOAT32_ROUND_OFF
+    if tolerance < low and low <= error <= high:
+        return (
+            f"relative error {error:.2g} is at float32 round-off level although the problem's "
+            "tolerance is far tighter: computed in single precision and cast back?"
+        )
     return None
+
+
+def _diagnose_joint_bias(
+    factors: KroneckerFactors, candidate: Tensor, exact: Tensor, tolerance: float
+) -> str | None:
+    rolled = KroneckerFactors(_ones_moved_last(factors.A), factors.B, "joint")
+    if relative_error(rolled.to_dense(), exact) <= tolerance:
+        return (
+            "ones row misplaced: A matches once its first row and column are moved last "
+            "(bias='joint' appends the constant one as the last input, not the first)"
+        )
+    weight = factors.A.shape[0] * factors.B.shape[0] - factors.B.shape[0]
+    cross = candidate[:weight, weight:]
+    if cross.abs().max() == 0 and exact[:weight, weight:].abs().max() > 0:
+        return "weight-bias cross terms are zero although bias='joint' was asked for"
+    if relative_error(candidate[weight:, weight:], exact[weight:, weight:]) > tolerance and (
+        relative_error(candidate[:weight, :weight], exact[:weight, :weight]) <= tolerance
+    ):
+        return "the weight block is right but the bias entries are wrong (ones row misplaced?)"
+    return None
+
+
+def layer_pattern(
+    errors: Mapping[str, float], tolerance: float, shared_positions: Mapping[str, int]
+) -> str | None:
+    """Say which layers are wrong when only some are, and whether they are the shared ones."""
+    wrong = [layer for layer, error in errors.items() if not error <= tolerance]
+    right = [layer for layer in errors if layer not in wrong]
+    if not wrong or not right:
+        return None
+    text = f"wrong only on layers {wrong} (right on {right})"
+    shared = [layer for layer in errors if shared_positions.get(layer, 1) > 1]
+    if shared and wrong == shared:
+        sizes = ", ".join(f"S={shared_positions[layer]}" for layer in wrong)
+        text += f": exactly the layers with shared axes ({sizes}); the weight-sharing treatment (expand/reduce) is suspect"
+    return text

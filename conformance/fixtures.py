@@ -23,23 +23,19 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
 from kfac_conformance.architectures import build_model, parameter_layers
 from kfac_conformance.cases import AGREEMENT_CASES, CANONICAL_CASES, LOSSES, Case
 from kfac_conformance.oracle import exact_blocks
 from kfac_conformance.problem import Problem
-from safetensors.torch import load_file, save_file
-from torch import Tensor
 
 PACKAGE = "kfac_conformance.fixture_data"
 INDEX_FILE = "cases.json"
 FORMAT_VERSION = 1
 STORED_CURVATURES = ("ggn", "empirical")
 REGENERATE_COMMAND = "python -m kfac_conformance.fixtures"
-
-
-def stored_cases() -> list[Case]:
-    """The cases that are stored: the canonical cases, then the agreement cases."""
-    return [*CANONICAL_CASES, *AGREEMENT_CASES]
 
 
 def file_name(case_id: str) -> str:
@@ -120,11 +116,9 @@ def regenerate(directory: str | Path | None = None) -> list[Path]:
     for case, kind in cases:
         tensors, layers = case_tensors(case)
         path = target / file_name(case.id)
-        metadata = {
-            "case_id": case.id,
-            "format_version": str(FORMAT_VERSION),
-            "torch_version": torch.__version__,
-        }
+        # one metadata entry only: safetensors writes several in random order, and the
+        # files should be byte-for-byte reproducible (versions are in the index)
+        metadata = {"case_id": case.id}
         save_file(tensors, str(path), metadata=metadata)
         records[case.id] = case_record(case, kind, layers)
         written.append(path)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import torch
+
 from kfac_conformance.problem import Candidate, Problem
 
 CANDIDATE_GROUP = "kfac_conformance.candidates"
@@ -90,7 +92,32 @@ def load_case_factory(spec: str) -> Callable[[], list[Problem]]:
                 )
         return made
 
+    for first, second in zip(problems(), problems(), strict=True):
+        difference = _first_difference(first, second)
+        if difference:
+            raise SpecError(
+                f"case factory {spec!r} is not deterministic: two calls gave problems "
+                f"{first.case_id!r} with different {difference}; seed what it draws (e.g. build "
+                "the model under torch.random.fork_rng() after torch.manual_seed)"
+            )
     return problems
+
+
+def _first_difference(first: Problem, second: Problem) -> str | None:
+    if first.case_id != second.case_id or first.layers != second.layers:
+        return "ids or layers"
+    first_params, second_params = first.model.state_dict(), second.model.state_dict()
+    if first_params.keys() != second_params.keys():
+        return "parameter names"
+    for name, value in first_params.items():
+        if not torch.equal(value, second_params[name]):
+            return f"parameter {name!r}"
+    if len(first.batches) != len(second.batches):
+        return "numbers of batches"
+    for index, ((X1, y1), (X2, y2)) in enumerate(zip(first.batches, second.batches, strict=True)):
+        if not (torch.equal(X1, X2) and torch.equal(y1, y2)):
+            return f"data in batch {index}"
+    return None
 
 
 def registered_names() -> list[str]:

@@ -69,6 +69,17 @@ def exact_blocks(
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if curvature == "mc" and sampled_labels is None:
         raise ValueError("the MC Fisher needs sampled_labels, one (M, *y.shape) tensor per batch")
+    if curvature == "mc" and (
+        len(sampled_labels) != len(batches)
+        or any(
+            s.ndim != y.ndim + 1 or s.shape[1:] != y.shape
+            for s, (_, y) in zip(sampled_labels, batches, strict=False)
+        )
+    ):
+        raise ValueError(
+            "sampled_labels must hold one tensor of shape (M, *y.shape) per batch, got shapes "
+            f"{[tuple(s.shape) for s in sampled_labels]} for labels {[tuple(y.shape) for _, y in batches]}"
+        )
     X = torch.cat([x for x, _ in batches])
     y = torch.cat([t for _, t in batches])
     names = {layer: layer_parameter_names(model, layer) for layer in layers}

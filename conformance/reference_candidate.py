@@ -6,7 +6,6 @@ from collections.abc import Mapping
 
 from kfac_conformance.problem import Capabilities, Problem, Request
 from kfac_conformance.session import reference_compute
-
 from kfac_ref.factors import KroneckerFactors
 
 

@@ -4,8 +4,11 @@ Schema (``schema_version`` 1)::
 
     {
       "schema_version": 1, "suite_version": str, "complete": bool,
+      "state": "running" | "complete" | "interrupted",
+      "interruption": str | null,
       "candidate": {"spec": str, "name": str, "version": str | null},
       "torch_version": str, "device": str, "profile": str,
+      "timeout_s": float | null, "isolate": bool,
       "summary": {"total": int, "ran": int, "passed": int, "failed": int, "error": int,
                   "skipped": int, "xfailed": int, "xpassed": int, "not_run": int},
       "not_run": [item id, ...],
@@ -15,6 +18,13 @@ Schema (``schema_version`` 1)::
     }
 
 ``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
+``ran`` counts the results recorded (every status); ``ran + not_run == total``.
+
+The file is rewritten atomically after every result, so whatever stops the run, the file on
+disk is valid JSON: ``complete`` false with ``state`` ``"running"`` when the process died
+mid-run (a candidate's ``os._exit``, a kill), ``"interrupted"`` (with ``interruption``, e.g.
+``"SIGINT"``) when it was stopped by a signal; ``not_run`` lists every planned item without a
+result, the one that was running included.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+
 from kfac_conformance.checks.base import STATUSES
 from kfac_conformance.runner import Result
 
@@ -51,13 +62,26 @@ class Report:
     results: list[Result] = field(default_factory=list)
     unused_expected_failures: list[str] = field(default_factory=list)
     complete: bool = False
+    interruption: str | None = None
+    timeout_s: float | None = None
+    isolate: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.complete:
+            return "complete"
+        return "interrupted" if self.interruption else "running"
+
+    def not_run(self) -> list[str]:
+        """Planned items without a result, in plan order."""
+        done = {result.item_id for result in self.results}
+        return [item for item in self.planned if item not in done]
 
     def counts(self) -> dict[str, int]:
         counts = Counter(result.status for result in self.results)
-        done = {result.item_id for result in self.results}
         summary = {"total": len(self.planned), "ran": len(self.results)}
         summary.update({status: counts.get(status, 0) for status in STATUSES})
-        summary["not_run"] = sum(1 for item in self.planned if item not in done)
+        summary["not_run"] = len(self.not_run())
         return summary
 
     @property
@@ -66,11 +90,12 @@ class Report:
         return self.complete and counts["failed"] == 0 and counts["error"] == 0
 
     def to_json(self) -> dict:
-        done = {result.item_id for result in self.results}
         return {
             "schema_version": SCHEMA_VERSION,
             "suite_version": suite_version(),
             "complete": self.complete,
+            "state": self.state,
+            "interruption": self.interruption,
             "candidate": {
                 "spec": self.candidate_spec,
                 "name": self.candidate_name,
@@ -79,8 +104,10 @@ class Report:
             "torch_version": torch.__version__,
             "device": self.device,
             "profile": self.profile,
+            "timeout_s": self.timeout_s,
+            "isolate": self.isolate,
             "summary": self.counts(),
-            "not_run": [item for item in self.planned if item not in done],
+            "not_run": self.not_run(),
             "unused_expected_failures": self.unused_expected_failures,
             "results": [result.to_json() for result in self.results],
         }
@@ -94,6 +121,7 @@ class Report:
         os.replace(temporary, path)
 
 
+_NOT_RUN_SHOWN = 10
 _SHORT = {
     "passed": "passed",
     "failed": "failed",
@@ -118,17 +146,27 @@ def summary_text(report: Report) -> str:
     for result in problems:
         lines.append("")
         lines.append(f"{result.status.upper()} {result.item_id}")
-        lines.append(f"  {result.message.strip()}")
+        lines.extend(f"  {line}" for line in result.message.strip().splitlines())
         if result.observed is not None:
             lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
         if result.diagnosis:
             lines.append(f"  diagnosis: {result.diagnosis}")
         if result.reproduction.get("command"):
             lines.append(f"  reproduce: {result.reproduction['command']}")
+    not_run = report.not_run()
+    if not_run and not report.complete:
+        lines.append("")
+        lines.append(f"NOT RUN ({len(not_run)}): " + ", ".join(not_run[:_NOT_RUN_SHOWN]))
+        if len(not_run) > _NOT_RUN_SHOWN:
+            lines.append(f"  ... and {len(not_run) - _NOT_RUN_SHOWN} more (see the JSON report)")
     for pattern in report.unused_expected_failures:
         lines.append(f"warning: expected failure {pattern!r} matched no check")
     counts = report.counts()
-    status = "complete" if report.complete else f"INCOMPLETE ({counts['not_run']} not run)"
+    if report.complete:
+        status = "complete"
+    else:
+        why = f", {report.interruption}" if report.interruption else ""
+        status = f"INCOMPLETE{why}: {counts['not_run']} not run"
     lines.append("")
     lines.append(
         f"{report.candidate_name}: {counts['ran']} checks ran of {counts['total']} ({status}): "

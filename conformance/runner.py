@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+
 from kfac_conformance import fixtures
-from kfac_conformance.calling import CandidateError
+from kfac_conformance.calling import CallAbandoned, CandidateError, GlobalState, abandon
 from kfac_conformance.cases import AGREEMENT_CASES, CANONICAL_CASES, Case
 from kfac_conformance.checks import ALL_CHECKS, CaseEntry, Check, CheckFailed, CheckSkipped
 from kfac_conformance.checks.robustness import BUILTIN_ENTRIES
@@ -52,7 +55,13 @@ class Result:
         return f"{self.check_id}[{self.case_id}]"
 
     def to_json(self) -> dict:
-        return {"id": self.item_id, **asdict(self)}
+        """A JSON-safe dict: a non-finite number becomes its string ("inf", "nan")."""
+        fields = asdict(self)
+        for name in ("observed", "tolerance"):
+            value = fields[name]
+            if value is not None and not math.isfinite(value):
+                fields[name] = str(value)
+        return {"id": self.item_id, **fields}
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,8 @@ def plan(
     select: Sequence[str] = (),
     checks: Sequence[Check] = ALL_CHECKS,
 ) -> list[Item]:
-    """Every (check, case) pair of the profile, in a stable order, filtered by ``select`` globs."""
+    """Every (check, case) pair of the profile, in a stable order, filtered by ``select``
+    (exact item ids or globs)."""
     items = [
         Item(check, entry)
         for check in checks
@@ -102,12 +112,23 @@ def plan(
         if entry.builtin == check.on_builtin and check.applies_to(entry)
     ]
     if select:
-        items = [item for item in items if any(fnmatch.fnmatchcase(item.id, g) for g in select)]
+        # An exact id matches itself even though its brackets read as a glob character class.
+        items = [
+            item
+            for item in items
+            if any(item.id == g or fnmatch.fnmatchcase(item.id, g) for g in select)
+        ]
     return items
 
 
-def execute(session: Session, item: Item) -> Result:
-    """Run one item in this process; every outcome becomes a :class:`Result`."""
+def execute(session: Session, item: Item, baseline: GlobalState | None = None) -> Result:
+    """Run one item in this process; every outcome becomes a :class:`Result`.
+
+    With ``baseline``, global torch state is first reset to it, so that every item starts
+    from the same state whatever ran before.
+    """
+    if baseline is not None:
+        baseline.restore_and_report()
     start = time.perf_counter()
     session.side_effects.clear()
     result = Result(item.check.id, item.entry.id, "passed")
@@ -115,10 +136,6 @@ def execute(session: Session, item: Item) -> Result:
         measurement = item.check.run(session, item.entry)
         if measurement is not None:
             result.observed, result.tolerance = measurement.observed, measurement.tolerance
-        if session.side_effects and item.check.family != "side-effects":
-            result.message = "note: the candidate had side effects (restored): " + "; ".join(
-                session.side_effects
-            )
     except CheckSkipped as skipped:
         result.status, result.message = "skipped", str(skipped)
     except CheckFailed as failed:
@@ -129,35 +146,80 @@ def execute(session: Session, item: Item) -> Result:
             failed.diagnosis,
         )
     except CandidateError as error:
+        session.side_effects.extend(error.side_effects)
         result.status = "error"
         result.message = f"the candidate raised {error}\n{error.traceback_tail}"
     except Exception as error:  # a bug in a check or a candidate that broke its problem
         result.status, result.message = "error", f"the check raised {type(error).__name__}: {error}"
+    if session.side_effects and item.check.family != "side-effects":
+        note = "note: the candidate had side effects (restored): " + "; ".join(
+            dict.fromkeys(session.side_effects)
+        )
+        result.message = f"{result.message}\n{note}" if result.message else note
     result.duration_s = time.perf_counter() - start
     return result
 
 
-def _execute_in_thread(session: Session, item: Item, timeout: float) -> Result:
-    box: list[Result] = []
-    worker = threading.Thread(target=lambda: box.append(execute(session, item)), daemon=True)
+def _execute_in_thread(
+    session: Session, item: Item, timeout: float, baseline: GlobalState
+) -> Result | None:
+    """Run one item in a worker thread; ``None`` when it is still running after ``timeout``.
+
+    A timed-out worker cannot be stopped; it is abandoned (see :func:`calling.abandon`).
+    """
+    outcome: list[Result | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(execute(session, item, baseline))
+        except CallAbandoned:
+            pass
+        except BaseException as error:  # noqa: B036 - reported, never lost with the thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=work, daemon=True, name=f"kfac-conformance {item.id}")
+    start = time.perf_counter()
     worker.start()
-    worker.join(timeout)
-    if box:
-        return box[0]
+    try:
+        worker.join(timeout)
+    except BaseException:  # Ctrl-C while waiting: the worker must not touch state any more
+        abandon(worker)
+        raise
+    if worker.is_alive() or not outcome:
+        abandon(worker)
+        if worker.is_alive():
+            return None
+    if outcome and isinstance(outcome[0], Result):
+        return outcome[0]
+    error = outcome[0] if outcome else None
     return Result(
-        item.check.id, item.entry.id, "error", f"timed out after {timeout:g} s", duration_s=timeout
+        item.check.id,
+        item.entry.id,
+        "error",
+        f"the check's thread ended without a result: {type(error).__name__}: {error}",
+        duration_s=time.perf_counter() - start,
     )
 
 
-def _child(connection, session: Session, item: Item) -> None:
-    connection.send(execute(session, item))
+def _child(connection, session: Session, item: Item, baseline: GlobalState) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    connection.send(execute(session, item, baseline))
     connection.close()
 
 
-def _execute_in_process(session: Session, item: Item, timeout: float) -> Result:
+def _death(exit_code: int | None) -> str:
+    if exit_code is not None and exit_code < 0:
+        return f"killed by signal {signal.Signals(-exit_code).name}"
+    return f"exit code {exit_code}"
+
+
+def _execute_in_process(
+    session: Session, item: Item, timeout: float | None, baseline: GlobalState
+) -> Result:
+    """Run one item in a forked child: a crash, ``os._exit`` or hang costs only this item."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, session, item), daemon=True)
+    process = context.Process(target=_child, args=(sender, session, item, baseline), daemon=True)
     start = time.perf_counter()
     process.start()
     sender.close()
@@ -166,28 +228,27 @@ def _execute_in_process(session: Session, item: Item, timeout: float) -> Result:
             result = receiver.recv()
             process.join(5)
             return result
-    except EOFError:
-        pass
-    finally:
-        if process.is_alive():
-            process.kill()
-        process.join()
-    elapsed = time.perf_counter() - start
-    if elapsed >= timeout:
         return Result(
             item.check.id,
             item.entry.id,
             "error",
-            f"timed out after {timeout:g} s",
-            duration_s=elapsed,
+            f"timed out after {timeout:g} s (the child process was killed)",
+            duration_s=time.perf_counter() - start,
         )
-    return Result(
-        item.check.id,
-        item.entry.id,
-        "error",
-        f"the candidate's process died (exit code {process.exitcode}) before the check finished",
-        duration_s=elapsed,
-    )
+    except EOFError:
+        process.join()
+        return Result(
+            item.check.id,
+            item.entry.id,
+            "error",
+            f"the check's child process died ({_death(process.exitcode)}) before it finished",
+            duration_s=time.perf_counter() - start,
+        )
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        receiver.close()
 
 
 def apply_expected_failures(
@@ -216,17 +277,49 @@ def run_items(
     reproduce: Callable[[Item], dict] | None = None,
     used_expected: set[int] | None = None,
 ) -> Iterator[Result]:
-    """Execute ``items`` one by one and yield their results as they come."""
+    """Execute ``items`` one by one and yield their results as they come.
+
+    ``timeout`` (seconds per item; ``None`` or 0 for none) runs each item in a worker thread.
+    ``isolate`` runs each item in a forked child process instead. After the first timeout in
+    thread mode the abandoned call may still run, so the remaining items go to child
+    processes, which start from the run's initial global state (unless CUDA is initialised
+    here: CUDA does not survive ``fork``, so they stay in threads and say so).
+    """
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be positive (or 0 for none), got {timeout}")
+    timeout = timeout or None
     session = Session(candidate, PROFILES[profile], device)
     used = used_expected if used_expected is not None else set()
-    for item in items:
-        if isolate:
-            result = _execute_in_process(session, item, timeout or float("inf"))
-        elif timeout:
-            result = _execute_in_thread(session, item, timeout)
-        else:
-            result = execute(session, item)
-        if reproduce is not None and result.status in ("failed", "error"):
-            result.reproduction = reproduce(item)
-        torch.set_grad_enabled(True)
-        yield apply_expected_failures(result, expected, used)
+    baseline = GlobalState.take()
+    isolated = isolate
+    try:
+        for item in items:
+            if isolated:
+                result = _execute_in_process(session, item, timeout, baseline)
+            elif timeout is not None:
+                result = _execute_in_thread(session, item, timeout, baseline)
+                if result is None:
+                    result = _timed_out_in_thread(item, timeout)
+                    isolated = not torch.cuda.is_initialized()
+            else:
+                result = execute(session, item, baseline)
+            if reproduce is not None and result.status in ("failed", "error"):
+                result.reproduction = reproduce(item)
+            baseline.restore_and_report()
+            yield apply_expected_failures(result, expected, used)
+    finally:
+        baseline.restore_and_report()
+
+
+def _timed_out_in_thread(item: Item, timeout: float) -> Result:
+    if torch.cuda.is_initialized():
+        then = "CUDA is in use, so later checks still run in this process and may be disturbed"
+    else:
+        then = "later checks run in child processes"
+    return Result(
+        item.check.id,
+        item.entry.id,
+        "error",
+        f"timed out after {timeout:g} s (the call was abandoned in a background thread; {then})",
+        duration_s=timeout,
+    )

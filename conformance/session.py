@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
+
+import kfac_ref
 from kfac_conformance import oracle
 from kfac_conformance.calling import CandidateError, call_candidate
 from kfac_conformance.checks.base import CaseEntry, CheckFailed, CheckSkipped, Measurement
@@ -18,9 +21,6 @@ from kfac_conformance.compare import (
     round_off_tolerance,
 )
 from kfac_conformance.problem import BIAS_MODES, Candidate, Problem, Request
-from torch import Tensor
-
-import kfac_ref
 from kfac_ref.factors import KroneckerFactors
 
 

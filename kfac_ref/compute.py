@@ -100,23 +100,26 @@ def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:
 def _batches(data: Iterable[tuple[Tensor, Tensor]]):
     for index, batch in enumerate(data):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError(f"batch {index} of data must be a pair (X, y), got {type(batch).__name__}")
+            raise ValueError(
+                f"batch {index} of data must be a pair (X, y), got {type(batch).__name__}"
+            )
         X, y = batch
         if not (isinstance(X, Tensor) and isinstance(y, Tensor)):
             raise ValueError(f"batch {index}: X and y must be tensors")
-        if X.shape[0] == 0:
-            continue
         if X.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"batch {index}: X has {X.shape[0]} data but y has {y.shape[0]}"
-            )
-        yield X, y
+            raise ValueError(f"batch {index}: X has {X.shape[0]} data but y has {y.shape[0]}")
+        if X.shape[0] > 0:
+            yield X, y
 
 
 def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
     modules = dict(model.named_modules())
     if layers is None:
-        names = [name for name, module in modules.items() if any(True for _ in module.parameters(recurse=False))]
+        names = [
+            name
+            for name, module in modules.items()
+            if any(True for _ in module.parameters(recurse=False))
+        ]
     else:
         if isinstance(layers, str):
             raise ValueError("layers must be a sequence of module names, not a single string")
@@ -125,7 +128,11 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
             raise ValueError(f"layers {unknown} are not modules of the model")
         names = list(dict.fromkeys(layers))
     if not names:
-        raise ValueError("no layers to compute KFAC for: the model holds no parameters")
+        raise ValueError(
+            "no layers to compute KFAC for: layers is empty"
+            if layers is not None
+            else "no layers to compute KFAC for: the model holds no parameters"
+        )
     selected = {name: modules[name] for name in names}
     for name, module in selected.items():
         if not isinstance(module, layer_rules.SUPPORTED_LAYERS):
@@ -133,7 +140,9 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
             raise NotImplementedError(
                 f"layer {name!r} ({type(module).__name__}) is not supported; supported: {supported}"
             )
-        frozen = [p for p, param in module.named_parameters(recurse=False) if not param.requires_grad]
+        frozen = [
+            p for p, param in module.named_parameters(recurse=False) if not param.requires_grad
+        ]
         if frozen:
             raise ValueError(f"layer {name!r} has parameters with requires_grad=False: {frozen}")
     return selected

@@ -37,9 +37,13 @@ class KroneckerFactors:
     def __post_init__(self) -> None:
         for name, factor in (("A", self.A), ("B", self.B)):
             if not isinstance(factor, Tensor):
-                raise TypeError(f"factor {name} must be a torch.Tensor, got {type(factor).__name__}")
+                raise TypeError(
+                    f"factor {name} must be a torch.Tensor, got {type(factor).__name__}"
+                )
             if factor.ndim != 2 or factor.shape[0] != factor.shape[1]:
-                raise ValueError(f"factor {name} must be a square matrix, got shape {tuple(factor.shape)}")
+                raise ValueError(
+                    f"factor {name} must be a square matrix, got shape {tuple(factor.shape)}"
+                )
         if self.bias not in BIAS_MODES:
             raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
 

@@ -105,7 +105,10 @@ class LayerRule(NamedTuple):
     check_supported: Callable[[nn.Module], None] = lambda layer: None
 
 
-_SUMS = {"expand": (expand_input_sum, expand_grad_sum), "reduce": (reduce_input_sum, reduce_grad_sum)}
+_SUMS = {
+    "expand": (expand_input_sum, expand_grad_sum),
+    "reduce": (reduce_input_sum, reduce_grad_sum),
+}
 
 REGISTRY: dict[tuple[type[nn.Module], str], LayerRule] = {}
 for _flavour, (_input_sum, _grad_sum) in _SUMS.items():

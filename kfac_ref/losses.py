@@ -54,8 +54,10 @@ def check_labels(loss_func: nn.Module, output: Tensor, labels: Tensor) -> None:
             )
         num_classes = output.shape[1]
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"class labels must lie in [0, {num_classes}), got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+            raise ValueError(
+                f"class labels must lie in [0, {num_classes}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
     elif labels.shape != output.shape:
         raise ValueError(
             f"{type(loss_func).__name__} needs targets of the output's shape "

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.checks.diagnosis import compare_diagnosed
 from kfac_conformance.problem import FLAVOURS, Request
-from kfac_conformance.session import Session, compare_blocks, tolerance_for
+from kfac_conformance.session import Session, tolerance_for
 
 
 def _not_exact(entry: CaseEntry) -> bool:
@@ -22,7 +23,8 @@ def _agreement_check(fisher_type: str) -> Check:
                 reference = {
                     layer: f.to_dense() for layer, f in session.reference(entry, request).items()
                 }
-                compare_blocks(
+                compare_diagnosed(
+                    problem,
                     result,
                     reference,
                     problem.layers,

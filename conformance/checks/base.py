@@ -7,32 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfac_conformance.cases import Case
+from kfac_conformance.outcomes import STATUSES, CheckFailed, CheckSkipped
 from kfac_conformance.problem import Problem
-
-STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
-
-
-class CheckFailed(AssertionError):
-    """The property does not hold; carries the observed error and the tolerance."""
-
-    def __init__(
-        self,
-        message: str,
-        observed: float | None = None,
-        tolerance: float | None = None,
-        diagnosis: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message, self.observed, self.tolerance, self.diagnosis = (
-            message,
-            observed,
-            tolerance,
-            diagnosis,
-        )
-
-
-class CheckSkipped(Exception):
-    """The check does not apply (e.g. outside the candidate's claimed capabilities)."""
 
 
 @dataclass
@@ -76,3 +52,13 @@ class Check:
 
 
 CheckRegistry = Mapping[str, Check]
+
+__all__ = [
+    "STATUSES",
+    "CaseEntry",
+    "Check",
+    "CheckFailed",
+    "CheckSkipped",
+    "CheckRegistry",
+    "Measurement",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from kfac_conformance.checks.base import CaseEntry, Check
+from kfac_conformance.checks.diagnosis import compare_diagnosed
 from kfac_conformance.problem import Request
-from kfac_conformance.session import Session, compare_blocks, run_for_bias_modes, tolerance_for
+from kfac_conformance.session import Session, run_for_bias_modes, tolerance_for
 
 _CURVATURE = {"type-2": ("ggn", "empirical"), "empirical": ("empirical", "ggn")}
 _NAMES = {"ggn": "GGN", "empirical": "empirical Fisher"}
@@ -24,7 +25,8 @@ def _exactness_check(fisher_type: str, flavour: str) -> Check:
         def body(bias, measurement):
             problem = session.fresh(entry)
             result = session.call(problem, Request(fisher_type, flavour, bias=bias))
-            compare_blocks(
+            compare_diagnosed(
+                problem,
                 result,
                 exact,
                 layers,

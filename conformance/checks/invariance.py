@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+from torch import nn
+
 from kfac_conformance import oracle
 from kfac_conformance.architectures import MoveDim
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.checks.diagnosis import compare_diagnosed
 from kfac_conformance.problem import Problem, Request
 from kfac_conformance.session import Session, compare_blocks, tolerance_for, with_reduction
-from torch import nn
 
 
 def _deterministic_request(session: Session, entry: CaseEntry, flavour: str = "expand") -> Request:
@@ -29,7 +31,8 @@ def _compare_transformed(session, entry, transform, context, flavour="expand", s
     transformed = session.call(transformed_problem, request)
     targets = {layer: scale * f.to_dense() for layer, f in transformed.items()}
     measurement = Measurement()
-    compare_blocks(
+    compare_diagnosed(
+        session.fresh(entry),
         original,
         targets,
         problem.layers,

@@ -21,12 +21,15 @@ reported in docs/statistics.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import Tensor
+
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
 from kfac_conformance.problem import Request
 from kfac_conformance.session import Session, compare_blocks, tolerance_for
-from torch import Tensor
 
 T_CRITICAL = 8.0
 UNBIASED_SAMPLES = 4
@@ -100,40 +103,70 @@ def t_statistic(z: Tensor, scale: float) -> float:
     return mean / (spread / len(z) ** 0.5)
 
 
-def _unbiased(session: Session, entry: CaseEntry):
-    seeds = session.profile.mc_seeds
-    estimates, target = _estimates(session, entry, UNBIASED_SAMPLES, range(seeds))
+@dataclass(frozen=True)
+class UnbiasedStatistics:
+    """The two t statistics of :func:`unbiased_statistics` and the mean estimate along the
+    target relative to the target (1 for an unbiased candidate)."""
+
+    scale_t: float
+    direction_t: float
+    mean_ratio: float
+
+
+def unbiased_statistics(session: Session, entry: CaseEntry, seeds: range) -> UnbiasedStatistics:
+    """The scale and direction t statistics over ``seeds`` (see the module docstring).
+
+    The check uses ``range(profile.mc_seeds)``; other ranges of the same length give independent
+    repetitions of the test, which is how its false-positive rate is measured
+    (:mod:`kfac_conformance.checks.mc_calibration`).
+    """
+    estimates, target = _estimates(session, entry, UNBIASED_SAMPLES, seeds)
     errors = estimates - target
     norm2 = (target @ target).item()
     scale_z = errors @ target / norm2
-    half = seeds // 2
+    half = len(seeds) // 2
     direction = errors[:half].mean(0)
     direction_z = errors[half:] @ direction / (direction.norm().item() * norm2**0.5 or 1.0)
+    return UnbiasedStatistics(
+        scale_t=t_statistic(scale_z, 1.0),
+        direction_t=t_statistic(direction_z, 1.0),
+        mean_ratio=1 + scale_z.mean().item(),
+    )
+
+
+def _unbiased(session: Session, entry: CaseEntry):
+    seeds = range(session.profile.mc_seeds)
+    statistics = unbiased_statistics(session, entry, seeds)
     measurement = Measurement()
-    for what, z in (("scale", scale_z), ("direction", direction_z)):
-        t = t_statistic(z, 1.0)
+    for what, t in (("scale", statistics.scale_t), ("direction", statistics.direction_t)):
         measurement.record(abs(t), T_CRITICAL)
         if not abs(t) <= T_CRITICAL:
-            mean_ratio = 1 + scale_z.mean().item()
+            ratio = statistics.mean_ratio
             raise CheckFailed(
-                f"MC KFAC is biased ({what} test): |t| = {abs(t):.3g} > {T_CRITICAL} over {seeds} seeds "
-                f"with mc_samples={UNBIASED_SAMPLES}; mean estimate / type-2 along the target = {mean_ratio:.4g}",
+                f"MC KFAC is biased ({what} test): |t| = {abs(t):.3g} > {T_CRITICAL} over {len(seeds)} seeds "
+                f"with mc_samples={UNBIASED_SAMPLES}; mean estimate / type-2 along the target = {ratio:.4g}",
                 observed=abs(t),
                 tolerance=T_CRITICAL,
-                diagnosis=f"off by a constant factor x {mean_ratio:.4g}?"
-                if what == "scale"
-                else None,
+                diagnosis=f"off by a constant factor x {ratio:.4g}?" if what == "scale" else None,
             )
     return measurement
 
 
-def _convergence(session: Session, entry: CaseEntry):
-    seeds = range(session.profile.mc_seeds)
+def convergence_statistics(
+    session: Session, entry: CaseEntry, seeds: range
+) -> tuple[float, list[float]]:
+    """The ratio of relative RMS errors between the two ``CONVERGENCE_SAMPLES`` and the errors,
+    over ``seeds`` (independent repetitions use disjoint ranges, as for the unbiased test)."""
     rms = []
     for mc_samples in CONVERGENCE_SAMPLES:
         estimates, target = _estimates(session, entry, mc_samples, seeds)
         rms.append(((estimates - target).pow(2).sum(1).mean().sqrt() / target.norm()).item())
     ratio = rms[0] / rms[1] if rms[1] > 0 else float("inf")
+    return ratio, rms
+
+
+def _convergence(session: Session, entry: CaseEntry):
+    ratio, rms = convergence_statistics(session, entry, range(session.profile.mc_seeds))
     low, high = CONVERGENCE_BOUNDS
     measurement = Measurement(details={"relative_rms_errors": rms, "ratio": ratio})
     measurement.record(abs(ratio - 4.0), 4.0)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
 from kfac_conformance.calling import CandidateError, call_candidate
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.problem import Problem, Request
 from kfac_conformance.session import Session, compare_blocks, tolerance_for
-from torch import Tensor, nn
 
 
 class TiedTwice(nn.Module):
@@ -44,6 +45,7 @@ def _weight_tying(session: Session, entry: CaseEntry):
     try:
         result = session.call(problem, Request("type-2", "expand", bias=modes[0]))
     except CandidateError as raised:
+        session.side_effects.extend(raised.side_effects)
         return Measurement(details={"raised": str(raised)})
     measurement = Measurement()
     exact = session.exact(entry, "ggn")
@@ -69,25 +71,24 @@ class UnsupportedLayerNet(nn.Module):
 
 
 def _unsupported_layer_problem() -> Problem:
-    torch.manual_seed(0)
-    X = torch.randn(3, 2, 4, dtype=torch.float64)
-    return Problem(
-        UnsupportedLayerNet().double(),
-        nn.MSELoss(),
-        [(X, torch.randn(3, 2, dtype=torch.float64))],
-        ["conv1d", "head"],
-        "unsupported-layer[conv1d]",
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded, without moving the caller's global RNG
+        torch.manual_seed(0)
+        X = torch.randn(3, 2, 4, dtype=torch.float64)
+        model = UnsupportedLayerNet().double()
+        y = torch.randn(3, 2, dtype=torch.float64)
+    return Problem(model, nn.MSELoss(), [(X, y)], ["conv1d", "head"], "unsupported-layer[conv1d]")
 
 
 def _unsupported_loss_problem() -> Problem:
-    torch.manual_seed(0)
-    X = torch.randn(3, 4, dtype=torch.float64)
-    model = nn.Sequential(nn.Linear(4, 2)).double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        X = torch.randn(3, 4, dtype=torch.float64)
+        model = nn.Sequential(nn.Linear(4, 2)).double()
+        y = torch.randn(3, 2, dtype=torch.float64)
     return Problem(
         model,
         nn.L1Loss(),
-        [(X, torch.randn(3, 2, dtype=torch.float64))],
+        [(X, y)],
         ["0"],
         "unsupported-loss[l1]",
     )
@@ -99,11 +100,18 @@ def _expect_raise(what: str):
         if session.candidate.capabilities.unsupported(problem, Request()) is None:
             raise CheckSkipped(f"the candidate claims to support {what}")
         try:
-            result, _ = call_candidate(
+            result, side_effects = call_candidate(
                 session.candidate, problem, Request(), check_capabilities=False
             )
-        except (CandidateError, CheckFailed):
-            return Measurement()
+        except CandidateError as raised:
+            session.side_effects.extend(raised.side_effects)
+            return Measurement(details={"raised": str(raised)})
+        except CheckFailed as invalid:
+            raise CheckFailed(
+                f"returned an invalid result for {what} it does not claim to support, instead of "
+                f"raising ({invalid.message})"
+            ) from None
+        session.side_effects.extend(side_effects)
         raise CheckFailed(
             f"returned an answer for {what} it does not claim to support, instead of raising "
             f"(layers {sorted(result)})"
@@ -112,7 +120,9 @@ def _expect_raise(what: str):
     return run
 
 
-UNSUPPORTED_LAYER_ENTRY = CaseEntry("unsupported-layer[conv1d]", _unsupported_layer_problem, builtin=True)
+UNSUPPORTED_LAYER_ENTRY = CaseEntry(
+    "unsupported-layer[conv1d]", _unsupported_layer_problem, builtin=True
+)
 UNSUPPORTED_LOSS_ENTRY = CaseEntry("unsupported-loss[l1]", _unsupported_loss_problem, builtin=True)
 
 CHECKS = [

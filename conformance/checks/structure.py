@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.problem import FISHER_TYPES, Request
 from kfac_conformance.session import Session, tolerance_for

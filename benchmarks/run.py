@@ -1,0 +1,461 @@
+"""Speed benchmark: ratios that do not depend on the machine, and the profiles' wall times.
+
+Run ``python benchmarks/run.py`` from the repository root (``nox -s bench`` does). It prints
+every figure and writes them, with the date and the machine, to ``benchmarks/results.json``
+(``--output`` to change). Sections (``--only`` to pick some):
+
+- ``oracle``: the exact oracle against the coordinate-by-coordinate computation of the same
+  GGN block (:mod:`naive_oracle`) on layers of a few hundred to a few thousand parameters;
+  the ratio is the oracle's speed-up, checked at equal results.
+- ``libraries``: ``kfac_ref`` against curvlinops' ``KFACLinearOperator`` (type-2, factors
+  only) and BackPACK's ``KFLR`` on an MLP of about a million parameters (batch 256) and a
+  small CNN, with the agreement of their Kronecker products. A library that is not installed
+  is recorded as ``"not installed"``.
+- ``profiles``: ``kfac-conformance run --profile quick`` and ``default`` as subprocesses
+  (process start included) against their budgets, and ``pytest --kfac-candidate kfac_ref``
+  with and without ``-n 2``.
+- ``suite``: the project's own test suite under ``pytest -n 2 --durations``.
+- ``scaling``: the oracle's and ``kfac_ref``'s cost against layer width, batch size and the
+  number of shared positions, and the largest block that fits in memory.
+
+Timings are the best of a few repeats after a warm-up call, so that a busy machine disturbs
+them less; the load average at the start of each section is recorded next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import kfac_ref
+from kfac_conformance.oracle import exact_blocks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from naive_oracle import naive_ggn_block  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("oracle", "libraries", "profiles", "suite", "scaling")
+BUDGETS_S = {"quick": 15.0, "default": 60.0}
+# the naive computation's cost is the same for every column, so on big layers a sample of
+# columns is timed and the total extrapolated (and the sampled columns compared)
+NAIVE_MAX_COLUMNS = 400
+MEMORY_GIB = 24
+
+
+def best_time(function: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call, in seconds."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.date.today().isoformat(),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def relative_difference(approx: Tensor, exact: Tensor) -> float:
+    return ((approx - exact).norm() / exact.norm()).item()
+
+
+# ------------------------------------------------------------------------------------------
+# oracle against the coordinate-by-coordinate computation
+
+
+def mlp(widths: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for index, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if index:
+            modules.append(activation())
+        modules.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*modules)
+
+
+def oracle_problem(width: int, batch: int, seed: int = 0):
+    """A tanh MLP 20-width-width-10 with cross-entropy; the measured layer is the middle one."""
+    torch.manual_seed(seed)
+    model = mlp([20, width, width, 10]).double()
+    X = torch.randn(batch, 20, dtype=torch.float64)
+    y = torch.randint(0, 10, (batch,))
+    return model, nn.CrossEntropyLoss(), [(X, y)], "2"
+
+
+def bench_oracle(repeats: int) -> list[dict]:
+    rows = []
+    for width in (16, 32, 64):
+        model, loss_func, batches, layer = oracle_problem(width, batch=32)
+        size = sum(p.numel() for p in model.get_submodule(layer).parameters())
+        oracle_s = best_time(lambda: exact_blocks(model, loss_func, batches, [layer]), repeats)
+        exact = exact_blocks(model, loss_func, batches, [layer])[layer]
+        columns = _sampled_columns(size)
+        start = time.perf_counter()
+        naive = naive_ggn_block(model, loss_func, batches, layer, columns)
+        naive_s = (time.perf_counter() - start) * size / len(columns)
+        row = {
+            "layer": f"Linear({width}, {width}) of an MLP 20-{width}-{width}-10, tanh, CE",
+            "parameters": size,
+            "batch": 32,
+            "outputs_per_datum": 10,
+            "oracle_s": oracle_s,
+            "naive_s": naive_s,
+            "naive_columns_timed": len(columns),
+            "speedup": naive_s / oracle_s,
+            "relative_difference": relative_difference(naive, exact[:, columns]),
+        }
+        rows.append(row)
+        print(
+            f"oracle  P={size:5d}: oracle {oracle_s:.3f} s, naive {naive_s:.2f} s"
+            f"{'' if len(columns) == size else f' (from {len(columns)} columns)'}, "
+            f"speed-up x{row['speedup']:.0f}, difference {row['relative_difference']:.1e}"
+        )
+    return rows
+
+
+def _sampled_columns(size: int) -> list[int]:
+    if size <= NAIVE_MAX_COLUMNS:
+        return list(range(size))
+    return torch.linspace(0, size - 1, NAIVE_MAX_COLUMNS).round().long().unique().tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# kfac_ref against curvlinops and BackPACK
+
+
+def library_problem(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        model = mlp([784, 1024, 192, 10], nn.ReLU)
+        X, batch = torch.randn(256, 784), 256
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 8 * 8, 10),
+        )
+        X, batch = torch.randn(128, 3, 32, 32), 128
+    y = torch.randint(0, 10, (batch,))
+    return model, nn.CrossEntropyLoss(), X, y
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def kfac_ref_factors(model, loss_func, X, y) -> dict[str, tuple[Tensor, Tensor]]:
+    result = kfac_ref.compute_kfac(model, loss_func, [(X, y)], fisher_type="type-2")
+    return {name: (factors.A, factors.B) for name, factors in result.items()}
+
+
+def curvlinops_factors(model, loss_func, X, y) -> dict[str, tuple[Tensor, Tensor]]:
+    from curvlinops import KFACLinearOperator
+
+    operator = KFACLinearOperator(
+        model,
+        loss_func,
+        list(model.parameters()),
+        [(X, y)],
+        fisher_type="type-2",
+        check_deterministic=False,
+    )
+    operator.compute_kronecker_factors()
+    return {
+        name: (operator._input_covariances[name], operator._gradient_covariances[name])
+        for name in _layer_names(model)
+    }
+
+
+def backpack_factors(model, loss_func, X, y) -> dict[str, tuple[Tensor, Tensor]]:
+    """BackPACK stores ``weight.kflr = [B, A]``; a convolution's ``A`` is over its patches."""
+    from backpack import backpack
+    from backpack.extensions import KFLR
+
+    loss = loss_func(model(X), y)
+    with backpack(KFLR()):
+        loss.backward()
+    factors = {}
+    for name in _layer_names(model):
+        B, A = model.get_submodule(name).weight.kflr
+        factors[name] = (A, B)
+    return factors
+
+
+def kronecker_difference(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor]) -> float:
+    r"""``|B1 x A1 - B2 x A2| / |B2 x A2|`` (Frobenius) without forming either product.
+
+    Uses :math:`\|B\otimes A\|^2 = \|B\|^2\|A\|^2` and
+    :math:`\langle B_1\otimes A_1, B_2\otimes A_2\rangle = \langle B_1,B_2\rangle\langle A_1,A_2\rangle`,
+    in float64 so that the cancellation stays below the float32 differences measured.
+    """
+    (A1, B1), (A2, B2) = [(A.double(), B.double()) for A, B in (first, second)]
+    square = lambda M: (M * M).sum()  # noqa: E731
+    inner = (B1 * B2).sum() * (A1 * A2).sum()
+    difference = square(B1) * square(A1) + square(B2) * square(A2) - 2 * inner
+    return (difference.clamp(min=0).sqrt() / (square(B2) * square(A2)).sqrt()).item()
+
+
+LIBRARIES = {"curvlinops": curvlinops_factors, "backpack": backpack_factors}
+
+
+def _installed(library: str) -> bool:
+    module = {"curvlinops": "curvlinops", "backpack": "backpack"}[library]
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def bench_libraries(repeats: int) -> dict:
+    results = {}
+    for kind in ("mlp", "cnn"):
+        model, loss_func, X, y = library_problem(kind)
+        parameters = sum(p.numel() for p in model.parameters())
+        reference = kfac_ref_factors(model, loss_func, X, y)
+        row: dict = {
+            "parameters": parameters,
+            "batch": X.shape[0],
+            "loss": "CrossEntropyLoss(reduction='mean')",
+            "dtype": "float32",
+            "kfac_ref_s": best_time(lambda: kfac_ref_factors(model, loss_func, X, y), repeats),
+        }
+        line = f"{kind}: {parameters} parameters, kfac_ref {row['kfac_ref_s']:.3f} s"
+        for library, factors_of in LIBRARIES.items():
+            if not _installed(library):
+                row[library] = "not installed"
+                line += f", {library} not installed"
+                continue
+            fresh = lambda: library_problem(kind)[0]  # noqa: E731
+            if library == "backpack":
+                from backpack import extend
+
+                models = [extend(fresh()) for _ in range(repeats + 1)]
+                extended_loss = extend(nn.CrossEntropyLoss())
+                # a fresh extended model per call: BackPACK keeps its quantities on the model
+                seconds = best_time(
+                    lambda: factors_of(models.pop(), extended_loss, X, y), repeats
+                )
+                factors = factors_of(extend(fresh()), extended_loss, X, y)
+            else:
+                seconds = best_time(lambda: factors_of(model, loss_func, X, y), repeats)
+                factors = factors_of(model, loss_func, X, y)
+            agreement = max(
+                kronecker_difference(reference[name], factors[name]) for name in reference
+            )
+            row[library] = {
+                "seconds": seconds,
+                "kfac_ref_over_library": row["kfac_ref_s"] / seconds,
+                "kronecker_relative_difference": agreement,
+            }
+            line += (
+                f", {library} {seconds:.3f} s (kfac_ref / {library} = "
+                f"{row['kfac_ref_s'] / seconds:.2f}, weight blocks differ by {agreement:.1e})"
+            )
+        results[kind] = row
+        print(line)
+    return results
+
+
+# ------------------------------------------------------------------------------------------
+# the profiles as a user runs them
+
+
+def _timed_subprocess(command: list[str], env: dict | None = None) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "command": " ".join(command),
+        "env": env or {},
+        "returncode": completed.returncode,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load_average_before": None,
+        "output": completed.stdout + completed.stderr,
+    }
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).with_name("kfac-conformance")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kfac_conformance.cli"]
+
+
+def _has_xdist() -> bool:
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_profiles() -> dict:
+    runs = {}
+    for profile, budget in BUDGETS_S.items():
+        load = load_average()
+        run = _timed_subprocess([*_cli(), "run", "--candidate", "kfac_ref", "--profile", profile, "-q"])
+        run["output"] = run["output"][-600:]
+        run.update(load_average_before=load, budget_s=budget, within_budget=run["wall_s"] < budget)
+        runs[f"cli {profile}"] = run
+        print(
+            f"cli --profile {profile}: {run['wall_s']:.1f} s wall ({run['cpu_s']:.1f} s CPU), "
+            f"budget {budget:.0f} s, exit code {run['returncode']}"
+        )
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--kfac-candidate", "kfac_ref"]
+    variants = {"pytest plugin default": ([], None)}
+    if _has_xdist():
+        variants["pytest plugin default -n 2"] = (["-n", "2"], None)
+        variants["pytest plugin default -n 2, 1 thread per worker"] = (
+            ["-n", "2"],
+            {"OMP_NUM_THREADS": "1"},
+        )
+    else:
+        runs["pytest plugin default -n 2"] = "pytest-xdist not installed"
+    for name, (extra, env) in variants.items():
+        load = load_average()
+        run = _timed_subprocess([*pytest, *extra], env)
+        run.update(load_average_before=load, output=run["output"][-300:])
+        runs[name] = run
+        print(f"{name}: {run['wall_s']:.1f} s wall ({run['cpu_s']:.1f} s CPU), exit code {run['returncode']}")
+    return runs
+
+
+def bench_suite() -> dict:
+    if not _has_xdist():
+        return {"skipped": "pytest-xdist not installed"}
+    load = load_average()
+    run = _timed_subprocess([sys.executable, "-m", "pytest", "-q", "-n", "2", "--durations=10", "tests"])
+    run["load_average_before"] = load
+    output = run.pop("output")
+    run["slowest"] = [
+        {"seconds": float(seconds), "phase": phase, "test": test}
+        for seconds, phase, test in re.findall(r"^(\d+\.\d+)s (\w+)\s+(\S+)", output, re.M)
+    ]
+    run["summary"] = output.strip().splitlines()[-1] if output.strip() else ""
+    print(f"test suite -n 2: {run['wall_s']:.1f} s wall, exit code {run['returncode']}")
+    return run
+
+
+# ------------------------------------------------------------------------------------------
+# scaling
+
+
+def scaling_problem(width: int, batch: int, positions: int, seed: int = 0):
+    """Linear(16, width) - tanh - Linear(width, width) - tanh - Linear(width, 4) on ``positions``
+    shared positions per datum, MSE on every position; the measured layer is the middle one."""
+    torch.manual_seed(seed)
+    model = mlp([16, width, width, 4]).double()
+    shape = (batch, 16) if positions == 1 else (batch, positions, 16)
+    X = torch.randn(shape, dtype=torch.float64)
+    y = torch.randn((*shape[:-1], 4), dtype=torch.float64)
+    return model, nn.MSELoss(), [(X, y)], "2"
+
+
+def bench_scaling(repeats: int) -> dict:
+    base = {"width": 32, "batch": 32, "positions": 1}
+    grid = {"width": (16, 32, 64), "batch": (16, 64, 256), "positions": (1, 4, 16)}
+    results: dict = {}
+    for axis, values in grid.items():
+        rows = []
+        for value in values:
+            sizes = {**base, axis: value}
+            model, loss_func, batches, layer = scaling_problem(**sizes)
+            oracle_s = best_time(lambda: exact_blocks(model, loss_func, batches, [layer]), repeats)
+            reference_s = best_time(
+                lambda: kfac_ref.compute_kfac(model, loss_func, batches, layers=[layer]), repeats
+            )
+            size = sum(p.numel() for p in model.get_submodule(layer).parameters())
+            rows.append({**sizes, "parameters": size, "oracle_s": oracle_s, "kfac_ref_s": reference_s})
+            print(
+                f"scaling {axis}={value:4d} (P={size}): oracle {oracle_s * 1e3:.1f} ms, "
+                f"kfac_ref {reference_s * 1e3:.1f} ms"
+            )
+        results[axis] = rows
+    limit = int(math.sqrt(MEMORY_GIB * 2**30 / 2 / 8))
+    results["memory"] = {
+        "machine_gib": MEMORY_GIB,
+        "largest_float64_block_parameters": limit,
+        "note": "the block of a layer with P parameters holds P^2 float64 numbers; the oracle "
+        "also keeps one chunk of per-datum Jacobian products (at most 2^24 numbers) and the "
+        "block's copy it returns, so half the memory bounds P",
+    }
+    print(f"largest layer whose float64 block fits in half of {MEMORY_GIB} GiB: P = {limit}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    results: dict = {"machine": machine()}
+    runners = {
+        "oracle": lambda: bench_oracle(args.repeats),
+        "libraries": lambda: bench_libraries(args.repeats),
+        "profiles": bench_profiles,
+        "suite": bench_suite,
+        "scaling": lambda: bench_scaling(args.repeats),
+    }
+    for section in args.only:
+        load = load_average()
+        start = time.perf_counter()
+        results[section] = runners[section]()
+        results.setdefault("sections", {})[section] = {
+            "seconds": time.perf_counter() - start,
+            "load_average_before": load,
+        }
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Adapters that put third-party KFAC libraries behind the candidate contract.
+
+One module per library; each imports its library lazily, inside ``compute``, so importing
+``kfac_conformance`` (or this package) never needs the libraries. Every adapter converts the
+library's factors by that library's own, verified conventions only (factor order, bias
+layout, normalisation); it never rescales to make a check pass. Where a library's answer
+differs from the suite's definition, the difference is written up in ``docs/findings.md``
+and listed in ``conformance/adapters/xfail/<candidate>.txt``.
+
+Candidates (name -> ``module:attr``):
+
+- ``curvlinops``: :class:`kfac_conformance.adapters.curvlinops.CurvlinopsCandidate`
+- ``backpack-kfac``, ``backpack-kflr``, ``backpack-kfra``:
+  :mod:`kfac_conformance.adapters.backpack` (``BackpackKFACCandidate`` etc.)
+- ``asdl``: :class:`kfac_conformance.adapters.asdl.AsdlCandidate`
+- ``nngeometry``: :class:`kfac_conformance.adapters.nngeometry.NngeometryCandidate`
+"""
+
+from __future__ import annotations
+
+CANDIDATES = {
+    "curvlinops": "kfac_conformance.adapters.curvlinops:CurvlinopsCandidate",
+    "backpack-kfac": "kfac_conformance.adapters.backpack:BackpackKFACCandidate",
+    "backpack-kflr": "kfac_conformance.adapters.backpack:BackpackKFLRCandidate",
+    "backpack-kfra": "kfac_conformance.adapters.backpack:BackpackKFRACandidate",
+    "asdl": "kfac_conformance.adapters.asdl:AsdlCandidate",
+    "nngeometry": "kfac_conformance.adapters.nngeometry:NngeometryCandidate",
+}
+
+# the pyproject extra that installs each candidate's library
+EXTRAS = {
+    "curvlinops": "curvlinops",
+    "backpack-kfac": "backpack",
+    "backpack-kflr": "backpack",
+    "backpack-kfra": "backpack",
+    "asdl": "asdl",
+    "nngeometry": "nngeometry",
+}
+
+__all__ = ["CANDIDATES", "EXTRAS"]

@@ -1,0 +1,139 @@
+"""Helpers shared by the adapters: refusing inputs outside a claim, and packaging results."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+from torch import Tensor, nn
+
+from kfac_conformance.oracle import reduction_factor
+from kfac_conformance.problem import Problem
+from kfac_ref.factors import KroneckerFactors
+
+REFUSAL_PREFIX = "unsupported by"
+
+
+class Unsupported(NotImplementedError):
+    """The adapter refuses an input outside its library's (honest) claim.
+
+    The message starts with ``"unsupported by <library>:"`` so that reports can tell a
+    refusal from a crash.
+    """
+
+    def __init__(self, library: str, why: str) -> None:
+        super().__init__(f"{REFUSAL_PREFIX} {library}: {why}")
+
+
+def library_version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def require(problem: Problem, library: str, layer_types: Iterable[str], losses: Iterable[str]):
+    """Raise :class:`Unsupported` for a layer type or loss the library does not implement."""
+    layer_types, losses = set(layer_types), set(losses)
+    for layer in problem.layers:
+        kind = type(problem.model.get_submodule(layer)).__name__
+        if kind not in layer_types:
+            raise Unsupported(library, f"layer {layer!r} is a {kind} (supported: {sorted(layer_types)})")
+    loss = type(problem.loss_func).__name__
+    if loss not in losses:
+        raise Unsupported(library, f"loss {loss} (supported: {sorted(losses)})")
+
+
+def layer_input_ndims(problem: Problem) -> dict[str, int]:
+    """The largest input ``ndim`` each of ``problem.layers`` sees, by one no-grad forward pass.
+
+    The adapter's own forward hooks are removed before returning.
+    """
+    seen: dict[str, int] = {}
+    handles = []
+    for layer in problem.layers:
+
+        def hook(module, inputs, layer=layer):
+            seen[layer] = max(seen.get(layer, 0), inputs[0].ndim)
+
+        handles.append(problem.model.get_submodule(layer).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for X, _ in problem.batches:
+                problem.model(X)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def refuse_shared_linear_inputs(problem: Problem, library: str) -> None:
+    """Refuse ``nn.Linear`` layers whose inputs carry extra (shared) axes, ``(N, S, ..., D)``."""
+    ndims = layer_input_ndims(problem)
+    for layer, ndim in ndims.items():
+        if isinstance(problem.model.get_submodule(layer), nn.Linear) and ndim > 2:
+            raise Unsupported(
+                library,
+                f"nn.Linear {layer!r} gets {ndim}-d inputs; only (N, D) inputs are supported "
+                "(no shared axes / weight sharing on Linear layers)",
+            )
+
+
+def refuse_shared_outputs(problem: Problem, library: str, classes_axis: int = 1) -> None:
+    """Refuse losses over model outputs with shared axes (anything but ``(N, C)``)."""
+    X = problem.batches[0][0]
+    with torch.no_grad():
+        output = problem.model(X)
+    if output.ndim != 2:
+        raise Unsupported(
+            library,
+            f"the model output has shape {tuple(output.shape)}; only (N, C) outputs are supported",
+        )
+
+
+def total_data(problem: Problem) -> int:
+    return sum(X.shape[0] for X, _ in problem.batches)
+
+
+def concatenated_output(problem: Problem) -> tuple[Tensor, Tensor]:
+    """The model output and labels over all batches (no grad)."""
+    with torch.no_grad():
+        outputs = [problem.model(X) for X, _ in problem.batches]
+    return torch.cat(outputs), torch.cat([y for _, y in problem.batches])
+
+
+def problem_reduction_factor(problem: Problem) -> float:
+    """``R`` over all batches as one data set (the suite's convention, see ``oracle``)."""
+    output, labels = concatenated_output(problem)
+    return reduction_factor(problem.loss_func, output, labels)
+
+
+def batch_reduction_factor(loss_func: nn.Module, output: Tensor, labels: Tensor) -> float:
+    return reduction_factor(loss_func, output.detach(), labels)
+
+
+def has_bias(problem: Problem, layer: str) -> bool:
+    return getattr(problem.model.get_submodule(layer), "bias", None) is not None
+
+
+def package(problem: Problem, A: Tensor, B: Tensor, bias: str) -> KroneckerFactors:
+    """Detached, contiguous factors in the problem's dtype and device."""
+
+    def clean(factor: Tensor) -> Tensor:
+        return factor.detach().to(device=problem.device, dtype=problem.dtype).contiguous().clone()
+
+    return KroneckerFactors(clean(A), clean(B), bias)
+
+
+@contextlib.contextmanager
+def seeded_global_rng(problem: Problem, seed: int) -> Iterator[None]:
+    """Seed the global RNG for a library that samples from it, and restore it afterwards.
+
+    ``torch.random.fork_rng`` is PyTorch's documented way to use the global RNG locally.
+    """
+    devices = [problem.device] if problem.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,135 @@
+"""ASDL (``asdfghjkl``, imported as ``asdl``) Kronecker-factored Fisher as a candidate.
+
+Usage follows ASDL's ``FisherMaker`` interface::
+
+    config = FisherConfig(fisher_type=..., fisher_shapes=[SHAPE_KRON], loss_type=...,
+                          data_size=N, n_mc_samples=M, seed=seed)
+    maker = get_fisher_maker(model, config)
+    for i, (X, y) in enumerate(batches):
+        dy = maker.setup_model_call(model, X)
+        maker.setup_loss_call(loss_func, dy, y)
+        maker.forward_and_backward(accumulate=i > 0)
+
+and the factors are ``module.fisher.kron.A`` (input side) and ``.B`` (output side); the
+weight block is ``kron(B, A)`` over ``weight.flatten()`` and the bias block is ``B``
+(separate bias only).
+
+Conventions (asdfghjkl 0.1a5, from its source and verified numerically):
+
+- ``FISHER_EXACT`` is type-2, ``FISHER_MC`` Monte Carlo, ``FISHER_EMP`` empirical. ASDL has
+  no forward-only KFAC.
+- Normalisation: ASDL averages over the ``data_size`` data, ``(1/N) sum_n``, of the Fisher of
+  the per-datum negative log-likelihood; for ``LOSS_MSE`` that is the Gaussian NLL
+  ``1/2 ||f - y||^2`` (output Hessian ``I``; MC labels ``y ~ N(f, I)``), for
+  ``LOSS_CROSS_ENTROPY`` the categorical NLL. The empirical Fisher uses the gradients of the
+  per-datum loss ``c_n``. The suite's convention is ``L = R sum_n c_n`` with ``c_n`` the
+  summed criterion of datum ``n`` (``||f - y||^2`` for MSE), so
+
+      B_suite = kappa * N * R * B_asdl,   kappa = 2 for MSE type-2/MC, else 1,
+
+  which is the only conversion applied (to ``B``; only the product of the factors counts).
+  This is a legitimate alternative normalisation (a Fisher of a likelihood, averaged over
+  data), not a difference in the approximation.
+- Only MSE and cross-entropy (ASDL's ``loss_type``), on ``(N, C)`` outputs: ASDL's Fisher
+  loops index ``logits[:, i]`` (MSE) or flatten all but the last axis (CE), so feature-map
+  or per-position outputs in PyTorch's class-on-dim-1 layout are outside its interface and
+  are refused, as are ``nn.Linear`` layers on inputs with shared axes (ASDL treats the
+  extra axes as data without the ``1/S`` of KFAC-expand; see ``docs/findings.md``).
+- ``nn.Conv2d`` is KFAC-expand (KFC); only ``kfac_approx="expand"`` is claimed.
+- MC: ASDL seeds the global RNG with ``seed`` on every ``forward_and_backward``; the adapter
+  runs it inside ``torch.random.fork_rng`` so the caller's RNG state is preserved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from kfac_conformance.adapters._common import (
+    Unsupported,
+    has_bias,
+    library_version,
+    package,
+    problem_reduction_factor,
+    refuse_shared_linear_inputs,
+    refuse_shared_outputs,
+    require,
+    seeded_global_rng,
+    total_data,
+)
+from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_ref.factors import KroneckerFactors
+
+LIBRARY = "ASDL"
+LAYER_TYPES = frozenset({"Linear", "Conv2d"})
+LOSSES = frozenset({"MSELoss", "CrossEntropyLoss"})
+
+
+class AsdlCandidate:
+    name = "asdl"
+    capabilities = Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=LOSSES,
+        fisher_types=frozenset({"type-2", "mc", "empirical"}),
+        flavours=frozenset({"expand"}),
+        bias_modes=frozenset({"separate"}),
+        weight_sharing=False,
+    )
+
+    def __init__(self) -> None:
+        self.version = library_version("asdfghjkl")
+
+    def _check(self, problem: Problem, request: Request) -> None:
+        require(problem, LIBRARY, LAYER_TYPES, LOSSES)
+        if request.fisher_type not in self.capabilities.fisher_types:
+            raise Unsupported(LIBRARY, f"fisher_type {request.fisher_type!r}")
+        if request.bias != "separate":
+            raise Unsupported(LIBRARY, "only a separate bias block is computed")
+        if request.kfac_approx != "expand" and any(
+            isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+        ):
+            raise Unsupported(LIBRARY, "Conv2d is approximated as in KFC (expand) only")
+        refuse_shared_linear_inputs(problem, LIBRARY)
+        refuse_shared_outputs(problem, LIBRARY)
+
+    def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
+        self._check(problem, request)
+        if request.fisher_type == "mc":
+            with seeded_global_rng(problem, request.seed):
+                factors = self._factors(problem, request)
+        else:
+            factors = self._factors(problem, request)
+        return factors
+
+    def _factors(self, problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
+        from asdl import FisherConfig, get_fisher_maker
+        from asdl.grad_maker import LOSS_CROSS_ENTROPY, LOSS_MSE
+        from asdl.matrices import FISHER_EMP, FISHER_EXACT, FISHER_MC, SHAPE_KRON
+
+        is_mse = isinstance(problem.loss_func, nn.MSELoss)
+        N = total_data(problem)
+        config = FisherConfig(
+            fisher_type={"type-2": FISHER_EXACT, "mc": FISHER_MC, "empirical": FISHER_EMP}[
+                request.fisher_type
+            ],
+            fisher_shapes=[SHAPE_KRON],
+            loss_type=LOSS_MSE if is_mse else LOSS_CROSS_ENTROPY,
+            data_size=N,
+            n_mc_samples=request.mc_samples if request.fisher_type == "mc" else 1,
+            seed=request.seed if request.fisher_type == "mc" else None,
+        )
+        maker = get_fisher_maker(problem.model, config)
+        for index, (X, y) in enumerate(problem.batches):
+            dy = maker.setup_model_call(problem.model, X)
+            maker.setup_loss_call(problem.loss_func, dy, y)
+            maker.forward_and_backward(accumulate=index > 0)
+
+        kappa = 2.0 if is_mse and request.fisher_type != "empirical" else 1.0
+        scale = kappa * N * problem_reduction_factor(problem)
+        result = {}
+        for layer in problem.layers:
+            kron = problem.model.get_submodule(layer).fisher.kron
+            bias = "separate" if has_bias(problem, layer) else "none"
+            result[layer] = package(problem, kron.A, scale * kron.B, bias)
+        return result

@@ -1,0 +1,215 @@
+"""BackPACK (``backpack-for-pytorch``) KFAC, KFLR and KFRA as three candidates.
+
+Usage follows BackPACK's documentation: ``extend`` the model and the loss, compute the loss,
+and run ``loss.backward()`` inside ``with backpack(KFAC(mc_samples=M) | KFLR() | KFRA())``.
+Each parameter then holds a list of factors in ``param.kfac`` / ``.kflr`` / ``.kfra``,
+"arranged such that their Kronecker product represents the approximation" (BackPACK
+docstring): ``weight.<field> == [G, A]`` so the weight block is ``kron(G, A)`` over
+``weight.flatten()`` (``B = G``), and ``bias.<field> == [G_b]`` is the bias block. BackPACK
+has no joint bias, so only ``bias="separate"`` is claimed.
+
+Conventions (BackPACK 1.7.1, verified numerically against the suite's oracle):
+
+- Scale: ``A`` is averaged over the batch, ``G`` carries the loss's reduction factor, as in
+  the suite; no conversion for MSE and CE, ``"mean"`` and ``"sum"``.
+- ``KFLR`` backpropagates the exact square root of the loss Hessian: type-2 KFAC.
+- ``KFAC`` samples labels from the model's predictive distribution with the *global* RNG;
+  the adapter seeds it with ``request.seed`` inside ``torch.random.fork_rng``, so the
+  caller's RNG state is preserved.
+- ``KFRA`` (Botev et al. 2017) backpropagates a batch-averaged Hessian through the network.
+  It equals type-2 KFAC on one datum and on the last layer, not in general: the
+  ``backpack-kfra`` candidate claims ``type-2`` to be measured against it, and its
+  multi-datum differences are listed as expected failures (an approximation by design).
+- One backward pass per batch; each overwrites the fields. For KFAC/KFLR the adapter combines
+  the batches by KFAC's definition, each factor separately: ``A = sum_b (N_b / N) A_b`` and
+  ``G = sum_b (R / R_b) G_b`` (``R_b``, ``R``: the loss's reduction factor on batch ``b`` and
+  on all data). KFRA's backpropagated quantity is a batch average that does not decompose
+  this way, so ``backpack-kfra`` claims a single batch only.
+- Supported: ``nn.Linear`` on ``(N, D)`` inputs and ``nn.Conv2d``; MSE and CE on ``(N, C)``
+  outputs; BCE-with-logits only with one output (and not with KFRA). Unsupported inputs are
+  refused with ``NotImplementedError`` before BackPACK runs.
+- ``nn.Conv2d`` follows Grosse & Martens 2016 (KFC) according to BackPACK's docs, i.e.
+  KFAC-expand; only ``kfac_approx="expand"`` is claimed (for ``Linear`` on ``(N, D)`` inputs
+  expand and reduce coincide).
+
+``extend`` marks every module with ``_backpack_extend`` and installs hooks for the module's
+lifetime (BackPACK documents no way to undo it), and ``backward`` writes ``.grad``. To build
+fresh library objects per call, the adapter extends a private ``copy.deepcopy`` of the model
+and the loss; the caller's model is left untouched. (Extending the caller's model and letting
+a harness strip the hooks afterwards leaves the ``_backpack_extend`` flag set, so a second
+``extend`` is a no-op and stale factors from the first call would be read silently; see
+``docs/findings.md``.)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from kfac_conformance.adapters._common import (
+    Unsupported,
+    batch_reduction_factor,
+    has_bias,
+    library_version,
+    package,
+    problem_reduction_factor,
+    refuse_shared_linear_inputs,
+    require,
+    seeded_global_rng,
+    total_data,
+)
+from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_ref.factors import KroneckerFactors
+
+LIBRARY = "BackPACK"
+LAYER_TYPES = frozenset({"Linear", "Conv2d"})
+
+
+def _check_outputs(problem: Problem, library: str, bce: bool) -> None:
+    with torch.no_grad():
+        output = problem.model(problem.batches[0][0])
+    if output.ndim != 2:
+        raise Unsupported(
+            library, f"the loss input has shape {tuple(output.shape)}; only (N, C) is supported"
+        )
+    if isinstance(problem.loss_func, nn.BCEWithLogitsLoss) and output.shape[1] != 1:
+        raise Unsupported(
+            library,
+            f"BCEWithLogitsLoss with {output.shape[1]} outputs; only a single output is supported",
+        )
+
+
+class _BackpackCandidate:
+    field: str
+    fisher_type: str
+    losses: frozenset[str]
+
+    def __init__(self) -> None:
+        self.version = library_version("backpack-for-pytorch")
+
+    def _extension(self, request: Request):
+        raise NotImplementedError
+
+    def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
+        from backpack import backpack, extend
+
+        require(problem, LIBRARY, LAYER_TYPES, self.losses)
+        if request.fisher_type != self.fisher_type:
+            raise Unsupported(LIBRARY, f"{self.name} computes {self.fisher_type!r} KFAC only")
+        if request.bias != "separate":
+            raise Unsupported(LIBRARY, "only a separate bias block is computed")
+        refuse_shared_linear_inputs(problem, LIBRARY)
+        _check_outputs(problem, LIBRARY, bce=True)
+        if request.kfac_approx != "expand" and any(
+            isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+        ):
+            raise Unsupported(LIBRARY, "Conv2d is approximated as in KFC (expand) only")
+        if len(problem.batches) > 1 and not self.capabilities.multiple_batches:
+            raise Unsupported(LIBRARY, f"{self.name} is defined on one batch only")
+
+        model = extend(copy.deepcopy(problem.model))
+        loss_func = extend(copy.deepcopy(problem.loss_func))
+        N, R = total_data(problem), problem_reduction_factor(problem)
+        sums: dict[str, list] = {}
+        for X, y in problem.batches:
+            output = model(X)
+            loss = loss_func(output, y)
+            weight_A = X.shape[0] / N
+            weight_B = R / batch_reduction_factor(problem.loss_func, output, y)
+            with backpack(self._extension(request)):
+                loss.backward()
+            for layer in problem.layers:
+                module = model.get_submodule(layer)
+                G, A = (factor.detach().contiguous() for factor in getattr(module.weight, self.field))
+                terms = [weight_A * A, weight_B * G]
+                if module.bias is not None:
+                    (G_bias,) = getattr(module.bias, self.field)
+                    terms.append(weight_B * G_bias.detach())
+                previous = sums.get(layer)
+                sums[layer] = terms if previous is None else [p + t for p, t in zip(previous, terms)]
+
+        result = {}
+        for layer in problem.layers:
+            A, G, *bias_block = sums[layer]
+            if bias_block and not torch.allclose(bias_block[0], G, rtol=1e-6, atol=0.0):
+                raise Unsupported(
+                    LIBRARY,
+                    f"layer {layer!r}: the bias factor differs from the weight's output factor, "
+                    "which a separate bias block B cannot express",
+                )
+            result[layer] = package(problem, A, G, "separate" if has_bias(problem, layer) else "none")
+        return result
+
+
+class BackpackKFACCandidate(_BackpackCandidate):
+    """``backpack.extensions.KFAC(mc_samples=M)``: Monte Carlo KFAC."""
+
+    name = "backpack-kfac"
+    field = "kfac"
+    fisher_type = "mc"
+    losses = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
+    capabilities = Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=losses,
+        fisher_types=frozenset({"mc"}),
+        flavours=frozenset({"expand"}),
+        bias_modes=frozenset({"separate"}),
+        weight_sharing=False,
+    )
+
+    def _extension(self, request: Request):
+        from backpack.extensions import KFAC
+
+        return KFAC(mc_samples=request.mc_samples)
+
+    def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
+        with seeded_global_rng(problem, request.seed):
+            return super().compute(problem, request)
+
+
+class BackpackKFLRCandidate(_BackpackCandidate):
+    """``backpack.extensions.KFLR()``: type-2 KFAC (exact loss-Hessian square root)."""
+
+    name = "backpack-kflr"
+    field = "kflr"
+    fisher_type = "type-2"
+    losses = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
+    capabilities = Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=losses,
+        fisher_types=frozenset({"type-2"}),
+        flavours=frozenset({"expand"}),
+        bias_modes=frozenset({"separate"}),
+        weight_sharing=False,
+    )
+
+    def _extension(self, request: Request):
+        from backpack.extensions import KFLR
+
+        return KFLR()
+
+
+class BackpackKFRACandidate(_BackpackCandidate):
+    """``backpack.extensions.KFRA()``: recursive approximation, measured as type-2 KFAC."""
+
+    name = "backpack-kfra"
+    field = "kfra"
+    fisher_type = "type-2"
+    losses = frozenset({"MSELoss", "CrossEntropyLoss"})
+    capabilities = Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=losses,
+        fisher_types=frozenset({"type-2"}),
+        flavours=frozenset({"expand"}),
+        bias_modes=frozenset({"separate"}),
+        multiple_batches=False,
+        weight_sharing=False,
+    )
+
+    def _extension(self, request: Request):
+        from backpack.extensions import KFRA
+
+        return KFRA()

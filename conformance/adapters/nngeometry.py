@@ -1,0 +1,146 @@
+"""nngeometry's ``PMatKFAC`` representation of the Fisher as a candidate.
+
+Usage follows nngeometry's helpers: ``FIM(model, loader, PMatKFAC, variant=...)`` for the
+closed-form expectation over the model's predictive distribution (type-2) and
+``FIM_MonteCarlo(model, loader, PMatKFAC, variant="classif_logits", trials=M)`` for Monte
+Carlo. ``F.data[layer] == (A, G)`` with the bias as an extra input column fed by a constant
+one, appended last in ``A`` (the suite's ``"joint"``): the block is ``kron(G, A)`` over the
+row-major ``[W | b]``. nngeometry has no separate-bias mode, so only ``"joint"`` is claimed.
+
+Conventions (nngeometry 0.4, verified numerically):
+
+- Variants: ``"regression"`` (Gaussian with identity covariance, NLL ``1/2 ||f - y||^2``),
+  ``"classif_logits"`` (softmax over dim 1) and ``"classif_binary_logits"`` (independent
+  sigmoids, one per output) for MSE, CE and BCE-with-logits.
+- Normalisation: an average over the ``N`` examples of the loader, ``(1/N) sum_n``, of the
+  Fisher of the per-datum NLL. The suite's convention is ``L = R sum_n c_n`` with ``c_n`` the
+  summed criterion of datum ``n`` (``||f - y||^2`` for MSE, twice the Gaussian NLL), so
+
+      G_suite = kappa * N * R * G_nngeometry,   kappa = 2 for MSE, else 1,
+
+  the only conversion applied. A legitimate alternative normalisation, not a different
+  approximation.
+- nngeometry distributes scale between the factors differently (``A`` carries a per-factor
+  factor such as ``sqrt(2)`` relative to the data average, ``G`` its inverse). Only the
+  product ``kron(G, A)`` is identifiable, so this is irrelevant and left as is.
+- No empirical Fisher and no forward-only KFAC; Monte Carlo only for ``classif_logits``
+  (CE), so MC requests with another loss are refused.
+- ``nn.Linear`` only on ``(N, D)`` inputs (nngeometry fails on extra axes); ``nn.Conv2d`` is
+  KFAC-expand, so only ``kfac_approx="expand"`` is claimed.
+- The adapter feeds the problem's batches as they are through a ``DataLoader`` with an
+  explicit ``batch_sampler`` and a private ``torch.Generator`` (a ``DataLoader`` draws a base
+  seed from the global RNG otherwise). MC samples come from the global RNG, which the
+  adapter seeds with ``request.seed`` inside ``torch.random.fork_rng``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from kfac_conformance.adapters._common import (
+    Unsupported,
+    has_bias,
+    library_version,
+    package,
+    problem_reduction_factor,
+    refuse_shared_linear_inputs,
+    require,
+    seeded_global_rng,
+    total_data,
+)
+from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_ref.factors import KroneckerFactors
+
+LIBRARY = "nngeometry"
+LAYER_TYPES = frozenset({"Linear", "Conv2d"})
+LOSSES = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
+VARIANTS = {
+    "MSELoss": "regression",
+    "CrossEntropyLoss": "classif_logits",
+    "BCEWithLogitsLoss": "classif_binary_logits",
+}
+
+
+class NngeometryCandidate:
+    name = "nngeometry"
+    capabilities = Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=LOSSES,
+        fisher_types=frozenset({"type-2", "mc"}),
+        flavours=frozenset({"expand"}),
+        bias_modes=frozenset({"joint"}),
+        weight_sharing=False,
+    )
+
+    def __init__(self) -> None:
+        self.version = library_version("nngeometry")
+
+    def _check(self, problem: Problem, request: Request) -> None:
+        require(problem, LIBRARY, LAYER_TYPES, LOSSES)
+        if request.fisher_type not in self.capabilities.fisher_types:
+            raise Unsupported(LIBRARY, f"fisher_type {request.fisher_type!r}")
+        if request.fisher_type == "mc" and not isinstance(problem.loss_func, nn.CrossEntropyLoss):
+            raise Unsupported(LIBRARY, "Monte Carlo only for cross-entropy (classif_logits)")
+        if request.bias != "joint":
+            raise Unsupported(LIBRARY, "only a joint bias (ones column appended) is computed")
+        if request.kfac_approx != "expand" and any(
+            isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+        ):
+            raise Unsupported(LIBRARY, "Conv2d is approximated as in KFC (expand) only")
+        refuse_shared_linear_inputs(problem, LIBRARY)
+
+    def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
+        self._check(problem, request)
+        if request.fisher_type == "mc":
+            with seeded_global_rng(problem, request.seed):
+                return self._factors(problem, request)
+        return self._factors(problem, request)
+
+    def _factors(self, problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
+        from nngeometry.layercollection import LayerCollection
+        from nngeometry.metrics import FIM, FIM_MonteCarlo
+        from nngeometry.object import PMatKFAC
+        from torch.utils.data import DataLoader, TensorDataset
+
+        X = torch.cat([X for X, _ in problem.batches])
+        y = torch.cat([y for _, y in problem.batches])
+        sizes = [X_b.shape[0] for X_b, _ in problem.batches]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        batches = [list(range(start, start + size)) for start, size in zip(starts, sizes)]
+        loader = DataLoader(
+            TensorDataset(X, y), batch_sampler=batches, generator=torch.Generator()
+        )
+        layers = LayerCollection()
+        for layer in problem.layers:
+            layers.add_layer_from_model(problem.model, problem.model.get_submodule(layer))
+        variant = VARIANTS[type(problem.loss_func).__name__]
+        if request.fisher_type == "mc":
+            F = FIM_MonteCarlo(
+                problem.model,
+                loader,
+                PMatKFAC,
+                variant=variant,
+                trials=request.mc_samples,
+                device=str(problem.device),
+                layer_collection=layers,
+            )
+        else:
+            F = FIM(
+                problem.model,
+                loader,
+                PMatKFAC,
+                variant=variant,
+                device=str(problem.device),
+                layer_collection=layers,
+            )
+        kappa = 2.0 if isinstance(problem.loss_func, nn.MSELoss) else 1.0
+        scale = kappa * total_data(problem) * problem_reduction_factor(problem)
+        result = {}
+        for layer in problem.layers:
+            A, G = F.data[layer]
+            bias = "joint" if has_bias(problem, layer) else "none"
+            result[layer] = package(problem, A, scale * G, bias)
+        return result

@@ -1,0 +1,28 @@
+"""How a check ends other than passing: the exceptions every layer of the harness shares."""
+
+from __future__ import annotations
+
+STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+class CheckFailed(AssertionError):
+    """The property does not hold; carries the observed error and the tolerance."""
+
+    def __init__(
+        self,
+        message: str,
+        observed: float | None = None,
+        tolerance: float | None = None,
+        diagnosis: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.observed, self.tolerance, self.diagnosis = (
+            message,
+            observed,
+            tolerance,
+            diagnosis,
+        )
+
+
+class CheckSkipped(Exception):
+    """The check does not apply (e.g. outside the candidate's claimed capabilities)."""

@@ -1,0 +1,119 @@
+"""Pitfalls of layout, bias handling, precision and state."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from kfac_conformance.problem import Problem, Request
+from kfac_ref import layers
+from kfac_ref.factors import KroneckerFactors
+
+from .base import Mutant, reference_compute, replace
+
+
+class KroneckerOrderSwapped(Mutant):
+    """A and B exchanged (the block is kron(A, B): column-major flattening of the weight).
+
+    Only where A and B have the same size does the result still have valid shapes; there the
+    exactness checks kill it (deep-linear's bias-free 5x5 layer) and the diagnosis names the
+    swapped order. Elsewhere result validation would reject the shapes.
+    """
+
+    killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+
+    def compute(self, problem: Problem, request: Request):
+        result = reference_compute(problem, request)
+        return {
+            layer: KroneckerFactors(f.B, f.A, f.bias) if f.A.shape == f.B.shape else f
+            for layer, f in result.items()
+        }
+
+
+class JointOnesFirst(Mutant):
+    """With bias='joint' the constant one is put first in the layer input, not last, so the
+    bias is read as the weight's first column instead of its last.
+
+    Killed by exactness with bias='joint'; the diagnosis names the misplaced ones row.
+    """
+
+    killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+
+    def patches(self, request: Request):
+        def ones_first(positions: torch.Tensor) -> torch.Tensor:
+            ones = positions.new_ones((*positions.shape[:-1], 1))
+            return torch.cat([ones, positions], dim=-1)
+
+        return [replace(layers, "with_ones", ones_first)]
+
+
+class JointCrossTermsDropped(Mutant):
+    """bias='joint' answered with the separate block: the weight-bias entries of A are zero.
+
+    Killed by exactness with bias='joint' (the cross terms are part of the exact block there);
+    the diagnosis names the missing cross terms.
+    """
+
+    killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+
+    def compute(self, problem: Problem, request: Request):
+        result = reference_compute(problem, request)
+        dropped = {}
+        for layer, factors in result.items():
+            A = factors.A
+            if factors.bias == "joint":
+                A = A.clone()
+                A[:-1, -1] = 0
+                A[-1, :-1] = 0
+            dropped[layer] = KroneckerFactors(A, factors.B, factors.bias)
+        return dropped
+
+
+class Float32Internally(Mutant):
+    """A float64 problem computed in float32 and cast back: the answer has the right dtype but
+    only single-precision accuracy.
+
+    Killed by exactness (float64 cases are held to 1e-10); the diagnosis names float32
+    round-off.
+    """
+
+    killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+
+    def compute(self, problem: Problem, request: Request):
+        single = Problem(
+            copy.deepcopy(problem.model),
+            problem.loss_func,
+            list(problem.batches),
+            problem.layers,
+            problem.case_id,
+        ).to(dtype=torch.float32)
+        result = reference_compute(single, request)
+        return {layer: factors.to(dtype=problem.dtype) for layer, factors in result.items()}
+
+
+class AccumulatesState(Mutant):
+    """Factors kept on the candidate and added to on every call (running sums never reset), so
+    the second call on the same problem returns twice A and twice B.
+
+    Killed by side-effects/repeatable; the diagnosis names the factor 4.
+    """
+
+    killers = ("side-effects/repeatable",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sums: dict[tuple, KroneckerFactors] = {}
+
+    def compute(self, problem: Problem, request: Request):
+        result = reference_compute(problem, request)
+        for layer, factors in result.items():
+            key = (problem.case_id, request, layer, str(problem.dtype))
+            previous = self.sums.get(key)
+            if previous is not None:
+                factors = KroneckerFactors(
+                    previous.A + factors.A, previous.B + factors.B, factors.bias
+                )
+            self.sums[key] = factors
+        return {layer: self.sums[(problem.case_id, request, layer, str(problem.dtype))]
+                for layer in result}
