@@ -65,8 +65,12 @@ class CandidateError(Exception):
     def __init__(self, exception: BaseException, side_effects: list[str] | None = None) -> None:
         self.exception = exception
         self.side_effects = side_effects or []
-        frames = traceback.format_exception(type(exception), exception, exception.__traceback__)
-        self.traceback_tail = "".join(frames[-_TRACEBACK_FRAMES:])
+        # The first frame is call_candidate's own; the rest are the candidate's.
+        tb = exception.__traceback__.tb_next if exception.__traceback__ else None
+        frames = traceback.format_tb(tb)[-_TRACEBACK_FRAMES:]
+        self.traceback_tail = "".join(
+            frames + traceback.format_exception_only(type(exception), exception)
+        )
         super().__init__(f"{type(exception).__name__}: {exception}")
 
 
@@ -264,7 +268,7 @@ class _ProblemSnapshot:
             n for n, m in model.named_modules() if m.training != self.training.get(n, m.training)
         ]
         if mode_changed:
-            changes.append(f"changed train/eval mode of {mode_changed}")
+            changes.append(f"changed train/eval mode of {[n or '<model>' for n in mode_changed]}")
             for name, module in model.named_modules():
                 module.training = self.training.get(name, module.training)
         data_changed = len(problem.batches) != len(self.batches) or any(

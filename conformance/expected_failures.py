@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def glob_matches(pattern: str, text: str) -> bool:
+    """Shell-style ``*`` and ``?``; brackets are literal, because item ids contain them."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, text) is not None
 
 
 @dataclass(frozen=True)
@@ -14,9 +20,7 @@ class ExpectedFailure:
     line: int
 
     def matches(self, item_id: str, check_id: str) -> bool:
-        return fnmatch.fnmatchcase(item_id, self.pattern) or fnmatch.fnmatchcase(
-            check_id, self.pattern
-        )
+        return glob_matches(self.pattern, item_id) or glob_matches(self.pattern, check_id)
 
 
 def read_expected_failures(path: str | Path) -> list[ExpectedFailure]:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev, vjp, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
 CURVATURES = ("ggn", "empirical", "mc")
 _CHUNK_ELEMENTS = 2**24
@@ -95,26 +95,27 @@ def exact_blocks(
     def output_of_one(theta: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(model, {**params, **theta}, (x.unsqueeze(0),)).squeeze(0)
 
-    jacobian_of_one = jacrev(output_of_one)
-    sizes = [chosen[name].numel() for name in all_names]
-    per_datum = max(1, output[0].numel() * sum(sizes))
-    chunk = max(1, _CHUNK_ELEMENTS // per_datum)
-    total = output.new_zeros(sum(sizes), sum(sizes))
-    for start in range(0, X.shape[0], chunk):
-        stop = min(start + chunk, X.shape[0])
-        jac = vmap(jacobian_of_one, in_dims=(None, 0))(chosen, X[start:stop])
-        # J_n: (n, K, P) with P the concatenated row-major parameters in named_parameters order
-        J = torch.cat(
-            [jac[name].reshape(stop - start, output[0].numel(), -1) for name in all_names], -1
-        )
-        JV = torch.einsum("nkp,nkv->npv", J, output_vectors[start:stop])
-        total += torch.einsum("npv,nqv->pq", JV, JV)
+    def pulled_back(theta: dict[str, Tensor], x: Tensor, vectors: Tensor) -> dict[str, Tensor]:
+        r""":math:`J_n^\top v` for every row ``v`` of ``vectors``, by one batched VJP."""
+        _, pullback = vjp(lambda t: output_of_one(t, x), theta)
+        return vmap(pullback)(vectors)[0]
 
-    blocks, offset = {}, 0
-    for layer, layer_names in names.items():
-        size = sum(chosen[name].numel() for name in layer_names)
-        blocks[layer] = total[offset : offset + size, offset : offset + size].clone()
-        offset += size
+    N, num_vectors = output.shape[0], output_vectors.shape[-1]
+    # (N, v, *output.shape[1:]): datum n's vectors are the columns of V_n
+    vectors = output_vectors.transpose(1, 2).reshape(N, num_vectors, *output.shape[1:])
+    sizes = {layer: sum(chosen[name].numel() for name in names[layer]) for layer in layers}
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, num_vectors * sum(sizes.values())))
+    blocks = {layer: output.new_zeros(size, size) for layer, size in sizes.items()}
+    for start in range(0, N, chunk):
+        stop = min(start + chunk, N)
+        pulled = vmap(pulled_back, in_dims=(None, 0, 0))(chosen, X[start:stop], vectors[start:stop])
+        for layer, layer_names in names.items():
+            # rows J_n^T v over (n, v); the block is their sum of outer products
+            rows = torch.cat(
+                [pulled[name].reshape((stop - start) * num_vectors, -1) for name in layer_names],
+                dim=1,
+            )
+            blocks[layer] += rows.T @ rows
     return blocks
 
 
@@ -145,5 +146,5 @@ def _output_space_factors(
         return (loss_gradient(output, labels) / R**0.5).unsqueeze(-1)
     samples = torch.cat(list(sampled_labels), dim=1)
     M = samples.shape[0]
-    gradients = torch.stack([loss_gradient(output, samples[m]) for m in range(M)], dim=-1)
-    return gradients / (R * M) ** 0.5
+    gradients = vmap(loss_gradient, in_dims=(None, 0))(output, samples)  # (M, N, K)
+    return gradients.permute(1, 2, 0) / (R * M) ** 0.5

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import multiprocessing
 import signal
@@ -18,7 +17,7 @@ from kfac_conformance.calling import CallAbandoned, CandidateError, GlobalState,
 from kfac_conformance.cases import AGREEMENT_CASES, CANONICAL_CASES, Case
 from kfac_conformance.checks import ALL_CHECKS, CaseEntry, Check, CheckFailed, CheckSkipped
 from kfac_conformance.checks.robustness import BUILTIN_ENTRIES
-from kfac_conformance.expected_failures import ExpectedFailure, match
+from kfac_conformance.expected_failures import ExpectedFailure, glob_matches, match
 from kfac_conformance.loading import load_case_factory
 from kfac_conformance.problem import Candidate
 from kfac_conformance.session import PROFILES, Session
@@ -116,7 +115,7 @@ def plan(
         items = [
             item
             for item in items
-            if any(item.id == g or fnmatch.fnmatchcase(item.id, g) for g in select)
+            if any(glob_matches(g, item.id) for g in select)
         ]
     return items
 

@@ -55,6 +55,15 @@ class Hostile:
         raise NotImplementedError
 
 
+class Correct(Hostile):
+    """The control: kfac_ref with no misbehaviour."""
+
+    name = "correct"
+
+    def __init__(self) -> None:
+        super().__init__(times=0)
+
+
 class Raising(Hostile):
     def misbehave(self, problem, request):
         raise ValueError("hostile refusal")
@@ -74,6 +83,22 @@ class Hanging(Hostile):
 class ExitingProcess(Hostile):
     def misbehave(self, problem, request):
         os._exit(EXIT_CODE)
+
+
+class ExitingOnSecondCall(Hostile):
+    """Correct once, then kills its process: a run without isolation dies mid-way."""
+
+    def misbehave(self, problem, request):
+        if self.calls == 1:
+            return reference(problem, request)
+        os._exit(EXIT_CODE)
+
+
+class MutatesThenRaises(Hostile):
+    def misbehave(self, problem, request):
+        with torch.no_grad():
+            next(problem.model.parameters()).add_(1.0)
+        raise RuntimeError("hostile failure after a mutation")
 
 
 class _Corrupting(Hostile):

@@ -64,9 +64,7 @@ class EmpiricalFromBatchGradient(Mutant):
         if request.fisher_type != "empirical":
             return []
         return [
-            rules_replaced(
-                lambda key, rule: rule._replace(grad_sum=_batch_summed(rule.grad_sum))
-            )
+            rules_replaced(lambda key, rule: rule._replace(grad_sum=_batch_summed(rule.grad_sum)))
         ]
 
 

@@ -16,9 +16,9 @@ from .base import Mutant, reference_compute, replace
 class KroneckerOrderSwapped(Mutant):
     """A and B exchanged (the block is kron(A, B): column-major flattening of the weight).
 
-    Only where A and B have the same size does the result still have valid shapes; there the
-    exactness checks kill it (deep-linear's bias-free 5x5 layer) and the diagnosis names the
-    swapped order. Elsewhere result validation would reject the shapes.
+    The result keeps valid shapes only where A and B have the same size, so only such layers
+    are swapped. Killed by exactness on deep-linear's bias-free 5x5 layer, where the
+    diagnosis names the swapped order (elsewhere result validation rejects the shapes).
     """
 
     killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
@@ -115,5 +115,7 @@ class AccumulatesState(Mutant):
                     previous.A + factors.A, previous.B + factors.B, factors.bias
                 )
             self.sums[key] = factors
-        return {layer: self.sums[(problem.case_id, request, layer, str(problem.dtype))]
-                for layer in result}
+        return {
+            layer: self.sums[(problem.case_id, request, layer, str(problem.dtype))]
+            for layer in result
+        }

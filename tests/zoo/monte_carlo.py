@@ -27,7 +27,9 @@ class McNormalisedByM(Mutant):
 
     def patches(self, request: Request):
         def by_m(loss_func, output, labels, fisher_type, mc_samples, generator):
-            vectors = _original_vectors(loss_func, output, labels, fisher_type, mc_samples, generator)
+            vectors = _original_vectors(
+                loss_func, output, labels, fisher_type, mc_samples, generator
+            )
             return vectors / math.sqrt(mc_samples) if fisher_type == "mc" else vectors
 
         return [replace(compute, "backpropagated_vectors", by_m)]
@@ -45,7 +47,9 @@ class McTrueLabels(Mutant):
     def patches(self, request: Request):
         def true_labels(loss_func, output, labels, fisher_type, mc_samples, generator):
             if fisher_type != "mc":
-                return _original_vectors(loss_func, output, labels, fisher_type, mc_samples, generator)
+                return _original_vectors(
+                    loss_func, output, labels, fisher_type, mc_samples, generator
+                )
             empirical = _original_vectors(loss_func, output, labels, "empirical", 1, generator)
             return empirical.expand(mc_samples, *empirical.shape[1:]) / math.sqrt(mc_samples)
 
@@ -75,7 +79,7 @@ class McOneSampleRepeated(Mutant):
     """One label drawn per datum and repeated M times (a broadcasting slip): still unbiased,
     but the error no longer shrinks with M.
 
-    Survives mc/unbiased; killed only by mc/sqrt-m-convergence (error ratio 1 instead of 4).
+    Survives mc/unbiased; killed by mc/sqrt-m-convergence alone (error ratio 1 instead of 4).
     """
 
     killers = ("mc/sqrt-m-convergence",)

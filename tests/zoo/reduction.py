@@ -86,12 +86,17 @@ class ReductionPerBatch(Mutant):
         sizes = [X.shape[0] for X, _ in problem.batches]
         per_batch = []
         for batch in problem.batches:
-            one = Problem(problem.model, problem.loss_func, [batch], problem.layers, problem.case_id)
+            one = Problem(
+                problem.model, problem.loss_func, [batch], problem.layers, problem.case_id
+            )
             per_batch.append(reference_compute(one, request))
         total = sum(sizes)
         return {
             layer: KroneckerFactors(
-                sum(size / total * result[layer].A for size, result in zip(sizes, per_batch)),
+                sum(
+                    size / total * result[layer].A
+                    for size, result in zip(sizes, per_batch, strict=True)
+                ),
                 sum(result[layer].B for result in per_batch),
                 per_batch[0][layer].bias,
             )

@@ -1,0 +1,119 @@
+"""Diagnosis: the harness names the pitfall behind a failure, in the result, summary and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from zoo import (
+    Float32Internally,
+    JointCrossTermsDropped,
+    JointOnesFirst,
+    KroneckerOrderSwapped,
+    ReduceAveragesGrads,
+    ReduceSumsInputs,
+    ReductionFactorMissing,
+    Type2AnswersEmpirical,
+)
+
+from kfac_conformance import cli
+from kfac_conformance.compare import diagnose, layer_pattern, name_factor
+from kfac_conformance.runner import case_entries, plan, run_items
+from kfac_ref.factors import KroneckerFactors
+
+DEEP_LINEAR = "exactness/type-2-expand[deep-linear[mse-sum-1batch]]"
+POOL_IN_MIDDLE = "exactness/type-2-reduce[reduce-deep-linear[pool-in-middle]]"
+
+# (mutant, item, phrases the diagnosis must contain)
+EXPECTED = [
+    (
+        ReductionFactorMissing,
+        "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
+        ["off by a constant factor x 36", "N*T", "N = 12 data", "T = 3 loss terms per datum"],
+    ),
+    (
+        KroneckerOrderSwapped,
+        DEEP_LINEAR,
+        ["Kronecker order swapped: kron(A, B) matches", "wrong only on layers ['1']"],
+    ),
+    (
+        Type2AnswersEmpirical,
+        "exactness/type-2-expand[one-datum-mlp[tanh-mse-mean]]",
+        ["equals the empirical Fisher block instead"],
+    ),
+    (JointCrossTermsDropped, DEEP_LINEAR, ["weight-bias cross terms are zero"]),
+    (JointOnesFirst, DEEP_LINEAR, ["ones row misplaced", "moved last"]),
+    (
+        ReduceSumsInputs,
+        POOL_IN_MIDDLE,
+        [
+            "wrong only on layers ['0', '1'] (right on ['3', '4'])",
+            "exactly the layers with shared axes (S=4, S=4)",
+        ],
+    ),
+    (ReduceAveragesGrads, POOL_IN_MIDDLE, ["x 0.0625 = 1/S^2", "S = 4 shared positions"]),
+    (Float32Internally, DEEP_LINEAR, ["float32 round-off level"]),
+]
+
+
+def _item(item_id: str):
+    [item] = [item for item in plan("default", case_entries("default")) if item.id == item_id]
+    return item
+
+
+@pytest.mark.parametrize(
+    "mutant, item_id, phrases", EXPECTED, ids=[mutant.__name__ for mutant, *_ in EXPECTED]
+)
+def test_the_diagnosis_names_the_pitfall(mutant, item_id, phrases):
+    [result] = run_items(mutant(), [_item(item_id)], "default")
+    assert result.status == "failed", result.message
+    for phrase in phrases:
+        assert phrase in (result.diagnosis or ""), result.diagnosis
+
+
+def test_the_diagnosis_is_in_the_summary_and_the_json_report(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    code = cli.main(
+        [
+            "run",
+            "--candidate",
+            "zoo:KroneckerOrderSwapped",
+            "--select",
+            DEEP_LINEAR,
+            "--report-json",
+            str(report),
+            "--quiet",
+        ]
+    )
+    assert code == 1
+    assert "diagnosis: Kronecker order swapped" in capsys.readouterr().out
+    [result] = json.loads(report.read_text())["results"]
+    assert result["diagnosis"].startswith("Kronecker order swapped")
+
+
+def test_name_factor_lists_every_matching_count():
+    assert (
+        name_factor(6.0, {"N": 3, "T": 2, "K": 1}) == "N*T (N = 3 data, T = 2 loss terms per datum)"
+    )
+    assert (
+        name_factor(0.25, {"N": 2, "T": 4})
+        == "1/N^2 or 1/T (N = 2 data, T = 4 loss terms per datum)"
+    )
+    assert name_factor(7.0, {"N": 2, "T": 3}) is None
+
+
+def test_layer_pattern_needs_some_layers_right():
+    assert layer_pattern({"0": 1.0, "1": 1.0}, 1e-10, {"0": 4, "1": 1}) is None
+    assert (
+        layer_pattern({"0": 1.0, "1": 0.0}, 1e-10, {})
+        == "wrong only on layers ['0'] (right on ['1'])"
+    )
+
+
+def test_no_diagnosis_is_invented_for_an_unstructured_error():
+    generator = torch.Generator().manual_seed(0)
+    A, B = (torch.randn(3, 3, generator=generator, dtype=torch.float64) for _ in range(2))
+    factors = KroneckerFactors(A @ A.T, B @ B.T)
+    exact = factors.to_dense() + 0.1 * torch.randn(9, 9, generator=generator, dtype=torch.float64)
+    assert diagnose(factors, exact, 1e-10) is None

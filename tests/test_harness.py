@@ -1,0 +1,286 @@
+"""The harness end to end: wrong candidates are caught by the right checks, the run completes,
+and the front ends (runner, pytest plugin, external adapters, expected failures) agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kfac_conformance import Capabilities, KroneckerFactors, load_candidate
+from kfac_conformance.expected_failures import read_expected_failures
+from kfac_conformance.loading import SpecError
+from kfac_conformance.reference_candidate import ReferenceCandidate
+from kfac_conformance.runner import case_entries, plan, run_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Scaled(ReferenceCandidate):
+    """B doubled: a reduction factor applied twice."""
+
+    name = "wrong-scale"
+
+    def compute(self, problem, request):
+        return {
+            k: KroneckerFactors(f.A, 2 * f.B, f.bias)
+            for k, f in super().compute(problem, request).items()
+        }
+
+
+class Swapped(ReferenceCandidate):
+    """kron(A, B) instead of kron(B, A): column-major flattening."""
+
+    name = "swapped"
+    capabilities = Capabilities(bias_modes=frozenset({"separate"}))
+
+    def compute(self, problem, request):
+        result = {}
+        for layer, f in super().compute(problem, request).items():
+            if f.bias == "none" and f.A.shape == f.B.shape:
+                result[layer] = KroneckerFactors(
+                    f.B, f.A, f.bias
+                )  # only square layers keep valid shapes
+            else:
+                result[layer] = f
+        return result
+
+
+class EmpiricalForType2(ReferenceCandidate):
+    """Answers every type-2 request with the empirical Fisher."""
+
+    name = "wrong-fisher"
+
+    def compute(self, problem, request):
+        if request.fisher_type == "type-2":
+            request = type(request)(
+                "empirical", request.kfac_approx, request.mc_samples, request.seed, request.bias
+            )
+        return super().compute(problem, request)
+
+
+class GradWriter(ReferenceCandidate):
+    """Leaves .grad behind: a side effect."""
+
+    name = "side-effect"
+
+    def compute(self, problem, request):
+        for param in problem.model.parameters():
+            param.grad = torch.ones_like(param)
+        return super().compute(problem, request)
+
+
+class Crashing(ReferenceCandidate):
+    """Raises on reduce."""
+
+    name = "crash"
+
+    def compute(self, problem, request):
+        if request.kfac_approx == "reduce":
+            raise RuntimeError("reduce is broken")
+        return super().compute(problem, request)
+
+
+def _run(candidate, profile="quick", select=()):
+    items = plan(profile, case_entries(profile), select)
+    return {result.item_id: result for result in run_items(candidate, items, profile)}
+
+
+@pytest.fixture(scope="module")
+def reference_results():
+    return _run(ReferenceCandidate())
+
+
+def test_reference_passes_every_quick_check(reference_results):
+    bad = {
+        i: r.status for i, r in reference_results.items() if r.status not in ("passed", "skipped")
+    }
+    assert not bad
+    skipped = {r.message for r in reference_results.values() if r.status == "skipped"}
+    assert all(message.startswith("CUDA is not available") for message in skipped)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "killing_check", "diagnosis"),
+    [
+        (Scaled(), "exactness/type-2-expand", "x 2"),
+        (Swapped(), "exactness/type-2-expand", "Kronecker order swapped"),
+        (EmpiricalForType2(), "exactness/type-2-expand", "empirical Fisher"),
+        (GradWriter(), "side-effects/none", None),
+        (Crashing(), "exactness/type-2-reduce", None),
+    ],
+    ids=lambda value: getattr(value, "name", None) or str(value),
+)
+def test_wrong_candidates_fail_the_right_check_and_the_run_completes(
+    candidate, killing_check, diagnosis, reference_results
+):
+    results = _run(candidate)
+    assert set(results) == set(reference_results), "every planned check must produce a result"
+    killed = [
+        r
+        for r in results.values()
+        if r.check_id == killing_check and r.status in ("failed", "error")
+    ]
+    assert killed, f"{killing_check} did not catch {candidate.name}"
+    if diagnosis is not None:
+        assert any(diagnosis in (r.diagnosis or "") for r in killed), [r.diagnosis for r in killed]
+    if isinstance(candidate, Crashing):
+        assert all(
+            r.status == "error" and "RuntimeError: reduce is broken" in r.message for r in killed
+        )
+        expand = [r for r in results.values() if r.check_id == "exactness/type-2-expand"]
+        assert expand and all(r.status == "passed" for r in expand)
+    if isinstance(candidate, GradWriter):
+        assert "changed .grad" in killed[0].message
+
+
+class ClaimsNothing(ReferenceCandidate):
+    name = "claims-nothing"
+    capabilities = Capabilities(fisher_types=frozenset())
+
+
+def test_checks_outside_the_claim_are_skipped_with_their_reason_and_counted():
+    results = _run(ClaimsNothing(), select=["exactness/*", "agreement/*"])
+    assert results, "the skipped checks must still be reported"
+    assert all(
+        r.status == "skipped" and r.message.startswith("not supported") for r in results.values()
+    )
+
+
+def test_expected_failures_turn_failures_into_xfailed_and_flag_passes(tmp_path):
+    xfail = tmp_path / "xfail.txt"
+    xfail.write_text(
+        "exactness/type-2-expand  # doubled B, see findings\nnever/matches  # stale\n"
+        "invariance/permutation[mlp*]  # not really failing\n"
+    )
+    expected = read_expected_failures(xfail)
+    used: set[int] = set()
+    items = plan(
+        "quick", case_entries("quick"), ["exactness/type-2-expand*", "invariance/permutation[mlp*"]
+    )
+    results = list(run_items(Scaled(), items, "quick", expected=expected, used_expected=used))
+    statuses = {r.item_id: r.status for r in results}
+    assert {s for i, s in statuses.items() if i.startswith("exactness")} == {"xfailed"}
+    assert {s for i, s in statuses.items() if i.startswith("invariance")} == {"xpassed"}
+    assert [e.pattern for e in expected if e.line not in used] == ["never/matches"]
+
+
+def test_external_adapter_file_runs_end_to_end():
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kfac_conformance.cli",
+            "run",
+            "--candidate",
+            "examples/external_candidate.py:candidate",
+            "--case",
+            "examples/custom_case.py:two_layer_regression",
+            "--profile",
+            "quick",
+            "-q",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "linear-only-example:" in completed.stdout and " 0 failed, 0 errors" in completed.stdout
+
+
+def test_pytest_plugin_runs_the_catalogue_as_tests(tmp_path):
+    junit = tmp_path / "kfac.xml"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--kfac-candidate",
+            "kfac_ref",
+            "--kfac-profile",
+            "quick",
+            "-k",
+            "exactness or side-effects",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert "failed" not in completed.stdout.splitlines()[-1]
+    assert 'name="exactness/type-2-expand[deep-linear[mse-mean-3batches]]"' in junit.read_text()
+
+
+def test_pytest_plugin_reports_a_failure_with_its_diagnosis(tmp_path):
+    (tmp_path / "wrong.py").write_text(
+        "from kfac_conformance import KroneckerFactors\n"
+        "from kfac_conformance.reference_candidate import ReferenceCandidate\n"
+        "class Doubled(ReferenceCandidate):\n"
+        "    name = 'doubled'\n"
+        "    def compute(self, problem, request):\n"
+        "        return {k: KroneckerFactors(f.A, 2 * f.B, f.bias) for k, f in super().compute(problem, request).items()}\n"
+    )
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--kfac-candidate",
+            f"{tmp_path / 'wrong.py'}:Doubled",
+            "--kfac-profile",
+            "quick",
+            "-k",
+            "type-2-expand and deep-linear",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1
+    assert "off by a constant factor x 2" in completed.stdout
+
+
+def test_load_candidate_errors_name_the_problem(tmp_path):
+    assert load_candidate("kfac_ref").name == "kfac_ref"
+    with pytest.raises(SpecError, match="neither a registered name"):
+        load_candidate("no-such-candidate")
+    with pytest.raises(SpecError, match="does not exist"):
+        load_candidate(str(tmp_path / "missing.py") + ":x")
+    with pytest.raises(SpecError, match="has no attribute 'nope'"):
+        load_candidate("kfac_conformance.reference_candidate:nope")
+    (tmp_path / "bad.py").write_text("thing = 3\n")
+    with pytest.raises(SpecError, match="lacks"):
+        load_candidate(f"{tmp_path / 'bad.py'}:thing")
+
+
+def test_nondeterministic_case_factory_is_rejected(tmp_path):
+    (tmp_path / "case.py").write_text(
+        "import torch\nfrom torch import nn\nfrom kfac_conformance import Problem\n"
+        "def factory():\n"
+        "    model = nn.Sequential(nn.Linear(2, 2)).double()\n"
+        "    X = torch.randn(3, 2, dtype=torch.float64)\n"
+        "    return Problem(model, nn.MSELoss(), [(X, torch.zeros(3, 2, dtype=torch.float64))], ['0'], 'c')\n"
+    )
+    from kfac_conformance.loading import load_case_factory
+
+    with pytest.raises(SpecError, match="not deterministic"):
+        load_case_factory(f"{tmp_path / 'case.py'}:factory")
+
+
+def test_select_by_full_item_id_reproduces_exactly_that_item():
+    items = plan("default", case_entries("default"))
+    for item in items[::25]:
+        assert [i.id for i in plan("default", case_entries("default"), [item.id])] == [item.id]
