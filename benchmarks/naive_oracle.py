@@ -48,7 +48,8 @@ def naive_ggn_block(
         return functional_call(model, {**params, **layer_params}, (X,))
 
     output, pullback = vjp(output_of, theta)
-    loss_gradient = grad(lambda out: loss_func(out, y))
+    # the loss Hessian is symmetric, so pulling back through the loss gradient multiplies by it
+    _, loss_hessian_product = vjp(grad(lambda out: loss_func(out, y)), output)
     size = sum(p.numel() for p in theta.values())
     if columns is None:
         columns = range(size)
@@ -58,7 +59,7 @@ def naive_ggn_block(
     for coordinate in columns:
         direction = _unit_vector(theta, coordinate)
         _, jacobian_direction = jvp(output_of, (theta,), (direction,))
-        _, curved = jvp(loss_gradient, (output,), (jacobian_direction,))
+        (curved,) = loss_hessian_product(jacobian_direction)
         (column,) = pullback(curved)
         computed.append(torch.cat([column[name].flatten() for name in names]))
     return torch.stack(computed, dim=1)

@@ -49,6 +49,26 @@ class Problem:
         self.batches = [(move(X), move(y)) for X, y in self.batches]
         return self
 
+    def linear_layers_with_shared_axes(self) -> list[str]:
+        """The requested Linear layers whose input has axes between batch and features."""
+        found: list[str] = []
+        handles = [
+            module.register_forward_hook(
+                lambda module, args, output, name=name: (
+                    found.append(name) if args[0].ndim > 2 else None
+                )
+            )
+            for name in self.layers
+            if isinstance(module := self.model.get_submodule(name), nn.Linear)
+        ]
+        try:
+            with torch.no_grad():
+                self.model(self.batches[0][0])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return sorted(set(found))
+
     def describe(self) -> dict:
         return {
             "case": self.case_id,
@@ -97,7 +117,7 @@ class Capabilities:
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
     dtypes: frozenset[str] = frozenset({"float32", "float64"})
     multiple_batches: bool = True
-    weight_sharing: bool = True
+    weight_sharing: bool = True  # Linear layers on inputs with leading shared axes, (N, S, ..., D)
 
     def unsupported(self, problem: Problem, request: Request) -> str | None:
         """Why ``(problem, request)`` is outside the claim, or ``None`` when inside it."""
@@ -117,6 +137,10 @@ class Capabilities:
                 return f"not supported: {what} {sorted(missing)}"
         if len(problem.batches) > 1 and not self.multiple_batches:
             return "not supported: several batches"
+        if not self.weight_sharing:
+            shared = problem.linear_layers_with_shared_axes()
+            if shared:
+                return f"not supported: Linear layers {shared} on inputs with shared axes"
         return None
 
 

@@ -138,8 +138,9 @@ def run_for_bias_modes(
     """Run ``body(bias)`` for each bias mode the candidate claims; skip when it claims none."""
     modes = session.supported_bias_modes(entry, fisher_type, flavour)
     if not modes:
+        problem = session.fresh(entry)
         raise CheckSkipped(
-            f"not supported: fisher type {fisher_type!r} with kfac_approx {flavour!r}"
+            session.candidate.capabilities.unsupported(problem, Request(fisher_type, flavour))
         )
     measurement = Measurement()
     for bias in modes:

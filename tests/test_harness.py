@@ -284,3 +284,19 @@ def test_select_by_full_item_id_reproduces_exactly_that_item():
     items = plan("default", case_entries("default"))
     for item in items[::25]:
         assert [i.id for i in plan("default", case_entries("default"), [item.id])] == [item.id]
+
+
+class NoSharedAxes(ReferenceCandidate):
+    name = "no-shared-axes"
+    capabilities = Capabilities(weight_sharing=False)
+
+
+def test_weight_sharing_claim_skips_linear_layers_on_shared_axes_only():
+    results = _run(NoSharedAxes(), select=["exactness/type-2-expand*"])
+    statuses = {r.case_id: (r.status, r.message) for r in results.values()}
+    assert statuses["expand-deep-linear[2-axes]"] == (
+        "skipped",
+        "not supported: Linear layers ['0', '1', '2'] on inputs with shared axes",
+    )
+    assert statuses["deep-linear[mse-mean-3batches]"][0] == "passed"
+    assert statuses["conv-expand[last-layer-stride2-pad1-dil2]"][0] == "passed"

@@ -124,9 +124,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200, help="independent trials per case")
     parser.add_argument("--first-trial", type=int, default=0, help="offset of the seed blocks")
+    parser.add_argument(
+        "--case", action="append", choices=sorted(MC_CASE_IDS), help="only these cases"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    results = calibrate(trials=args.trials, first_trial=args.first_trial)
+    results = calibrate(
+        trials=args.trials,
+        first_trial=args.first_trial,
+        case_ids=args.case or sorted(MC_CASE_IDS),
+    )
     print(
         f"{datetime.date.today().isoformat()}, torch {torch.__version__}, "
         f"{time.perf_counter() - start:.0f} s"
