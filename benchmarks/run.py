@@ -2,7 +2,8 @@
 
 Run ``python benchmarks/run.py`` from the repository root (``nox -s bench`` does). It prints
 every figure and writes them, with the date and the machine, to ``benchmarks/results.json``
-(``--output`` to change). Sections (``--only`` to pick some):
+(``--output`` to change; sections not run keep their stored results). Sections (``--only``
+to pick some):
 
 - ``oracle``: the exact oracle against the coordinate-by-coordinate computation of the same
   GGN block (:mod:`naive_oracle`) on layers of a few hundred to a few thousand parameters;
@@ -13,8 +14,9 @@ every figure and writes them, with the date and the machine, to ``benchmarks/res
   is recorded as ``"not installed"``.
 - ``profiles``: ``kfac-conformance run --profile quick`` and ``default`` as subprocesses
   (process start included) against their budgets, and ``pytest --kfac-candidate kfac_ref``
-  with and without ``-n 2``.
-- ``suite``: the project's own test suite under ``pytest -n 2 --durations``.
+  with and without ``-n 2``; each with torch's default threads and with one thread.
+- ``suite`` (only on request, ``--only suite``: it takes minutes): the project's own test
+  suite under ``pytest -n 2 --durations=10``, with the slowest tests.
 - ``scaling``: the oracle's and ``kfac_ref``'s cost against layer width, batch size and the
   number of shared positions, and the largest block that fits in memory.
 
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,14 +48,17 @@ import kfac_ref
 from kfac_conformance.oracle import exact_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from naive_oracle import naive_ggn_block  # noqa: E402
+from naive_oracle import METHODS, naive_ggn_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("oracle", "libraries", "profiles", "suite", "scaling")
+# the project's own test suite takes minutes and changes with every test added: run it on request
+DEFAULT_SECTIONS = ("oracle", "libraries", "profiles", "scaling")
+SUBPROCESS_TIMEOUT_S = 900
 BUDGETS_S = {"quick": 15.0, "default": 60.0}
 # the naive computation's cost is the same for every column, so on big layers a sample of
 # columns is timed and the total extrapolated (and the sampled columns compared)
-NAIVE_MAX_COLUMNS = 400
+NAIVE_MAX_COLUMNS = 200
 MEMORY_GIB = 24
 
 
@@ -103,7 +109,7 @@ def relative_difference(approx: Tensor, exact: Tensor) -> float:
 
 def mlp(widths: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     modules: list[nn.Module] = []
-    for index, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for index, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
         if index:
             modules.append(activation())
         modules.append(nn.Linear(d_in, d_out))
@@ -124,29 +130,30 @@ def bench_oracle(repeats: int) -> list[dict]:
     for width in (16, 32, 64):
         model, loss_func, batches, layer = oracle_problem(width, batch=32)
         size = sum(p.numel() for p in model.get_submodule(layer).parameters())
-        oracle_s = best_time(lambda: exact_blocks(model, loss_func, batches, [layer]), repeats)
+        oracle_s = best_time(partial(exact_blocks, model, loss_func, batches, [layer]), repeats)
         exact = exact_blocks(model, loss_func, batches, [layer])[layer]
         columns = _sampled_columns(size)
-        start = time.perf_counter()
-        naive = naive_ggn_block(model, loss_func, batches, layer, columns)
-        naive_s = (time.perf_counter() - start) * size / len(columns)
         row = {
             "layer": f"Linear({width}, {width}) of an MLP 20-{width}-{width}-10, tanh, CE",
             "parameters": size,
             "batch": 32,
             "outputs_per_datum": 10,
             "oracle_s": oracle_s,
-            "naive_s": naive_s,
             "naive_columns_timed": len(columns),
-            "speedup": naive_s / oracle_s,
-            "relative_difference": relative_difference(naive, exact[:, columns]),
         }
+        line = f"oracle  P={size:5d}: oracle {oracle_s:.3f} s"
+        for method in METHODS:
+            naive = partial(naive_ggn_block, model, loss_func, batches, layer, columns, method)
+            naive_s = best_time(naive, repeats) * size / len(columns)
+            row[f"naive_{method}_s"] = naive_s
+            row[f"speedup_over_{method}"] = naive_s / oracle_s
+            row[f"relative_difference_{method}"] = relative_difference(naive(), exact[:, columns])
+            line += (
+                f", naive ({method}) {naive_s:.2f} s: speed-up x{naive_s / oracle_s:.0f} "
+                f"at difference {row[f'relative_difference_{method}']:.1e}"
+            )
         rows.append(row)
-        print(
-            f"oracle  P={size:5d}: oracle {oracle_s:.3f} s, naive {naive_s:.2f} s"
-            f"{'' if len(columns) == size else f' (from {len(columns)} columns)'}, "
-            f"speed-up x{row['speedup']:.0f}, difference {row['relative_difference']:.1e}"
-        )
+        print(line + ("" if len(columns) == size else f" (naive from {len(columns)} columns)"))
     return rows
 
 
@@ -238,6 +245,12 @@ def kronecker_difference(first: tuple[Tensor, Tensor], second: tuple[Tensor, Ten
 
 
 LIBRARIES = {"curvlinops": curvlinops_factors, "backpack": backpack_factors}
+# measured: BackPACK's A of a convolution is kfac_ref's expand A times the number of output
+# positions, and its B points along kfac_ref's *reduce* B (to 2e-7), so neither flavour matches
+BACKPACK_CONV_NOTE = (
+    "BackPACK's KFLR for Conv2d is neither flavour: A is the expand A summed (not averaged) "
+    "over output positions, B is the reduce B (position-summed backpropagated vectors)"
+)
 
 
 def _installed(library: str) -> bool:
@@ -247,6 +260,22 @@ def _installed(library: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _time_library(library: str, factors_of, kind: str, repeats: int):
+    """Best time of ``factors_of`` on the problem ``kind``, and its factors."""
+    model, loss_func, X, y = library_problem(kind)
+    if library != "backpack":
+        return best_time(partial(factors_of, model, loss_func, X, y), repeats), factors_of(
+            model, loss_func, X, y
+        )
+    from backpack import extend
+
+    # BackPACK keeps its quantities on the model: a fresh extended model for every call
+    models = [extend(library_problem(kind)[0]) for _ in range(repeats + 2)]
+    loss_func = extend(loss_func)
+    seconds = best_time(lambda: factors_of(models.pop(), loss_func, X, y), repeats)
+    return seconds, factors_of(models.pop(), loss_func, X, y)
 
 
 def bench_libraries(repeats: int) -> dict:
@@ -260,7 +289,7 @@ def bench_libraries(repeats: int) -> dict:
             "batch": X.shape[0],
             "loss": "CrossEntropyLoss(reduction='mean')",
             "dtype": "float32",
-            "kfac_ref_s": best_time(lambda: kfac_ref_factors(model, loss_func, X, y), repeats),
+            "kfac_ref_s": best_time(partial(kfac_ref_factors, model, loss_func, X, y), repeats),
         }
         line = f"{kind}: {parameters} parameters, kfac_ref {row['kfac_ref_s']:.3f} s"
         for library, factors_of in LIBRARIES.items():
@@ -268,31 +297,25 @@ def bench_libraries(repeats: int) -> dict:
                 row[library] = "not installed"
                 line += f", {library} not installed"
                 continue
-            fresh = lambda: library_problem(kind)[0]  # noqa: E731
-            if library == "backpack":
-                from backpack import extend
-
-                models = [extend(fresh()) for _ in range(repeats + 1)]
-                extended_loss = extend(nn.CrossEntropyLoss())
-                # a fresh extended model per call: BackPACK keeps its quantities on the model
-                seconds = best_time(
-                    lambda: factors_of(models.pop(), extended_loss, X, y), repeats
+            seconds, factors = _time_library(library, factors_of, kind, repeats)
+            differences = {
+                f"{name} ({type(model.get_submodule(name)).__name__})": kronecker_difference(
+                    reference[name], factors[name]
                 )
-                factors = factors_of(extend(fresh()), extended_loss, X, y)
-            else:
-                seconds = best_time(lambda: factors_of(model, loss_func, X, y), repeats)
-                factors = factors_of(model, loss_func, X, y)
-            agreement = max(
-                kronecker_difference(reference[name], factors[name]) for name in reference
-            )
+                for name in reference
+            }
             row[library] = {
                 "seconds": seconds,
                 "kfac_ref_over_library": row["kfac_ref_s"] / seconds,
-                "kronecker_relative_difference": agreement,
+                "weight_block_relative_difference": differences,
             }
+            if library == "backpack" and kind == "cnn":
+                row[library]["note"] = BACKPACK_CONV_NOTE
             line += (
                 f", {library} {seconds:.3f} s (kfac_ref / {library} = "
-                f"{row['kfac_ref_s'] / seconds:.2f}, weight blocks differ by {agreement:.1e})"
+                f"{row['kfac_ref_s'] / seconds:.2f}; weight blocks differ by "
+                + ", ".join(f"{difference:.1e}" for difference in differences.values())
+                + ")"
             )
         results[kind] = row
         print(line)
@@ -306,20 +329,31 @@ def bench_libraries(repeats: int) -> dict:
 def _timed_subprocess(command: list[str], env: dict | None = None) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    completed = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    # without an override torch picks its default number of threads, as for a user
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    try:
+        completed = subprocess.run(
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**environment, **(env or {})},
+            timeout=SUBPROCESS_TIMEOUT_S,
+        )
+        returncode, output = completed.returncode, completed.stdout + completed.stderr
+    except subprocess.TimeoutExpired as expired:
+        returncode = "timed out"
+        output = f"timed out after {SUBPROCESS_TIMEOUT_S} s\n{expired.stdout or ''}"
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "command": " ".join(command),
         "env": env or {},
-        "returncode": completed.returncode,
+        "returncode": returncode,
         "wall_s": wall,
         "cpu_s": cpu,
-        "load_average_before": None,
-        "output": completed.stdout + completed.stderr,
+        "output": output if isinstance(output, str) else output.decode(errors="replace"),
     }
 
 
@@ -337,33 +371,36 @@ def _has_xdist() -> bool:
 
 
 def bench_profiles() -> dict:
-    runs = {}
-    for profile, budget in BUDGETS_S.items():
+    """The profiles as users start them (torch's default threads), then with one thread."""
+    cli = [*_cli(), "run", "--candidate", "kfac_ref", "-q"]
+    plugin = [sys.executable, "-m", "pytest", "-q", "--kfac-candidate", "kfac_ref"]
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    variants = [
+        ("cli quick", [*cli, "--profile", "quick"], {}, BUDGETS_S["quick"]),
+        ("cli default", [*cli, "--profile", "default"], {}, BUDGETS_S["default"]),
+        ("cli quick, 1 thread", [*cli, "--profile", "quick"], one_thread, BUDGETS_S["quick"]),
+        ("cli default, 1 thread", [*cli, "--profile", "default"], one_thread, None),
+        ("pytest plugin default", plugin, {}, None),
+        ("pytest plugin default, 1 thread", plugin, one_thread, None),
+        ("pytest plugin default -n 2", [*plugin, "-n", "2"], {}, None),
+        ("pytest plugin default -n 2, 1 thread", [*plugin, "-n", "2"], one_thread, None),
+    ]
+    runs: dict = {}
+    for name, command, env, budget in variants:
+        if "-n" in command and not _has_xdist():
+            runs[name] = "pytest-xdist not installed"
+            continue
         load = load_average()
-        run = _timed_subprocess([*_cli(), "run", "--candidate", "kfac_ref", "--profile", profile, "-q"])
-        run["output"] = run["output"][-600:]
-        run.update(load_average_before=load, budget_s=budget, within_budget=run["wall_s"] < budget)
-        runs[f"cli {profile}"] = run
-        print(
-            f"cli --profile {profile}: {run['wall_s']:.1f} s wall ({run['cpu_s']:.1f} s CPU), "
-            f"budget {budget:.0f} s, exit code {run['returncode']}"
-        )
-    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--kfac-candidate", "kfac_ref"]
-    variants = {"pytest plugin default": ([], None)}
-    if _has_xdist():
-        variants["pytest plugin default -n 2"] = (["-n", "2"], None)
-        variants["pytest plugin default -n 2, 1 thread per worker"] = (
-            ["-n", "2"],
-            {"OMP_NUM_THREADS": "1"},
-        )
-    else:
-        runs["pytest plugin default -n 2"] = "pytest-xdist not installed"
-    for name, (extra, env) in variants.items():
-        load = load_average()
-        run = _timed_subprocess([*pytest, *extra], env)
-        run.update(load_average_before=load, output=run["output"][-300:])
+        run = _timed_subprocess(command, env)
+        run.update(load_average_before=load, output=run["output"][-400:])
+        if budget is not None:
+            run.update(budget_s=budget, within_budget=run["wall_s"] < budget)
         runs[name] = run
-        print(f"{name}: {run['wall_s']:.1f} s wall ({run['cpu_s']:.1f} s CPU), exit code {run['returncode']}")
+        print(
+            f"{name}: {run['wall_s']:.1f} s wall ({run['cpu_s']:.1f} s CPU)"
+            + (f", budget {budget:.0f} s" if budget else "")
+            + f", exit code {run['returncode']}"
+        )
     return runs
 
 
@@ -371,7 +408,9 @@ def bench_suite() -> dict:
     if not _has_xdist():
         return {"skipped": "pytest-xdist not installed"}
     load = load_average()
-    run = _timed_subprocess([sys.executable, "-m", "pytest", "-q", "-n", "2", "--durations=10", "tests"])
+    run = _timed_subprocess(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--durations=10", "tests"]
+    )
     run["load_average_before"] = load
     output = run.pop("output")
     run["slowest"] = [
@@ -407,12 +446,13 @@ def bench_scaling(repeats: int) -> dict:
         for value in values:
             sizes = {**base, axis: value}
             model, loss_func, batches, layer = scaling_problem(**sizes)
-            oracle_s = best_time(lambda: exact_blocks(model, loss_func, batches, [layer]), repeats)
-            reference_s = best_time(
-                lambda: kfac_ref.compute_kfac(model, loss_func, batches, layers=[layer]), repeats
-            )
+            oracle_s = best_time(partial(exact_blocks, model, loss_func, batches, [layer]), repeats)
+            reference = partial(kfac_ref.compute_kfac, model, loss_func, batches, layers=[layer])
+            reference_s = best_time(reference, repeats)
             size = sum(p.numel() for p in model.get_submodule(layer).parameters())
-            rows.append({**sizes, "parameters": size, "oracle_s": oracle_s, "kfac_ref_s": reference_s})
+            rows.append(
+                {**sizes, "parameters": size, "oracle_s": oracle_s, "kfac_ref_s": reference_s}
+            )
             print(
                 f"scaling {axis}={value:4d} (P={size}): oracle {oracle_s * 1e3:.1f} ms, "
                 f"kfac_ref {reference_s * 1e3:.1f} ms"
@@ -433,10 +473,26 @@ def bench_scaling(repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(DEFAULT_SECTIONS),
+        help="sections to run (default: all but 'suite'); the others keep their stored results",
+    )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for the in-process timings (default 1: least disturbed by a busy "
+        "machine); the subprocesses of 'profiles' and 'suite' set their own",
+    )
     args = parser.parse_args(argv)
-    results: dict = {"machine": machine()}
+    torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    results: dict = json.loads(output.read_text()) if output.exists() else {}
+    results["machine"] = machine()
     runners = {
         "oracle": lambda: bench_oracle(args.repeats),
         "libraries": lambda: bench_libraries(args.repeats),
@@ -449,10 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results[section] = runners[section]()
         results.setdefault("sections", {})[section] = {
+            "date": datetime.date.today().isoformat(),
             "seconds": time.perf_counter() - start,
             "load_average_before": load,
         }
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -170,12 +170,12 @@ def run(args: argparse.Namespace) -> int:
         isolate=args.isolate,
     )
     used: set[int] = set()
-    if args.report_json:
-        report.write(args.report_json)
     progress = not args.quiet
     exit_code = None
     try:
         with _terminate_as_interrupt():
+            if args.report_json:  # on disk from the start: a run that dies still leaves it
+                report.write(args.report_json)
             results = run_items(
                 candidate,
                 items,

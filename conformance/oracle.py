@@ -19,9 +19,12 @@ factor (1 for ``reduction="sum"``; one over the number of elements PyTorch avera
 
 The blocks are over the layer's parameters in ``named_parameters`` order, each flattened
 row-major. The oracle knows nothing of KFAC; it only assumes that the loss treats data
-independently, so that :math:`\nabla^2_f L` is block-diagonal over data. Work is batched
-(``vmap`` over data, Jacobians by reverse mode over output directions) and chunked over data
-so that memory stays bounded; no Python loop runs over parameter coordinates.
+independently, so that :math:`\nabla^2_f L` is block-diagonal over data. Every block is
+:math:`\sum_n (J_n^\top V_n)(J_n^\top V_n)^\top` with :math:`V_nV_n^\top` the curvature in
+output space (``K`` columns for the GGN, one for the empirical Fisher, ``M`` for the MC
+Fisher). The products :math:`J_n^\top v` are batched VJPs (``vmap`` over data and over the
+columns of :math:`V_n`), chunked over data so that memory stays bounded, and only each layer's
+own block is formed; no Python loop runs over parameter coordinates.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def exact_blocks(
                 [pulled[name].reshape((stop - start) * num_vectors, -1) for name in layer_names],
                 dim=1,
             )
-            blocks[layer] += rows.T @ rows
+            blocks[layer].addmm_(rows.T, rows)
     return blocks
 
 

@@ -202,6 +202,9 @@ def _execute_in_thread(
 
 def _child(connection, session: Session, item: Item, baseline: GlobalState) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # OpenMP (libgomp) is not fork-safe: a parallel region in a child forked after the parent
+    # used one from another thread deadlocks. One intra-op thread never opens a region.
+    torch.set_num_threads(1)
     connection.send(execute(session, item, baseline))
     connection.close()
 

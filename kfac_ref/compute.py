@@ -61,12 +61,7 @@ def compute_kfac(
         num_data += output.shape[0]
         num_terms = losses.terms_per_datum(loss_func, output)
         vectors = backpropagated_vectors(loss_func, output, y, fisher_type, mc_samples, generator)
-        layer_outputs = [recorded[name][1] for name in selected]
-        grads_per_vector = [
-            torch.autograd.grad(output, layer_outputs, grad_outputs=vector, retain_graph=True)
-            for vector in vectors
-        ]
-        for index, (name, module) in enumerate(selected.items()):
+        for name, module in selected.items():
             rule, layer_input = rules[name], recorded[name][0]
             positions = rule.input_positions(module, layer_input)
             if bias == "joint" and module.bias is not None:
@@ -74,9 +69,14 @@ def compute_kfac(
             input_sum, count = rule.input_sum(positions)
             _accumulate(input_sums, name, input_sum)
             input_counts[name] += count
-            if grads_per_vector:
-                grads = torch.stack([grads[index] for grads in grads_per_vector])
-                _accumulate(grad_sums, name, rule.grad_sum(rule.output_positions(module, grads)))
+        layer_outputs = [recorded[name][1] for name in selected]
+        # B is a sum over vectors: accumulating one vector at a time keeps a single set of
+        # layer gradients alive instead of V of them (and measured faster on convolutions)
+        for vector in vectors:
+            grads = torch.autograd.grad(output, layer_outputs, vector, retain_graph=True)
+            for (name, module), grad in zip(selected.items(), grads, strict=True):
+                grad_positions = rules[name].output_positions(module, grad.unsqueeze(0))
+                _accumulate(grad_sums, name, rules[name].grad_sum(grad_positions))
 
     if num_data == 0:
         raise ValueError("data holds no batches (or only empty ones): nothing to compute KFAC on")

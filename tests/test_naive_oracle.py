@@ -39,13 +39,14 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return (approx - exact).norm().item() / scale
 
 
+@pytest.mark.parametrize("method", naive_oracle.METHODS)
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_naive_block_equals_oracle(case_id):
+def test_naive_block_equals_oracle(case_id, method):
     problem = ALL_CASES[case_id].make_problem(torch.float64)
     exact = exact_blocks(problem.model, problem.loss_func, problem.batches, problem.layers)
     for layer in problem.layers:
         naive = naive_oracle.naive_ggn_block(
-            problem.model, problem.loss_func, problem.batches, layer
+            problem.model, problem.loss_func, problem.batches, layer, method=method
         )
         assert naive.shape == exact[layer].shape
         assert relative_error(naive, exact[layer]) < ROUND_OFF, layer
@@ -60,6 +61,14 @@ def test_selected_columns_are_those_of_the_full_block():
         problem.model, problem.loss_func, problem.batches, layer, columns
     )
     assert relative_error(some, full[:, columns]) < ROUND_OFF
+
+
+def test_unknown_method_is_refused():
+    problem = ALL_CASES["deep-linear[mse-mean-3batches]"].make_problem(torch.float64)
+    with pytest.raises(ValueError, match="method must be one of"):
+        naive_oracle.naive_ggn_block(
+            problem.model, problem.loss_func, problem.batches, problem.layers[0], method="fast"
+        )
 
 
 def test_columns_outside_the_layer_are_refused():

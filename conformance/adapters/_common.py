@@ -40,7 +40,9 @@ def require(problem: Problem, library: str, layer_types: Iterable[str], losses: 
     for layer in problem.layers:
         kind = type(problem.model.get_submodule(layer)).__name__
         if kind not in layer_types:
-            raise Unsupported(library, f"layer {layer!r} is a {kind} (supported: {sorted(layer_types)})")
+            raise Unsupported(
+                library, f"layer {layer!r} is a {kind} (supported: {sorted(layer_types)})"
+            )
     loss = type(problem.loss_func).__name__
     if loss not in losses:
         raise Unsupported(library, f"loss {loss} (supported: {sorted(losses)})")
@@ -81,7 +83,7 @@ def refuse_shared_linear_inputs(problem: Problem, library: str) -> None:
             )
 
 
-def refuse_shared_outputs(problem: Problem, library: str, classes_axis: int = 1) -> None:
+def refuse_shared_outputs(problem: Problem, library: str) -> None:
     """Refuse losses over model outputs with shared axes (anything but ``(N, C)``)."""
     X = problem.batches[0][0]
     with torch.no_grad():

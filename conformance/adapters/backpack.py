@@ -68,7 +68,7 @@ LIBRARY = "BackPACK"
 LAYER_TYPES = frozenset({"Linear", "Conv2d"})
 
 
-def _check_outputs(problem: Problem, library: str, bce: bool) -> None:
+def _check_outputs(problem: Problem, library: str) -> None:
     with torch.no_grad():
         output = problem.model(problem.batches[0][0])
     if output.ndim != 2:
@@ -102,7 +102,7 @@ class _BackpackCandidate:
         if request.bias != "separate":
             raise Unsupported(LIBRARY, "only a separate bias block is computed")
         refuse_shared_linear_inputs(problem, LIBRARY)
-        _check_outputs(problem, LIBRARY, bce=True)
+        _check_outputs(problem, LIBRARY)
         if request.kfac_approx != "expand" and any(
             isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
         ):
@@ -123,13 +123,19 @@ class _BackpackCandidate:
                 loss.backward()
             for layer in problem.layers:
                 module = model.get_submodule(layer)
-                G, A = (factor.detach().contiguous() for factor in getattr(module.weight, self.field))
+                G, A = (
+                    factor.detach().contiguous() for factor in getattr(module.weight, self.field)
+                )
                 terms = [weight_A * A, weight_B * G]
                 if module.bias is not None:
                     (G_bias,) = getattr(module.bias, self.field)
                     terms.append(weight_B * G_bias.detach())
                 previous = sums.get(layer)
-                sums[layer] = terms if previous is None else [p + t for p, t in zip(previous, terms)]
+                sums[layer] = (
+                    terms
+                    if previous is None
+                    else [p + t for p, t in zip(previous, terms, strict=True)]
+                )
 
         result = {}
         for layer in problem.layers:
@@ -140,7 +146,9 @@ class _BackpackCandidate:
                     f"layer {layer!r}: the bias factor differs from the weight's output factor, "
                     "which a separate bias block B cannot express",
                 )
-            result[layer] = package(problem, A, G, "separate" if has_bias(problem, layer) else "none")
+            result[layer] = package(
+                problem, A, G, "separate" if has_bias(problem, layer) else "none"
+            )
         return result
 
 

@@ -109,10 +109,10 @@ class NngeometryCandidate:
         y = torch.cat([y for _, y in problem.batches])
         sizes = [X_b.shape[0] for X_b, _ in problem.batches]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        batches = [list(range(start, start + size)) for start, size in zip(starts, sizes)]
-        loader = DataLoader(
-            TensorDataset(X, y), batch_sampler=batches, generator=torch.Generator()
-        )
+        batches = [
+            list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)
+        ]
+        loader = DataLoader(TensorDataset(X, y), batch_sampler=batches, generator=torch.Generator())
         layers = LayerCollection()
         for layer in problem.layers:
             layers.add_layer_from_model(problem.model, problem.model.get_submodule(layer))

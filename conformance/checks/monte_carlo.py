@@ -15,8 +15,10 @@ estimates :math:`X_k` (flattened blocks minus the target :math:`T`). Two one-sam
 
 A test fails when :math:`|t| > 8`. The :math:`z_k` are averages of many outer products, so
 under the normal approximation :math:`P(|t_{15}| > 8) < 10^{-6}` for the direction test with
-``K = 32`` (:math:`< 10^{-8}` for the scale test); the measured rate over hundreds of seeds is
-reported in docs/statistics.md.
+``K = 32`` (:math:`< 10^{-8}` for the scale test). The convergence test fails when the ratio
+of RMS errors between ``M = 1`` and ``M = 16`` leaves ``[2, 8]`` (``1/sqrt(M)`` predicts 4).
+The measured false-positive rates over thousands of seeds are in docs/statistics.md
+(measured with :mod:`kfac_conformance.checks.mc_calibration`).
 """
 
 from __future__ import annotations
@@ -49,8 +51,18 @@ MC_CASE_IDS = frozenset(
 )
 
 
+# One datum with Gaussian (MSE) labels: the M = 1 error is a fourth power of Gaussians, so its
+# RMS over 32 seeds is too heavy-tailed for the [2, 8] bounds (3 of 300 independent trials of
+# the reference fell outside, docs/statistics.md); the unbiasedness test keeps the case.
+CONVERGENCE_CASE_IDS = MC_CASE_IDS - {"one-datum-mlp[tanh-mse-mean]"}
+
+
 def _applies(entry: CaseEntry) -> bool:
     return entry.case is None or entry.id in MC_CASE_IDS
+
+
+def _applies_to_convergence(entry: CaseEntry) -> bool:
+    return entry.case is None or entry.id in CONVERGENCE_CASE_IDS
 
 
 def _request(session: Session, entry: CaseEntry, mc_samples: int, seed: int) -> Request:
@@ -232,7 +244,7 @@ CHECKS = [
         "mc/sqrt-m-convergence",
         "the error of MC KFAC shrinks like 1/sqrt(mc_samples)",
         SOURCE,
-        _applies,
+        _applies_to_convergence,
         _convergence,
         profiles=frozenset({"default", "thorough"}),
     ),

@@ -24,8 +24,12 @@ loss_func = nn.CrossEntropyLoss(reduction="sum")
 
 def B(fisher_type, samples=1, seed=None):
     config = FisherConfig(
-        fisher_type=fisher_type, fisher_shapes=[SHAPE_KRON], loss_type=LOSS_CROSS_ENTROPY,
-        data_size=8, n_mc_samples=samples, seed=seed,
+        fisher_type=fisher_type,
+        fisher_shapes=[SHAPE_KRON],
+        loss_type=LOSS_CROSS_ENTROPY,
+        data_size=8,
+        n_mc_samples=samples,
+        seed=seed,
     )
     maker = get_fisher_maker(model, config)
     dy = maker.setup_model_call(model, X)
@@ -37,4 +41,6 @@ def B(fisher_type, samples=1, seed=None):
 exact = B(FISHER_EXACT)
 for M in (1, 4, 16):
     mean = sum(B(FISHER_MC, M, seed) for seed in range(100)) / 100
-    print(f"n_mc_samples={M:2d}: trace(mean of 100 MC estimates) / trace(exact) = {(mean.trace() / exact.trace()).item():.3f}  (1/M = {1 / M:.3f})")
+    print(
+        f"n_mc_samples={M:2d}: trace(mean of 100 MC estimates) / trace(exact) = {(mean.trace() / exact.trace()).item():.3f}  (1/M = {1 / M:.3f})"
+    )

@@ -21,7 +21,12 @@ torch.manual_seed(0)
 N, S = 4, 3
 model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)).double()
 X, y = torch.randn(N, S, 3, dtype=torch.float64), torch.randn(N, S, 2, dtype=torch.float64)
-maker = get_fisher_maker(model, FisherConfig(fisher_type=FISHER_EXACT, fisher_shapes=[SHAPE_KRON], loss_type=LOSS_MSE, data_size=N))
+maker = get_fisher_maker(
+    model,
+    FisherConfig(
+        fisher_type=FISHER_EXACT, fisher_shapes=[SHAPE_KRON], loss_type=LOSS_MSE, data_size=N
+    ),
+)
 dy = maker.setup_model_call(model, X)
 maker.setup_loss_call(nn.MSELoss(reduction="sum"), dy, y)
 maker.forward_and_backward()
@@ -37,4 +42,6 @@ expand = torch.kron(B_expand, A_expand)
 asdl = torch.kron(B, A)
 print(f"trace(A_asdl) / trace(A_expand) = {(A.trace() / A_expand.trace()).item():.3f} (S = {S})")
 print(f"trace(B_asdl) / trace(B_expand) = {(B.trace() / B_expand.trace()).item():.3f}")
-print(f"relative error of kron(B, A) (ASDL) vs KFAC-expand (exact here): {((asdl - expand).norm() / expand.norm()).item():.3g}")
+print(
+    f"relative error of kron(B, A) (ASDL) vs KFAC-expand (exact here): {((asdl - expand).norm() / expand.norm()).item():.3g}"
+)

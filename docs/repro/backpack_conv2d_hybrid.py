@@ -57,4 +57,6 @@ print(f"A_backpack vs P * A_expand: relative error {rel(A_bp, P * A_expand):.2e}
 print(f"A_backpack vs A_expand:     relative error {rel(A_bp, A_expand):.2e}")
 print(f"G_backpack vs G_reduce:     relative error {rel(G_bp, G_reduce):.2e}")
 print(f"G_backpack vs G_expand:     relative error {rel(G_bp, G_expand):.2e}")
-print(f"kron(G, A) backpack vs expand: relative error {rel(torch.kron(G_bp, A_bp), torch.kron(G_expand, A_expand)):.3g}")
+print(
+    f"kron(G, A) backpack vs expand: relative error {rel(torch.kron(G_bp, A_bp), torch.kron(G_expand, A_expand)):.3g}"
+)

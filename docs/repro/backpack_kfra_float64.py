@@ -14,10 +14,14 @@ torch.manual_seed(0)
 for extension in (KFLR, KFRA):
     model = extend(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double())
     loss_func = extend(nn.MSELoss())
-    loss = loss_func(model(torch.randn(5, 4, dtype=torch.float64)), torch.randn(5, 2, dtype=torch.float64))
+    loss = loss_func(
+        model(torch.randn(5, 4, dtype=torch.float64)), torch.randn(5, 2, dtype=torch.float64)
+    )
     try:
         with backpack(extension()):
             loss.backward()
-        print(f"{extension.__name__}: ok, factor dtypes {[f.dtype for f in getattr(model[0].weight, extension.__name__.lower())]}")
+        print(
+            f"{extension.__name__}: ok, factor dtypes {[f.dtype for f in getattr(model[0].weight, extension.__name__.lower())]}"
+        )
     except RuntimeError as error:
         print(f"{extension.__name__}: RuntimeError: {error}")

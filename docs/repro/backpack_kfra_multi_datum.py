@@ -20,7 +20,10 @@ def factors(extension, n):
     with backpack(extension()):
         loss_func(model(X[:n]), y[:n]).backward()
     name = extension.__name__.lower()
-    return {layer: [f.contiguous() for f in getattr(model[int(layer)].weight, name)] for layer in ("0", "2")}
+    return {
+        layer: [f.contiguous() for f in getattr(model[int(layer)].weight, name)]
+        for layer in ("0", "2")
+    }
 
 
 for n in (1, 6):
@@ -28,4 +31,6 @@ for n in (1, 6):
     for layer in ("0", "2"):
         a = torch.kron(*kfra[layer])
         b = torch.kron(*kflr[layer])
-        print(f"N={n} layer {layer}: relative difference KFRA vs KFLR (type-2) = {((a - b).norm() / b.norm()).item():.3g}")
+        print(
+            f"N={n} layer {layer}: relative difference KFRA vs KFLR (type-2) = {((a - b).norm() / b.norm()).item():.3g}"
+        )

@@ -27,8 +27,13 @@ y = torch.randn(2, 2, 3, 3, dtype=torch.float64)
 loss_func = nn.MSELoss(reduction="sum")
 last = model[1]
 op = KFACLinearOperator(
-    model, loss_func, [last.weight, last.bias], [(X, y)], fisher_type="type-2",
-    separate_weight_and_bias=False, check_deterministic=False,
+    model,
+    loss_func,
+    [last.weight, last.bias],
+    [(X, y)],
+    fisher_type="type-2",
+    separate_weight_and_bias=False,
+    check_deterministic=False,
 )
 op.compute_kronecker_factors()
 state = op.state_dict()
@@ -50,7 +55,9 @@ Jb = J["bias"].reshape(2, 2 * 3 * 3, 2, 1)
 Jwb = torch.cat([Jw, Jb], -1).reshape(2, 18, -1)
 ggn = 2 * torch.einsum("nkp,nkq->pq", Jwb, Jwb)
 error = ((kfac - ggn).norm() / ggn.norm()).item()
-print(f"A. last Conv2d, MSE on feature maps, type-2 expand vs exact GGN: relative error {error:.3g}")
+print(
+    f"A. last Conv2d, MSE on feature maps, type-2 expand vs exact GGN: relative error {error:.3g}"
+)
 
 # --- B: reduce with per-position MSE: type-2 vs the Monte Carlo limit -------------------
 model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
@@ -59,13 +66,21 @@ y = torch.randn(4, 3, 2, dtype=torch.float64)
 results = {}
 for fisher_type, samples in (("type-2", 1), ("mc", 20000)):
     op = KFACLinearOperator(
-        model, nn.MSELoss(reduction="sum"), list(model.parameters()), [(X, y)],
-        fisher_type=fisher_type, mc_samples=samples, kfac_approx="reduce", check_deterministic=False,
+        model,
+        nn.MSELoss(reduction="sum"),
+        list(model.parameters()),
+        [(X, y)],
+        fisher_type=fisher_type,
+        mc_samples=samples,
+        kfac_approx="reduce",
+        check_deterministic=False,
     )
     op.compute_kronecker_factors()
     results[fisher_type] = op.state_dict()["gradient_covariances"]
 for layer in ("0", "2"):
     t2, mc = results["type-2"][layer], results["mc"][layer]
     ratio = (t2.trace() / mc.trace()).item()
-    print(f"B. reduce, per-position MSE, layer {layer}: trace(type-2 B) / trace(MC B, 20000 samples) = {ratio:.3f} (1 expected)")
+    print(
+        f"B. reduce, per-position MSE, layer {layer}: trace(type-2 B) / trace(MC B, 20000 samples) = {ratio:.3f} (1 expected)"
+    )
 assert error > 0.1, "fixed upstream?"

@@ -32,10 +32,13 @@ X, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.flo
 loss_func = nn.MSELoss(reduction="sum")  # L = sum ||f - y||^2, output Hessian 2 I
 
 params = {n: p.detach() for n, p in model.named_parameters()}
-J = jacrev(lambda w, b: functional_call(model, {**params, "shared.weight": w, "shared.bias": b}, (X,)), argnums=(0, 1))(
-    params["shared.weight"], params["shared.bias"]
-)
-Jwb = torch.cat([J[0].reshape(4, 2, 9), J[1].reshape(4, 2, 3)], -1)  # (N, outputs, [W.flatten(), b])
+J = jacrev(
+    lambda w, b: functional_call(model, {**params, "shared.weight": w, "shared.bias": b}, (X,)),
+    argnums=(0, 1),
+)(params["shared.weight"], params["shared.bias"])
+Jwb = torch.cat(
+    [J[0].reshape(4, 2, 9), J[1].reshape(4, 2, 3)], -1
+)  # (N, outputs, [W.flatten(), b])
 exact = 2 * torch.einsum("nkp,nkq->pq", Jwb, Jwb)
 
 
@@ -47,23 +50,42 @@ def report(library, block, joint=False):
     # a separate bias has no weight-bias cross terms by definition: compare those blocks only
     target = exact if joint else torch.block_diag(exact[:9, :9], exact[9:, 9:])
     error = ((block - target).norm() / target.norm()).item()
-    print(f"{library}: no error raised; relative error of the 'shared' weight+bias block vs exact GGN: {error:.3g}")
+    print(
+        f"{library}: no error raised; relative error of the 'shared' weight+bias block vs exact GGN: {error:.3g}"
+    )
 
 
 if importlib.util.find_spec("curvlinops"):
     from curvlinops import KFACLinearOperator
 
-    op = KFACLinearOperator(model, loss_func, list(model.shared.parameters()), [(X, y)], fisher_type="type-2", check_deterministic=False)
+    op = KFACLinearOperator(
+        model,
+        loss_func,
+        list(model.shared.parameters()),
+        [(X, y)],
+        fisher_type="type-2",
+        check_deterministic=False,
+    )
     op.compute_kronecker_factors()
     state = op.state_dict()
-    report("curvlinops", separate_block(state["input_covariances"]["shared"], state["gradient_covariances"]["shared"]))
+    report(
+        "curvlinops",
+        separate_block(
+            state["input_covariances"]["shared"], state["gradient_covariances"]["shared"]
+        ),
+    )
 
 if importlib.util.find_spec("asdl"):
     from asdl import FisherConfig, get_fisher_maker
     from asdl.grad_maker import LOSS_MSE
     from asdl.matrices import FISHER_EXACT, SHAPE_KRON
 
-    maker = get_fisher_maker(model, FisherConfig(fisher_type=FISHER_EXACT, fisher_shapes=[SHAPE_KRON], loss_type=LOSS_MSE, data_size=4))
+    maker = get_fisher_maker(
+        model,
+        FisherConfig(
+            fisher_type=FISHER_EXACT, fisher_shapes=[SHAPE_KRON], loss_type=LOSS_MSE, data_size=4
+        ),
+    )
     dy = maker.setup_model_call(model, X)
     maker.setup_loss_call(loss_func, dy, y)
     maker.forward_and_backward()
@@ -78,8 +100,16 @@ if importlib.util.find_spec("nngeometry"):
 
     layers = LayerCollection()
     layers.add_layer_from_model(model, model.shared)
-    Fm = FIM(model, DataLoader(TensorDataset(X, y), batch_size=4), PMatKFAC, variant="regression", layer_collection=layers)
+    Fm = FIM(
+        model,
+        DataLoader(TensorDataset(X, y), batch_size=4),
+        PMatKFAC,
+        variant="regression",
+        layer_collection=layers,
+    )
     A, G = Fm.data["shared"]
     joint = torch.kron(8 * G, A)  # row-major [W | b], bias column last
-    order = torch.cat([torch.arange(12).reshape(3, 4)[:, :3].flatten(), torch.arange(12).reshape(3, 4)[:, 3]])
+    order = torch.cat(
+        [torch.arange(12).reshape(3, 4)[:, :3].flatten(), torch.arange(12).reshape(3, 4)[:, 3]]
+    )
     report("nngeometry (converted: G * 2 N R = G * 8)", joint[order][:, order], joint=True)
