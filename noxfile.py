@@ -87,3 +87,10 @@ def matrix_from_reports(session: nox.Session) -> None:
         "--output",
         "docs/conformance-matrix.md",
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed benchmark against the anchors; writes benchmarks/results.json (docs/performance.md)."""
+    install_project(session, "curvlinops,backpack")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -127,7 +127,7 @@ def oracle_problem(width: int, batch: int, seed: int = 0):
 
 def bench_oracle(repeats: int) -> list[dict]:
     rows = []
-    for width in (16, 32, 64):
+    for width in (16, 32, 45, 64):
         model, loss_func, batches, layer = oracle_problem(width, batch=32)
         size = sum(p.numel() for p in model.get_submodule(layer).parameters())
         oracle_s = best_time(partial(exact_blocks, model, loss_func, batches, [layer]), repeats)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.modules.module as module_globals
 from torch import Tensor
 
+from kfac_conformance.outcomes import CandidateRefused, CheckFailed, CheckSkipped, NotSupported
 from kfac_conformance.problem import Candidate, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -39,23 +40,6 @@ _GLOBAL_HOOK_DICTS = (
     "_global_parameter_registration_hooks",
 )
 _TRACEBACK_FRAMES = 4
-
-
-def _invalid(message: str) -> Exception:
-    """The check failure for a malformed result.
-
-    ``kfac_conformance.checks`` is imported on use: importing it runs every check module, and
-    they import ``session``, which imports this module.
-    """
-    from kfac_conformance.checks.base import CheckFailed
-
-    return CheckFailed(message)
-
-
-def _skipped(reason: str) -> Exception:
-    from kfac_conformance.checks.base import CheckSkipped  # on use, as in _invalid
-
-    return CheckSkipped(reason)
 
 
 class CandidateError(Exception):
@@ -330,22 +314,24 @@ def expected_shapes(problem: Problem, layer: str, bias: str) -> tuple[int, int, 
 
 def _validate_factor(where: str, factor: object, size: int, problem: Problem) -> None:
     if not isinstance(factor, Tensor):
-        raise _invalid(f"{where}: expected a torch.Tensor, got {type(factor).__name__}")
+        raise CheckFailed(f"{where}: expected a torch.Tensor, got {type(factor).__name__}")
     if factor.layout != torch.strided:
-        raise _invalid(f"{where}: layout {factor.layout}, expected a dense (strided) tensor")
+        raise CheckFailed(f"{where}: layout {factor.layout}, expected a dense (strided) tensor")
     if factor.is_complex() or not factor.is_floating_point():
-        raise _invalid(f"{where}: dtype {factor.dtype} is not a real floating dtype")
+        raise CheckFailed(f"{where}: dtype {factor.dtype} is not a real floating dtype")
     if tuple(factor.shape) != (size, size):
-        raise _invalid(f"{where}: shape expected {(size, size)}, got {tuple(factor.shape)}")
+        raise CheckFailed(f"{where}: shape expected {(size, size)}, got {tuple(factor.shape)}")
     if factor.dtype != problem.dtype:
-        raise _invalid(f"{where}: dtype expected the problem's {problem.dtype}, got {factor.dtype}")
+        raise CheckFailed(
+            f"{where}: dtype expected the problem's {problem.dtype}, got {factor.dtype}"
+        )
     if factor.device != problem.device:
-        raise _invalid(f"{where}: device expected {problem.device}, got {factor.device}")
+        raise CheckFailed(f"{where}: device expected {problem.device}, got {factor.device}")
     if factor.requires_grad or factor.grad_fn is not None:
-        raise _invalid(f"{where}: requires grad or carries an autograd graph; detach it")
+        raise CheckFailed(f"{where}: requires grad or carries an autograd graph; detach it")
     nan, inf = int(torch.isnan(factor).sum()), int(torch.isinf(factor).sum())
     if nan or inf:
-        raise _invalid(f"{where}: has {nan} NaN and {inf} inf entries")
+        raise CheckFailed(f"{where}: has {nan} NaN and {inf} inf entries")
 
 
 def validate_result(
@@ -353,25 +339,25 @@ def validate_result(
 ) -> dict[str, KroneckerFactors]:
     """Raise ``CheckFailed`` with a precise message when the result is malformed."""
     if not isinstance(result, Mapping):
-        raise _invalid(
+        raise CheckFailed(
             f"invalid result: compute must return a mapping of layer name to KroneckerFactors, got {type(result).__name__}"
         )
     missing = [layer for layer in problem.layers if layer not in result]
     extra = [key for key in result if key not in problem.layers]
     if missing or extra:
-        raise _invalid(
+        raise CheckFailed(
             f"invalid result: layers missing {missing}, unexpected {extra} (asked for {problem.layers})"
         )
     validated = {}
     for layer in problem.layers:
         factors = result[layer]
         if not isinstance(factors, KroneckerFactors):
-            raise _invalid(
+            raise CheckFailed(
                 f"invalid result for layer {layer!r}: expected KroneckerFactors, got {type(factors).__name__}"
             )
         size_A, size_B, bias = expected_shapes(problem, layer, request.bias)
         if factors.bias != bias:
-            raise _invalid(
+            raise CheckFailed(
                 f"invalid result for layer {layer!r}: bias mode expected {bias!r}, got {factors.bias!r}"
             )
         for name, size in (("A", size_A), ("B", size_B)):
@@ -386,7 +372,8 @@ def call_candidate(
 ) -> tuple[dict[str, KroneckerFactors], list[str]]:
     """Run ``candidate.compute`` under watch; returns the validated result and its side effects.
 
-    Raises :class:`CheckSkipped` outside the claimed capabilities, :class:`CandidateError`
+    Raises :class:`CheckSkipped` outside the claimed capabilities (:class:`CandidateRefused`
+    when the candidate itself raises :class:`NotSupported`), :class:`CandidateError`
     when the candidate raises (``sys.exit`` included) and :class:`CheckFailed` when the result
     is malformed. Global state and the problem are restored in every case, a Ctrl-C included,
     except in a thread the runner has abandoned (:class:`CallAbandoned`).
@@ -396,7 +383,7 @@ def call_candidate(
     if check_capabilities:
         reason = candidate.capabilities.unsupported(problem, request)
         if reason is not None:
-            raise _skipped(reason)
+            raise CheckSkipped(reason)
     global_state = GlobalState.take()
     problem_state = _ProblemSnapshot.take(problem)
 
@@ -405,6 +392,11 @@ def call_candidate(
 
     try:
         result = candidate.compute(problem, request)
+    except NotSupported as refusal:
+        if _is_abandoned():
+            raise CallAbandoned from None
+        restore()
+        raise CandidateRefused(f"not supported (refused by the candidate): {refusal}") from refusal
     except (Exception, SystemExit) as exception:  # the candidate's failure, reported as an error
         if _is_abandoned():
             raise CallAbandoned from None

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
+import torch
+
 from kfac_conformance.checks import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
@@ -61,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every check in a forked child process (a candidate that crashes or calls "
         "os._exit costs one check, not the run); CPU only",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the problems are tiny, and more threads only "
+        "add synchronisation; see docs/performance.md)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     listing = commands.add_parser("list-checks", help="list the checks and the cases they run on")
@@ -129,6 +138,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _check_usage(args: argparse.Namespace) -> None:
     if args.timeout < 0:
         raise UsageError(f"--timeout must be positive, or 0 for no limit; got {args.timeout:g}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.device == "cuda":
         import torch
 
@@ -153,6 +164,7 @@ def _load(what: str, load: Callable[[], T]) -> T:
 
 def run(args: argparse.Namespace) -> int:
     _check_usage(args)
+    torch.set_num_threads(args.threads)
     candidate = _load(f"candidate {args.candidate!r}", lambda: load_candidate(args.candidate))
     expected = read_expected_failures(args.xfail) if args.xfail else []
     custom = _load(f"cases {args.case}", lambda: custom_entries(args.case))

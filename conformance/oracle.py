@@ -108,7 +108,7 @@ def exact_blocks(
     vectors = output_vectors.transpose(1, 2).reshape(N, num_vectors, *output.shape[1:])
     sizes = {layer: sum(chosen[name].numel() for name in names[layer]) for layer in layers}
     chunk = max(1, _CHUNK_ELEMENTS // max(1, num_vectors * sum(sizes.values())))
-    blocks = {layer: output.new_zeros(size, size) for layer, size in sizes.items()}
+    blocks: dict[str, Tensor] = {}
     for start in range(0, N, chunk):
         stop = min(start + chunk, N)
         pulled = vmap(pulled_back, in_dims=(None, 0, 0))(chosen, X[start:stop], vectors[start:stop])
@@ -118,7 +118,10 @@ def exact_blocks(
                 [pulled[name].reshape((stop - start) * num_vectors, -1) for name in layer_names],
                 dim=1,
             )
-            blocks[layer].addmm_(rows.T, rows)
+            if layer in blocks:
+                blocks[layer].addmm_(rows.T, rows)
+            else:  # no zero-filled start: writing P^2 zeros costs as much as a chunk's product
+                blocks[layer] = rows.T @ rows
     return blocks
 
 

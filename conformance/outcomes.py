@@ -26,3 +26,16 @@ class CheckFailed(AssertionError):
 
 class CheckSkipped(Exception):
     """The check does not apply (e.g. outside the candidate's claimed capabilities)."""
+
+
+class NotSupported(NotImplementedError):
+    """Raised by a candidate for an input its :class:`Capabilities` cannot describe.
+
+    The check is then *skipped* with the message as its reason, like a check outside the
+    claimed capabilities; in the checks that expect an exception (``unsupported/*``,
+    ``weight-tying/*``) it counts as the exception.
+    """
+
+
+class CandidateRefused(CheckSkipped):
+    """The candidate raised :class:`NotSupported`."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kfac_conformance.calling import GlobalState
 from kfac_conformance.expected_failures import ExpectedFailure, read_expected_failures
 from kfac_conformance.loading import load_candidate
 from kfac_conformance.problem import Candidate
@@ -51,12 +52,14 @@ class KfacCheck:
 
     def __init__(self, session: Session, item: Item, expected: Sequence[ExpectedFailure]) -> None:
         self.session, self.item, self.expected = session, item, list(expected)
+        self.baseline = GlobalState.take()  # every check starts from the state at collection
 
     def __repr__(self) -> str:
         return self.item.id
 
     def __call__(self) -> Result:
-        result = apply_expected_failures(execute(self.session, self.item), self.expected, set())
+        result = execute(self.session, self.item, baseline=self.baseline)
+        result = apply_expected_failures(result, self.expected, set())
         if result.status == "skipped":
             pytest.skip(result.message)
         if result.status == "xfailed":
@@ -105,10 +108,7 @@ def _active(config: pytest.Config) -> bool:
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # With --kfac-candidate and no explicit paths, collect only the catalogue.
-    if (
-        _active(config)
-        and config.args_source != pytest.Config.ArgsSource.ARGS
-    ):
+    if _active(config) and config.args_source != pytest.Config.ArgsSource.ARGS:
         return True
     return None
 

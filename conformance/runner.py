@@ -102,7 +102,7 @@ def plan(
     checks: Sequence[Check] = ALL_CHECKS,
 ) -> list[Item]:
     """Every (check, case) pair of the profile, in a stable order, filtered by ``select``
-    (exact item ids or globs)."""
+    (globs with ``*`` and ``?``; brackets are literal, so an item id selects itself)."""
     items = [
         Item(check, entry)
         for check in checks
@@ -111,12 +111,7 @@ def plan(
         if entry.builtin == check.on_builtin and check.applies_to(entry)
     ]
     if select:
-        # An exact id matches itself even though its brackets read as a glob character class.
-        items = [
-            item
-            for item in items
-            if any(glob_matches(g, item.id) for g in select)
-        ]
+        items = [item for item in items if any(glob_matches(g, item.id) for g in select)]
     return items
 
 

@@ -12,8 +12,10 @@ outcome:
 - ``N✓`` passed;
 - ``N✗ (e)`` failed, ``e`` the worst observed error among them;
 - ``N!`` errors (the candidate or the check crashed);
-- ``N⊘`` refused: the candidate raised ``NotImplementedError`` for an input outside its
-  library's interface (an error in the report, shown apart so that crashes stand out);
+- ``N⊘`` refused: the candidate declined an input outside its library's interface, either by
+  raising ``kfac_conformance.NotSupported`` (a skip in the report) or because the library
+  itself raised ``NotImplementedError`` (an error in the report); shown apart so that crashes
+  stand out;
 - ``N–`` skipped (not claimed, or not applicable);
 - ``Nx [ids]`` expected failures, with the finding ids of ``docs/findings.md``;
 - ``NX`` passed although expected to fail.
@@ -37,12 +39,14 @@ SYMBOLS = {
     "xfailed": "x",
     "xpassed": "X",
 }
-REFUSAL_MARKERS = ("unsupported by", "NotImplementedError")
+REFUSED_BY_CANDIDATE = "refused by the candidate"
 FINDING_ID = re.compile(r"expected failure \(([A-Z]\d+)")
 
 
 def outcome(result: dict) -> str:
-    if result["status"] == "error" and any(m in result["message"] for m in REFUSAL_MARKERS):
+    if result["status"] == "skipped" and REFUSED_BY_CANDIDATE in result["message"]:
+        return "refused"
+    if result["status"] == "error" and "NotImplementedError" in result["message"]:
         return "refused"
     return result["status"]
 
@@ -105,23 +109,24 @@ def render(reports: list[dict]) -> str:
         "edit by hand. Findings (ids in brackets) are written up in [findings.md](findings.md).",
         "",
         "Legend: `N✓` passed, `N✗ (e)` failed with worst observed error `e`, `N!` errors,",
-        "`N⊘` refused (the candidate raised `NotImplementedError` for an input outside its",
-        "library's interface), `N–` skipped (not claimed or not applicable), `Nx [ids]` expected",
-        "failures, `NX` unexpectedly passed.",
+        "`N⊘` refused (the candidate raised `NotSupported`, or its library raised",
+        "`NotImplementedError`, for an input outside the library's interface), `N–` skipped (not",
+        "claimed or not applicable), `Nx [ids]` expected failures, `NX` unexpectedly passed.",
         "",
         "## Candidates",
         "",
-        "| candidate | version | profile | complete | passed | failed | errors (refused) | skipped | xfailed | xpassed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | version | profile | complete | passed | failed | errors | refused | skipped | xfailed | xpassed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for report in reports:
         summary = report["summary"]
-        refused = sum(1 for r in report["results"] if outcome(r) == "refused")
+        outcomes = [outcome(r) for r in report["results"]]
         lines.append(
             f"| {report['candidate']['name']} | {report['candidate'].get('version') or '—'} "
             f"| {report['profile']} | {'yes' if report['complete'] else 'NO'} "
-            f"| {summary['passed']} | {summary['failed']} | {summary['error']} ({refused}) "
-            f"| {summary['skipped']} | {summary['xfailed']} | {summary['xpassed']} |"
+            f"| {summary['passed']} | {summary['failed']} | {outcomes.count('error')} "
+            f"| {outcomes.count('refused')} | {outcomes.count('skipped')} "
+            f"| {summary['xfailed']} | {summary['xpassed']} |"
         )
     torch_versions = sorted({r.get("torch_version", "?") for r in reports})
     lines += ["", f"torch: {', '.join(torch_versions)}.", "", "## Checks", ""]

@@ -1,4 +1,9 @@
-"""Hypothesis settings profiles: "ci" (the default; deterministic and small) and "thorough".
+"""Test-wide settings: one torch thread, and the hypothesis profiles.
+
+The problems are tiny, so a second intra-op thread only adds synchronisation (and ``pytest -n
+2`` already uses both cores; docs/performance.md).
+
+Hypothesis settings profiles: "ci" (the default; deterministic and small) and "thorough".
 
 Select one with the environment variable ``HYPOTHESIS_PROFILE`` (e.g.
 ``HYPOTHESIS_PROFILE=thorough pytest tests/test_properties.py``).
@@ -8,7 +13,10 @@ from __future__ import annotations
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(1)
 
 settings.register_profile(
     "ci",

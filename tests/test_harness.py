@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfac_conformance import Capabilities, KroneckerFactors, load_candidate
+from kfac_conformance import Capabilities, KroneckerFactors, NotSupported, load_candidate
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError
 from kfac_conformance.reference_candidate import ReferenceCandidate
@@ -300,3 +300,30 @@ def test_weight_sharing_claim_skips_linear_layers_on_shared_axes_only():
     )
     assert statuses["deep-linear[mse-mean-3batches]"][0] == "passed"
     assert statuses["conv-expand[last-layer-stride2-pad1-dil2]"][0] == "passed"
+
+
+class RefusesReduce(ReferenceCandidate):
+    """Declines reduce and tied weights at run time, as an adapter does for what its
+    Capabilities cannot describe."""
+
+    name = "refuses-reduce"
+
+    def compute(self, problem, request):
+        if request.kfac_approx == "reduce" or problem.case_id.startswith("tied"):
+            raise NotSupported("this library has no reduce flavour")
+        return super().compute(problem, request)
+
+
+def test_a_refusal_is_a_skip_with_its_reason_and_counts_as_raising_where_raising_is_expected():
+    results = _run(RefusesReduce(), select=["exactness/type-2-*", "weight-tying/*"])
+    reduce = [r for r in results.values() if r.check_id == "exactness/type-2-reduce"]
+    assert reduce and all(
+        r.status == "skipped"
+        and r.message
+        == "not supported (refused by the candidate): this library has no reduce flavour"
+        for r in reduce
+    )
+    assert all(
+        r.status == "passed" for r in results.values() if r.check_id == "exactness/type-2-expand"
+    )
+    assert results["weight-tying/exact-or-raises[tied-linear[mse]]"].status == "passed"

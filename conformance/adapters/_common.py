@@ -10,13 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from kfac_conformance.oracle import reduction_factor
+from kfac_conformance.outcomes import NotSupported
 from kfac_conformance.problem import Problem
 from kfac_ref.factors import KroneckerFactors
 
 REFUSAL_PREFIX = "unsupported by"
 
 
-class Unsupported(NotImplementedError):
+class Unsupported(NotSupported):
     """The adapter refuses an input outside its library's (honest) claim.
 
     The message starts with ``"unsupported by <library>:"`` so that reports can tell a

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from kfac_conformance.calling import CandidateError, call_candidate
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
+from kfac_conformance.outcomes import CandidateRefused
 from kfac_conformance.problem import Problem, Request
 from kfac_conformance.session import Session, compare_blocks, tolerance_for
 
@@ -47,6 +48,8 @@ def _weight_tying(session: Session, entry: CaseEntry):
     except CandidateError as raised:
         session.side_effects.extend(raised.side_effects)
         return Measurement(details={"raised": str(raised)})
+    except CandidateRefused as refused:
+        return Measurement(details={"raised": str(refused)})
     measurement = Measurement()
     exact = session.exact(entry, "ggn")
     compare_blocks(
@@ -106,6 +109,8 @@ def _expect_raise(what: str):
         except CandidateError as raised:
             session.side_effects.extend(raised.side_effects)
             return Measurement(details={"raised": str(raised)})
+        except CandidateRefused as refused:
+            return Measurement(details={"raised": str(refused)})
         except CheckFailed as invalid:
             raise CheckFailed(
                 f"returned an invalid result for {what} it does not claim to support, instead of "

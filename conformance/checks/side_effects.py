@@ -1,4 +1,8 @@
-"""Side effects: a candidate leaves the model and global state as it found them, and is repeatable."""
+"""Side effects: a candidate leaves the model and global state as it found them, and is repeatable.
+
+Every candidate call is watched (``calling.call_candidate``); here a side effect fails the
+check, everywhere else it is restored and noted in the result's message.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,9 @@ def _repeatable(session: Session, entry: CaseEntry):
 CHECKS = [
     Check(
         id="side-effects/none",
-        statement="parameters, .grad, requires_grad, hooks, train/eval mode, default dtype, grad mode and global RNG are unchanged",
+        statement="the model (parameters, .grad, requires_grad, buffers, hooks, train/eval mode), "
+        "the data, the loss's reduction and global torch state (default dtype, RNG, grad mode, "
+        "anomaly mode, deterministic algorithms, global hooks) are unchanged",
         source="plain invariance: computing curvature must not alter what it measures",
         applies_to=lambda entry: True,
         run=_no_side_effects,
