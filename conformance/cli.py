@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import torch
 
-from kfac_conformance.checks import ALL_CHECKS
+from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
 from kfac_conformance.report import Report, summary_text

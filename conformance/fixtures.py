@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import json
+import os
 import re
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -136,7 +137,10 @@ def regenerate(directory: str | Path | None = None) -> list[Path]:
         "cases": records,
     }
     index_path = target / INDEX_FILE
-    index_path.write_text(_compact_json(index) + "\n")
+    # atomically: a run reading the index meanwhile sees the old one or the new one
+    temporary = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
+    temporary.write_text(_compact_json(index) + "\n")
+    os.replace(temporary, index_path)
     written.append(index_path)
     for stale in sorted(old_files - set(names)):
         (target / stale).unlink(missing_ok=True)

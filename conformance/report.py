@@ -116,7 +116,8 @@ class Report:
         """Write atomically, so an interrupted run still leaves a valid (incomplete) report."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + ".tmp")
+        # one temporary file per process: two runs writing one report must not collide
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(self.to_json(), indent=1, default=str))
         os.replace(temporary, path)
 

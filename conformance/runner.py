@@ -15,7 +15,8 @@ import torch
 from kfac_conformance import fixtures
 from kfac_conformance.calling import CallAbandoned, CandidateError, GlobalState, abandon
 from kfac_conformance.cases import AGREEMENT_CASES, CANONICAL_CASES, Case
-from kfac_conformance.checks import ALL_CHECKS, CaseEntry, Check, CheckFailed, CheckSkipped
+from kfac_conformance.catalogue import ALL_CHECKS
+from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped
 from kfac_conformance.checks.robustness import BUILTIN_ENTRIES
 from kfac_conformance.expected_failures import ExpectedFailure, glob_matches, match
 from kfac_conformance.loading import load_case_factory

@@ -94,6 +94,23 @@ def reference_results():
     return _run(ReferenceCandidate())
 
 
+@pytest.mark.parametrize("profile", ["default"])
+def test_reference_passes_every_check_of_the_default_profile(profile):
+    results = _run(ReferenceCandidate(), profile)
+    assert len(results) > 300
+    bad = {
+        i: (r.status, r.message)
+        for i, r in results.items()
+        if r.status not in ("passed", "skipped")
+    }
+    assert not bad
+    assert all(
+        r.message.startswith("CUDA is not available")
+        for r in results.values()
+        if r.status == "skipped"
+    )
+
+
 def test_reference_passes_every_quick_check(reference_results):
     bad = {
         i: r.status for i, r in reference_results.items() if r.status not in ("passed", "skipped")
@@ -327,3 +344,36 @@ def test_a_refusal_is_a_skip_with_its_reason_and_counts_as_raising_where_raising
         r.status == "passed" for r in results.values() if r.check_id == "exactness/type-2-expand"
     )
     assert results["weight-tying/exact-or-raises[tied-linear[mse]]"].status == "passed"
+
+
+MODULES = [
+    "session",
+    "reference_candidate",
+    "calling",
+    "runner",
+    "cli",
+    "pytest_plugin",
+    "report",
+    "catalogue",
+    "fixtures",
+    "oracle",
+    "strategies",
+    "kill_matrix",
+    "checks.base",
+    "checks.monte_carlo",
+    "checks.robustness",
+    "adapters.curvlinops",
+    "adapters.backpack",
+]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_imports_first(module, monkeypatch):
+    """No import cycle: each module can be the first of the package to be imported."""
+    import importlib
+
+    for name in [
+        n for n in sys.modules if n == "kfac_conformance" or n.startswith("kfac_conformance.")
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.import_module(f"kfac_conformance.{module}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
@@ -51,18 +51,19 @@ MC_CASE_IDS = frozenset(
 )
 
 
-# One datum with Gaussian (MSE) labels: the M = 1 error is a fourth power of Gaussians, so its
-# RMS over 32 seeds is too heavy-tailed for the [2, 8] bounds (3 of 300 independent trials of
-# the reference fell outside, docs/statistics.md); the unbiasedness test keeps the case.
-CONVERGENCE_CASE_IDS = MC_CASE_IDS - {"one-datum-mlp[tanh-mse-mean]"}
+# The statistical tests assume the z_k are near normal. One datum with Gaussian (MSE) labels
+# breaks that: the errors are skewed, heavy-tailed quadratics of few Gaussians, and on the
+# reference both tests failed about 1% of independent trials (docs/statistics.md). The
+# deterministic MC checks keep the case.
+STATISTICAL_CASE_IDS = MC_CASE_IDS - {"one-datum-mlp[tanh-mse-mean]"}
 
 
 def _applies(entry: CaseEntry) -> bool:
     return entry.case is None or entry.id in MC_CASE_IDS
 
 
-def _applies_to_convergence(entry: CaseEntry) -> bool:
-    return entry.case is None or entry.id in CONVERGENCE_CASE_IDS
+def _applies_statistically(entry: CaseEntry) -> bool:
+    return entry.case is None or entry.id in STATISTICAL_CASE_IDS
 
 
 def _request(session: Session, entry: CaseEntry, mc_samples: int, seed: int) -> Request:
@@ -211,11 +212,34 @@ def _seed_reproducible(session: Session, entry: CaseEntry):
     return measurement
 
 
+# Two seeds can legitimately draw the same labels when there are few discrete ones (one datum,
+# two classes: ~40% with M = 2), so this check runs where a collision is impossible or
+# negligible: continuous (MSE) labels, or at least 8 data with SEED_SAMPLES draws each.
+SEED_SAMPLES = 8
+SEED_CASE_IDS = frozenset(
+    {
+        "deep-linear[mse-mean-3batches]",
+        "expand-deep-linear[1-axis]",
+        "mlp[tanh-ce-batch]",
+        "sequence[tanh-ce-per-position]",
+    }
+)
+
+
+def _applies_to_seed_sensitivity(entry: CaseEntry) -> bool:
+    if entry.case is not None:
+        return entry.id in SEED_CASE_IDS
+    return isinstance(entry.make_problem().loss_func, nn.MSELoss)
+
+
 def _seeds_differ(session: Session, entry: CaseEntry):
     problem = session.fresh(entry)
-    first = _flat(session.call(problem, _request(session, entry, 2, seed=0)), problem.layers)
+    first = _flat(
+        session.call(problem, _request(session, entry, SEED_SAMPLES, seed=0)), problem.layers
+    )
     second = _flat(
-        session.call(session.fresh(entry), _request(session, entry, 2, seed=1)), problem.layers
+        session.call(session.fresh(entry), _request(session, entry, SEED_SAMPLES, seed=1)),
+        problem.layers,
     )
     difference = relative_error(second, first)
     minimum = 1e3 * tolerance_for(problem)
@@ -235,16 +259,16 @@ SOURCE = "KFAC tutorial (MC Fisher); unbiasedness because B is linear in the sam
 CHECKS = [
     Check(
         "mc/unbiased",
-        "the mean of MC KFAC over seeds is type-2 KFAC (t-tests, false-positive rate < 1e-6)",
+        "the mean of MC KFAC over seeds is type-2 KFAC (t-tests, |t| > 8; measured false-positive rate in docs/statistics.md)",
         SOURCE,
-        _applies,
+        _applies_statistically,
         _unbiased,
     ),
     Check(
         "mc/sqrt-m-convergence",
         "the error of MC KFAC shrinks like 1/sqrt(mc_samples)",
         SOURCE,
-        _applies_to_convergence,
+        _applies_statistically,
         _convergence,
         profiles=frozenset({"default", "thorough"}),
     ),
@@ -257,9 +281,9 @@ CHECKS = [
     ),
     Check(
         "mc/seeds-differ",
-        "different seeds give different MC KFAC",
+        "different seeds give different MC KFAC (on problems where equal draws are impossible or negligible)",
         "reproducibility",
-        _applies,
+        _applies_to_seed_sensitivity,
         _seeds_differ,
     ),
 ]

@@ -30,7 +30,7 @@ class Mutant:
 
     @classmethod
     def pitfall(cls) -> str:
-        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
 
     def patches(self, request: Request) -> list[AbstractContextManager]:
         """Context managers that plant the bug inside ``kfac_ref`` for one call."""
