@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 import torch
@@ -118,6 +118,13 @@ def _first_difference(first: Problem, second: Problem) -> str | None:
         if not (torch.equal(X1, X2) and torch.equal(y1, y2)):
             return f"data in batch {index}"
     return None
+
+
+def suite_version() -> str:
+    try:
+        return version("kfac-conformance")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def registered_names() -> list[str]:

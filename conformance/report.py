@@ -33,22 +33,15 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
 from kfac_conformance.checks.base import STATUSES
+from kfac_conformance.loading import suite_version
 from kfac_conformance.runner import Result
 
 SCHEMA_VERSION = 1
-
-
-def suite_version() -> str:
-    try:
-        return version("kfac-conformance")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass

@@ -119,8 +119,12 @@ class _BackpackCandidate:
             loss = loss_func(output, y)
             weight_A = X.shape[0] / N
             weight_B = R / batch_reduction_factor(problem.loss_func, output, y)
-            with backpack(self._extension(request)):
-                loss.backward()
+            try:
+                with backpack(self._extension(request)):
+                    loss.backward()
+            except NotImplementedError as declined:
+                # BackPACK's own, documented refusal of a module it has no extension for
+                raise Unsupported(LIBRARY, str(declined)) from declined
             for layer in problem.layers:
                 module = model.get_submodule(layer)
                 G, A = (
