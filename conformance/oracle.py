@@ -38,6 +38,8 @@ from torch.func import functional_call, grad, vjp, vmap
 
 CURVATURES = ("ggn", "empirical", "mc")
 _CHUNK_ELEMENTS = 2**24
+_TILES = 8
+_NULL_EIGENVALUE = 1e-12
 
 
 def reduction_factor(loss_func: nn.Module, output: Tensor, labels: Tensor) -> float:
@@ -108,7 +110,7 @@ def exact_blocks(
     vectors = output_vectors.transpose(1, 2).reshape(N, num_vectors, *output.shape[1:])
     sizes = {layer: sum(chosen[name].numel() for name in names[layer]) for layer in layers}
     chunk = max(1, _CHUNK_ELEMENTS // max(1, num_vectors * sum(sizes.values())))
-    blocks: dict[str, Tensor] = {}
+    blocks = {layer: output.new_zeros(size, size) for layer, size in sizes.items()}
     for start in range(0, N, chunk):
         stop = min(start + chunk, N)
         pulled = vmap(pulled_back, in_dims=(None, 0, 0))(chosen, X[start:stop], vectors[start:stop])
@@ -118,11 +120,33 @@ def exact_blocks(
                 [pulled[name].reshape((stop - start) * num_vectors, -1) for name in layer_names],
                 dim=1,
             )
-            if layer in blocks:
-                blocks[layer].addmm_(rows.T, rows)
-            else:  # no zero-filled start: writing P^2 zeros costs as much as a chunk's product
-                blocks[layer] = rows.T @ rows
+            _add_upper_tiles(blocks[layer], rows)
+    for block in blocks.values():
+        _mirror_upper_tiles(block)
     return blocks
+
+
+def _tile(size: int) -> int:
+    return -(-size // _TILES)
+
+
+def _add_upper_tiles(block: Tensor, rows: Tensor) -> None:
+    """``block += rows^T rows`` on the tiles on and above the diagonal only.
+
+    The block is symmetric, so the tiles below the diagonal are copies (``_mirror_upper_tiles``);
+    skipping them saves almost half of the dominant ``2 N v P^2`` flops.
+    """
+    step = _tile(block.shape[0])
+    for first in range(0, block.shape[0], step):
+        last = first + step
+        block[first:last, first:].addmm_(rows[:, first:last].T, rows[:, first:])
+
+
+def _mirror_upper_tiles(block: Tensor) -> None:
+    step = _tile(block.shape[0])
+    for first in range(0, block.shape[0], step):
+        last = first + step
+        block[last:, first:last] = block[first:last, last:].T
 
 
 def _output_space_factors(
@@ -147,7 +171,10 @@ def _output_space_factors(
         rows = vmap(pullback)(directions)[0].reshape(K, N, K)
         hessians = rows.transpose(0, 1)
         eigenvalues, eigenvectors = torch.linalg.eigh((hessians + hessians.transpose(1, 2)) / 2)
-        return eigenvectors * eigenvalues.clamp(min=0).sqrt().unsqueeze(1)
+        # directions of zero curvature for every datum (CE's constant shift) contribute nothing
+        kept = (eigenvalues > _NULL_EIGENVALUE * eigenvalues.abs().max()).any(dim=0)
+        factors = eigenvectors * eigenvalues.clamp(min=0).sqrt().unsqueeze(1)
+        return factors[:, :, kept] if kept.any() else factors[:, :, :1]
     if curvature == "empirical":
         return (loss_gradient(output, labels) / R**0.5).unsqueeze(-1)
     samples = torch.cat(list(sampled_labels), dim=1)
