@@ -39,7 +39,7 @@ def install_project(session: nox.Session, extra: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """The project's own test suite (the README's test command)."""
     install_project(session)
-    session.run("pytest", "-n", "2", "--durations=15", *session.posargs)
+    session.run("pytest", "-n", "2", "--dist", "worksteal", "--durations=15", *session.posargs)
 
 
 @nox.session

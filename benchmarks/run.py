@@ -371,19 +371,28 @@ def _has_xdist() -> bool:
 
 
 def bench_profiles() -> dict:
-    """The profiles as users start them (torch's default threads), then with one thread."""
+    """The profiles as users start them (the CLI and the plugin use one torch thread), and
+    pytest-xdist against serial pytest."""
     cli = [*_cli(), "run", "--candidate", "kfac_ref", "-q"]
-    plugin = [sys.executable, "-m", "pytest", "-q", "--kfac-candidate", "kfac_ref"]
-    one_thread = {"OMP_NUM_THREADS": "1"}
+    plugin = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--kfac-candidate",
+        "kfac_ref",
+    ]
+    xdist = ["-n", "2", "--dist", "worksteal"]
+    thorough = ["--kfac-profile", "thorough"]
     variants = [
         ("cli quick", [*cli, "--profile", "quick"], {}, BUDGETS_S["quick"]),
         ("cli default", [*cli, "--profile", "default"], {}, BUDGETS_S["default"]),
-        ("cli quick, 1 thread", [*cli, "--profile", "quick"], one_thread, BUDGETS_S["quick"]),
-        ("cli default, 1 thread", [*cli, "--profile", "default"], one_thread, None),
         ("pytest plugin default", plugin, {}, None),
-        ("pytest plugin default, 1 thread", plugin, one_thread, None),
-        ("pytest plugin default -n 2", [*plugin, "-n", "2"], {}, None),
-        ("pytest plugin default -n 2, 1 thread", [*plugin, "-n", "2"], one_thread, None),
+        ("pytest plugin default -n 2", [*plugin, *xdist], {}, None),
+        ("pytest plugin thorough", [*plugin, *thorough], {}, None),
+        ("pytest plugin thorough -n 2", [*plugin, *thorough, *xdist], {}, None),
     ]
     runs: dict = {}
     for name, command, env, budget in variants:
@@ -409,7 +418,18 @@ def bench_suite() -> dict:
         return {"skipped": "pytest-xdist not installed"}
     load = load_average()
     run = _timed_subprocess(
-        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--durations=10", "tests"]
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "2",
+            "--dist",
+            "worksteal",
+            "--durations=10",
+            "tests",
+        ]
     )
     run["load_average_before"] = load
     output = run.pop("output")

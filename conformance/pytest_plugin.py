@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from kfac_conformance.calling import GlobalState
 from kfac_conformance.expected_failures import ExpectedFailure, read_expected_failures
@@ -130,6 +131,12 @@ class ConformanceItem(pytest.Item):
         return self.path, None, f"kfac-conformance: {self.name}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if _active(config):
+        # the problems are tiny: a second intra-op thread only adds synchronisation
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list
 ) -> None:
@@ -142,6 +149,8 @@ def pytest_collection_modifyitems(
         cases=config.getoption("--kfac-case"),
         xfail=config.getoption("--kfac-xfail"),
     )
-    items.extend(
-        ConformanceItem.from_parent(session, name=check.item.id, check=check) for check in checks
-    )
+    for check in checks:
+        item = ConformanceItem.from_parent(session, name=check.item.id, check=check)
+        # with pytest-xdist's --dist loadgroup, a case's checks share one worker and its caches
+        item.add_marker(pytest.mark.xdist_group(check.item.entry.id))
+        items.append(item)
