@@ -4,19 +4,28 @@ The folder ``conformance/`` is the import package ``kfac_conformance`` (``confor
 taken on PyPI). The public contract: :class:`Candidate`, :class:`Problem`, :class:`Request`,
 :class:`Capabilities`, :class:`KroneckerFactors`, :class:`NotSupported` and
 :func:`load_candidate`.
+
+The names are imported on first use: pytest imports this package for its plugin in every
+run, and that must not cost a torch import.
 """
 
-from kfac_conformance.loading import load_candidate
-from kfac_conformance.outcomes import NotSupported
-from kfac_conformance.problem import Candidate, Capabilities, Problem, Request
-from kfac_ref.factors import KroneckerFactors
+from __future__ import annotations
 
-__all__ = [
-    "Candidate",
-    "Capabilities",
-    "KroneckerFactors",
-    "NotSupported",
-    "Problem",
-    "Request",
-    "load_candidate",
-]
+import importlib
+
+_PUBLIC = {
+    "Candidate": "kfac_conformance.problem",
+    "Capabilities": "kfac_conformance.problem",
+    "KroneckerFactors": "kfac_ref.factors",
+    "NotSupported": "kfac_conformance.outcomes",
+    "Problem": "kfac_conformance.problem",
+    "Request": "kfac_conformance.problem",
+    "load_candidate": "kfac_conformance.loading",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'kfac_conformance' has no attribute {name!r}")

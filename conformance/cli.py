@@ -16,9 +16,9 @@ import torch
 from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
+from kfac_conformance.profiles import PROFILES
 from kfac_conformance.report import Report, summary_text
 from kfac_conformance.runner import Item, case_entries, custom_entries, plan, run_items
-from kfac_conformance.session import PROFILES
 
 DEFAULT_TIMEOUT = 300.0
 T = TypeVar("T")

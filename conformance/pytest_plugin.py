@@ -1,94 +1,20 @@
 """pytest front end: ``pytest --kfac-candidate SPEC`` runs the catalogue as ordinary tests.
 
 Each (check, case) pair becomes one test named ``check_id[case_id]``, so ``-k``, ``-x``,
-``--junitxml`` and ``-n auto`` (pytest-xdist) work. Library authors can instead parametrize a
-test of their own, in the spirit of scikit-learn's ``parametrize_with_checks``::
+``--junitxml`` and ``-n 2`` (pytest-xdist) work. To parametrize a test of your own instead,
+see :mod:`kfac_conformance.pytest_checks`.
 
-    from kfac_conformance.pytest_plugin import parametrize_with_checks
-
-    @parametrize_with_checks(MyCandidate(), xfail="kfac-xfail.txt")
-    def test_kfac_conformance(kfac_check):
-        kfac_check()
+pytest loads this module in every run of every project where kfac-conformance is installed,
+so it imports nothing heavy (no torch) until ``--kfac-candidate`` is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import torch
 
-from kfac_conformance.calling import GlobalState
-from kfac_conformance.expected_failures import ExpectedFailure, read_expected_failures
-from kfac_conformance.loading import load_candidate
-from kfac_conformance.problem import Candidate
-from kfac_conformance.runner import (
-    Item,
-    Result,
-    apply_expected_failures,
-    case_entries,
-    custom_entries,
-    execute,
-    plan,
-)
-from kfac_conformance.session import PROFILES, Session
-
-
-class ConformanceFailure(AssertionError):
-    """A failed or errored check, with everything the report would say about it."""
-
-
-def _failure_text(result: Result) -> str:
-    lines = [f"{result.status.upper()} {result.item_id}", result.message.strip()]
-    if result.observed is not None:
-        lines.append(f"observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
-    if result.diagnosis:
-        lines.append(f"diagnosis: {result.diagnosis}")
-    return "\n".join(lines)
-
-
-class KfacCheck:
-    """One (check, case) pair; calling it runs the check and raises or skips like a test."""
-
-    def __init__(self, session: Session, item: Item, expected: Sequence[ExpectedFailure]) -> None:
-        self.session, self.item, self.expected = session, item, list(expected)
-        self.baseline = GlobalState.take()  # every check starts from the state at collection
-
-    def __repr__(self) -> str:
-        return self.item.id
-
-    def __call__(self) -> Result:
-        result = execute(self.session, self.item, baseline=self.baseline)
-        result = apply_expected_failures(result, self.expected, set())
-        if result.status == "skipped":
-            pytest.skip(result.message)
-        if result.status == "xfailed":
-            pytest.xfail(result.message)
-        if result.status in ("failed", "error"):
-            problem = self.item.entry.make_problem().describe()
-            raise ConformanceFailure(f"{_failure_text(result)}\nproblem: {problem}")
-        return result
-
-
-def conformance_checks(
-    candidate: Candidate,
-    profile: str = "default",
-    cases: Sequence[str] = (),
-    xfail: str | Path | None = None,
-    select: Sequence[str] = (),
-) -> list[KfacCheck]:
-    """The catalogue for ``candidate`` as callables, in the order the CLI runs them."""
-    session = Session(candidate, PROFILES[profile])
-    expected = read_expected_failures(xfail) if xfail else []
-    items = plan(profile, case_entries(profile, custom_entries(cases)), select)
-    return [KfacCheck(session, item, expected) for item in items]
-
-
-def parametrize_with_checks(candidate: Candidate, **options) -> pytest.MarkDecorator:
-    """``pytest.mark.parametrize("kfac_check", ...)`` over every check of the catalogue."""
-    checks = conformance_checks(candidate, **options)
-    return pytest.mark.parametrize("kfac_check", checks, ids=[check.item.id for check in checks])
+from kfac_conformance.profiles import PROFILES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -115,7 +41,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 class ConformanceItem(pytest.Item):
-    def __init__(self, *, check: KfacCheck, **kwargs) -> None:
+    def __init__(self, *, check, **kwargs) -> None:
         super().__init__(**kwargs)
         self.check = check
 
@@ -123,6 +49,8 @@ class ConformanceItem(pytest.Item):
         self.check()
 
     def repr_failure(self, excinfo, style=None):
+        from kfac_conformance.pytest_checks import ConformanceFailure
+
         if isinstance(excinfo.value, ConformanceFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
@@ -133,6 +61,8 @@ class ConformanceItem(pytest.Item):
 
 def pytest_configure(config: pytest.Config) -> None:
     if _active(config):
+        import torch
+
         # the problems are tiny: a second intra-op thread only adds synchronisation
         torch.set_num_threads(1)
 
@@ -142,6 +72,9 @@ def pytest_collection_modifyitems(
 ) -> None:
     if not _active(config):
         return
+    from kfac_conformance.loading import load_candidate
+    from kfac_conformance.pytest_checks import conformance_checks
+
     candidate = load_candidate(config.getoption("--kfac-candidate"))
     checks = conformance_checks(
         candidate,

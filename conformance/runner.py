@@ -21,7 +21,8 @@ from kfac_conformance.checks.robustness import BUILTIN_ENTRIES
 from kfac_conformance.expected_failures import ExpectedFailure, glob_matches, match
 from kfac_conformance.loading import load_case_factory
 from kfac_conformance.problem import Candidate
-from kfac_conformance.session import PROFILES, Session
+from kfac_conformance.profiles import PROFILES
+from kfac_conformance.session import Session
 
 QUICK_CASE_IDS = frozenset(
     {

@@ -21,23 +21,8 @@ from kfac_conformance.compare import (
     round_off_tolerance,
 )
 from kfac_conformance.problem import BIAS_MODES, Candidate, Problem, Request
+from kfac_conformance.profiles import PROFILES, Profile
 from kfac_ref.factors import KroneckerFactors
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How hard a run looks: which cases, and how many seeds the statistical checks use."""
-
-    name: str
-    mc_seeds: int
-    quick: bool = False
-
-
-PROFILES = {
-    "quick": Profile("quick", mc_seeds=32, quick=True),
-    "default": Profile("default", mc_seeds=32),
-    "thorough": Profile("thorough", mc_seeds=96),
-}
 
 
 @dataclass

@@ -13,26 +13,12 @@ from collections.abc import Mapping
 
 import torch
 
-import kfac_ref
 from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.session import reference_compute as reference
 from kfac_ref.factors import KroneckerFactors
 
 HANG_SECONDS = 30  # bounded, so that a leaked thread ends on its own
 EXIT_CODE = 17
-
-
-def reference(problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
-    return kfac_ref.compute_kfac(
-        problem.model,
-        problem.loss_func,
-        problem.batches,
-        fisher_type=request.fisher_type,
-        kfac_approx=request.kfac_approx,
-        mc_samples=request.mc_samples,
-        seed=request.seed,
-        bias=request.bias,
-        layers=problem.layers,
-    )
 
 
 class Hostile:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from kfac_conformance import oracle
-from kfac_conformance.adapters import CANDIDATES
 from kfac_conformance.cases import ALL_CASES
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
+from kfac_conformance.loading import load_candidate, registered_candidates
 from kfac_conformance.problem import Request
 
 LIBRARIES = {
@@ -39,15 +39,14 @@ TYPE2_CASES = {
 
 def load(name: str):
     pytest.importorskip(LIBRARIES[name])
-    module, _, attr = CANDIDATES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)()
+    return load_candidate(name)
 
 
-def test_importing_the_adapters_needs_no_library():
-    for spec in CANDIDATES.values():
-        module = importlib.import_module(spec.partition(":")[0])
-        candidate_class = getattr(module, spec.partition(":")[2])
-        assert candidate_class.name in CANDIDATES
+@pytest.mark.parametrize("name", sorted(LIBRARIES))
+def test_every_adapter_is_registered_and_imports_without_its_library(name):
+    entry_point = registered_candidates()[name]
+    module, _, attr = entry_point.value.partition(":")
+    assert getattr(importlib.import_module(module), attr).name == name
 
 
 @pytest.mark.parametrize(

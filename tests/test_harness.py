@@ -355,6 +355,8 @@ MODULES = [
     "pytest_plugin",
     "report",
     "catalogue",
+    "pytest_checks",
+    "profiles",
     "fixtures",
     "oracle",
     "strategies",
@@ -377,3 +379,33 @@ def test_every_module_imports_first(module, monkeypatch):
     ]:
         monkeypatch.delitem(sys.modules, name)
     importlib.import_module(f"kfac_conformance.{module}")
+
+
+def test_the_pytest_plugin_does_not_import_torch_until_asked():
+    """pytest loads the plugin in every run where the package is installed."""
+    code = "import sys, kfac_conformance.pytest_plugin; print('torch' in sys.modules)"
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert completed.stdout.strip() == "False", completed.stderr
+
+
+def test_parametrize_with_checks_runs_the_catalogue_in_a_users_test_file(tmp_path):
+    (tmp_path / "test_my_kfac.py").write_text(
+        "from kfac_conformance.pytest_checks import parametrize_with_checks\n"
+        "from kfac_conformance.reference_candidate import ReferenceCandidate\n"
+        "@parametrize_with_checks(ReferenceCandidate(), profile='quick', select=['exactness/*'])\n"
+        "def test_kfac(kfac_check):\n"
+        "    kfac_check()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_kfac.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    passed = int(completed.stdout.strip().splitlines()[-1].split()[0])
+    quick_exactness = plan("quick", case_entries("quick"), ["exactness/*"])
+    assert passed == len(quick_exactness) > 0

@@ -20,7 +20,8 @@ from kfac_conformance.checks.monte_carlo import (
     convergence_statistics,
     unbiased_statistics,
 )
-from kfac_conformance.session import PROFILES, Session
+from kfac_conformance.profiles import PROFILES
+from kfac_conformance.session import Session
 
 FIRST_TRIAL = 1000  # seeds 32000 and up: disjoint from the checks' own seeds 0..31
 TRIALS = 1

@@ -7,7 +7,8 @@ layout, normalisation); it never rescales to make a check pass. Where a library'
 differs from the suite's definition, the difference is written up in ``docs/findings.md``
 and listed in ``conformance/adapters/xfail/<candidate>.txt``.
 
-Candidates (name -> ``module:attr``):
+Candidates, registered under these names in the entry-point group
+``kfac_conformance.candidates`` (``pyproject.toml``):
 
 - ``curvlinops``: :class:`kfac_conformance.adapters.curvlinops.CurvlinopsCandidate`
 - ``backpack-kfac``, ``backpack-kflr``, ``backpack-kfra``:
@@ -15,26 +16,3 @@ Candidates (name -> ``module:attr``):
 - ``asdl``: :class:`kfac_conformance.adapters.asdl.AsdlCandidate`
 - ``nngeometry``: :class:`kfac_conformance.adapters.nngeometry.NngeometryCandidate`
 """
-
-from __future__ import annotations
-
-CANDIDATES = {
-    "curvlinops": "kfac_conformance.adapters.curvlinops:CurvlinopsCandidate",
-    "backpack-kfac": "kfac_conformance.adapters.backpack:BackpackKFACCandidate",
-    "backpack-kflr": "kfac_conformance.adapters.backpack:BackpackKFLRCandidate",
-    "backpack-kfra": "kfac_conformance.adapters.backpack:BackpackKFRACandidate",
-    "asdl": "kfac_conformance.adapters.asdl:AsdlCandidate",
-    "nngeometry": "kfac_conformance.adapters.nngeometry:NngeometryCandidate",
-}
-
-# the pyproject extra that installs each candidate's library
-EXTRAS = {
-    "curvlinops": "curvlinops",
-    "backpack-kfac": "backpack",
-    "backpack-kflr": "backpack",
-    "backpack-kfra": "backpack",
-    "asdl": "asdl",
-    "nngeometry": "nngeometry",
-}
-
-__all__ = ["CANDIDATES", "EXTRAS"]

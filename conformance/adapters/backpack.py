@@ -156,6 +156,19 @@ class _BackpackCandidate:
         return result
 
 
+def _claim(fisher_type: str, losses: frozenset[str], multiple_batches: bool = True) -> Capabilities:
+    """What every BackPACK extension supports: expand, a separate bias, no shared axes."""
+    return Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=losses,
+        fisher_types=frozenset({fisher_type}),
+        flavours=frozenset({"expand"}),
+        bias_modes=frozenset({"separate"}),
+        multiple_batches=multiple_batches,
+        weight_sharing=False,
+    )
+
+
 class BackpackKFACCandidate(_BackpackCandidate):
     """``backpack.extensions.KFAC(mc_samples=M)``: Monte Carlo KFAC."""
 
@@ -163,14 +176,7 @@ class BackpackKFACCandidate(_BackpackCandidate):
     field = "kfac"
     fisher_type = "mc"
     losses = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
-    capabilities = Capabilities(
-        layer_types=LAYER_TYPES,
-        losses=losses,
-        fisher_types=frozenset({"mc"}),
-        flavours=frozenset({"expand"}),
-        bias_modes=frozenset({"separate"}),
-        weight_sharing=False,
-    )
+    capabilities = _claim("mc", losses)
 
     def _extension(self, request: Request):
         from backpack.extensions import KFAC
@@ -189,14 +195,7 @@ class BackpackKFLRCandidate(_BackpackCandidate):
     field = "kflr"
     fisher_type = "type-2"
     losses = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
-    capabilities = Capabilities(
-        layer_types=LAYER_TYPES,
-        losses=losses,
-        fisher_types=frozenset({"type-2"}),
-        flavours=frozenset({"expand"}),
-        bias_modes=frozenset({"separate"}),
-        weight_sharing=False,
-    )
+    capabilities = _claim("type-2", losses)
 
     def _extension(self, request: Request):
         from backpack.extensions import KFLR
@@ -211,15 +210,7 @@ class BackpackKFRACandidate(_BackpackCandidate):
     field = "kfra"
     fisher_type = "type-2"
     losses = frozenset({"MSELoss", "CrossEntropyLoss"})
-    capabilities = Capabilities(
-        layer_types=LAYER_TYPES,
-        losses=losses,
-        fisher_types=frozenset({"type-2"}),
-        flavours=frozenset({"expand"}),
-        bias_modes=frozenset({"separate"}),
-        multiple_batches=False,
-        weight_sharing=False,
-    )
+    capabilities = _claim("type-2", losses, multiple_batches=False)
 
     def _extension(self, request: Request):
         from backpack.extensions import KFRA

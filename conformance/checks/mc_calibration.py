@@ -32,8 +32,9 @@ from kfac_conformance.checks.monte_carlo import (
     unbiased_statistics,
 )
 from kfac_conformance.problem import Candidate
+from kfac_conformance.profiles import PROFILES
 from kfac_conformance.reference_candidate import ReferenceCandidate
-from kfac_conformance.session import PROFILES, Session
+from kfac_conformance.session import Session
 
 
 @dataclass

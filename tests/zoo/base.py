@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from unittest import mock
 
-import kfac_ref
 from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.session import reference_compute
 from kfac_ref import layers
 from kfac_ref.factors import KroneckerFactors
 from kfac_ref.layers import LayerRule
@@ -39,21 +39,6 @@ class Mutant:
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         with planted(self.patches(request)):
             return reference_compute(problem, request)
-
-
-def reference_compute(problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
-    """``kfac_ref`` on the problem, as the reference candidate calls it."""
-    return kfac_ref.compute_kfac(
-        problem.model,
-        problem.loss_func,
-        problem.batches,
-        fisher_type=request.fisher_type,
-        kfac_approx=request.kfac_approx,
-        mc_samples=request.mc_samples,
-        seed=request.seed,
-        bias=request.bias,
-        layers=problem.layers,
-    )
 
 
 @contextmanager
