@@ -188,12 +188,15 @@ def _execute_in_thread(
     if outcome and isinstance(outcome[0], Result):
         return outcome[0]
     error = outcome[0] if outcome else None
+    return _error(
+        item, f"the check's thread ended without a result: {type(error).__name__}: {error}", start
+    )
+
+
+def _error(item: Item, message: str, start: float) -> Result:
+    """An ``error`` result for ``item``, timed from ``start``."""
     return Result(
-        item.check.id,
-        item.entry.id,
-        "error",
-        f"the check's thread ended without a result: {type(error).__name__}: {error}",
-        duration_s=time.perf_counter() - start,
+        item.check.id, item.entry.id, "error", message, duration_s=time.perf_counter() - start
     )
 
 
@@ -227,21 +230,13 @@ def _execute_in_process(
             result = receiver.recv()
             process.join(5)
             return result
-        return Result(
-            item.check.id,
-            item.entry.id,
-            "error",
-            f"timed out after {timeout:g} s (the child process was killed)",
-            duration_s=time.perf_counter() - start,
-        )
+        return _error(item, f"timed out after {timeout:g} s (the child process was killed)", start)
     except EOFError:
         process.join()
-        return Result(
-            item.check.id,
-            item.entry.id,
-            "error",
+        return _error(
+            item,
             f"the check's child process died ({_death(process.exitcode)}) before it finished",
-            duration_s=time.perf_counter() - start,
+            start,
         )
     finally:
         if process.is_alive():
