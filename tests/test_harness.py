@@ -409,3 +409,15 @@ def test_parametrize_with_checks_runs_the_catalogue_in_a_users_test_file(tmp_pat
     passed = int(completed.stdout.strip().splitlines()[-1].split()[0])
     quick_exactness = plan("quick", case_entries("quick"), ["exactness/*"])
     assert passed == len(quick_exactness) > 0
+
+
+def test_listing_into_a_closed_pipe_ends_quietly():
+    completed = subprocess.run(
+        f"'{sys.executable}' -m kfac_conformance.cli list-checks -v | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.stdout.startswith("exactness/")
+    assert "Traceback" not in completed.stderr
