@@ -55,7 +55,9 @@ def compute_kfac(
     num_data, num_terms = 0, None
 
     for X, y in _batches(data):
-        with torch.enable_grad(), _recording(selected) as recorded:
+        # a model that draws random numbers (dropout) must not advance the caller's RNG
+        devices = [X.device] if X.is_cuda else []
+        with torch.random.fork_rng(devices), torch.enable_grad(), _recording(selected) as recorded:
             output = model(X)
         losses.check_labels(loss_func, output, y)
         num_data += output.shape[0]

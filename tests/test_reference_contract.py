@@ -574,3 +574,15 @@ def test_result_shapes_and_bias_modes(bias: str):
         assert kfac[layer].A.dtype == kfac[layer].B.dtype == torch.float64
         parameter_count = sum(p.numel() for p in module.parameters(recurse=False))
         assert kfac[layer].to_dense().shape == (parameter_count, parameter_count)
+
+
+def test_a_model_that_draws_random_numbers_leaves_the_global_rng_alone():
+    """Dropout in train mode draws from the global RNG; KFAC must not advance the caller's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).double()
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    before = torch.get_rng_state()
+    first = compute_kfac(model, nn.MSELoss(), [(X, y)])
+    assert torch.equal(torch.get_rng_state(), before)
+    second = compute_kfac(model, nn.MSELoss(), [(X, y)])
+    assert torch.equal(first["0"].to_dense(), second["0"].to_dense())
