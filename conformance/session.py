@@ -56,6 +56,18 @@ class Session:
             is None
         ]
 
+    def first_claimed(
+        self, entry: CaseEntry, fisher_types: Sequence[str], flavour: str = "expand"
+    ) -> Request:
+        """The first of ``fisher_types`` the candidate claims for the entry, with a claimed bias."""
+        for fisher_type in fisher_types:
+            modes = self.supported_bias_modes(entry, fisher_type, flavour)
+            if modes:
+                return Request(fisher_type, flavour, bias=modes[0])
+        raise CheckSkipped(
+            f"not supported: none of the fisher types {list(fisher_types)} is claimed"
+        )
+
     def exact(self, entry: CaseEntry, curvature: str) -> dict[str, Tensor]:
         """Exact blocks of every layer of the entry's problem, in float64 on the CPU (cached)."""
         key = (entry.id, curvature)
@@ -87,6 +99,11 @@ def reference_compute(problem: Problem, request: Request) -> dict[str, Kronecker
         bias=request.bias,
         layers=problem.layers,
     )
+
+
+def dense_blocks(result: dict[str, KroneckerFactors], scale: float = 1.0) -> dict[str, Tensor]:
+    """Every layer's ``to_dense()`` block (times ``scale``), as targets for :func:`compare_blocks`."""
+    return {layer: scale * factors.to_dense() for layer, factors in result.items()}
 
 
 def compare_blocks(

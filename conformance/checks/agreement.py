@@ -5,7 +5,7 @@ from __future__ import annotations
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
 from kfac_conformance.checks.diagnosis import compare_diagnosed
 from kfac_conformance.problem import FLAVOURS, Request
-from kfac_conformance.session import Session, tolerance_for
+from kfac_conformance.session import Session, dense_blocks, tolerance_for
 
 
 def _not_exact(entry: CaseEntry) -> bool:
@@ -20,9 +20,7 @@ def _agreement_check(fisher_type: str) -> Check:
                 request = Request(fisher_type, flavour, bias=bias)
                 problem = session.fresh(entry)
                 result = session.call(problem, request)
-                reference = {
-                    layer: f.to_dense() for layer, f in session.reference(entry, request).items()
-                }
+                reference = dense_blocks(session.reference(entry, request))
                 compare_diagnosed(
                     problem,
                     result,

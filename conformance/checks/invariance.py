@@ -12,29 +12,26 @@ from kfac_conformance.architectures import MoveDim
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
 from kfac_conformance.checks.diagnosis import compare_diagnosed
 from kfac_conformance.problem import Problem, Request
-from kfac_conformance.session import Session, compare_blocks, tolerance_for, with_reduction
-
-
-def _deterministic_request(session: Session, entry: CaseEntry, flavour: str = "expand") -> Request:
-    for fisher_type in ("type-2", "empirical"):
-        modes = session.supported_bias_modes(entry, fisher_type, flavour)
-        if modes:
-            return Request(fisher_type, flavour, bias=modes[0])
-    raise CheckSkipped("not supported: neither type-2 nor empirical KFAC is claimed")
+from kfac_conformance.session import (
+    Session,
+    compare_blocks,
+    dense_blocks,
+    tolerance_for,
+    with_reduction,
+)
 
 
 def _compare_transformed(session, entry, transform, context, flavour="expand", scale=1.0):
-    request = _deterministic_request(session, entry, flavour)
+    request = session.first_claimed(entry, ("type-2", "empirical"), flavour)
     problem = session.fresh(entry)
     original = session.call(problem, request)
     transformed_problem = transform(session.fresh(entry))
     transformed = session.call(transformed_problem, request)
-    targets = {layer: scale * f.to_dense() for layer, f in transformed.items()}
     measurement = Measurement()
     compare_diagnosed(
         session.fresh(entry),
         original,
-        targets,
+        dense_blocks(transformed, scale),
         problem.layers,
         tolerance_for(problem),
         measurement,
@@ -135,10 +132,9 @@ def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
             continue
         joint = session.call(session.fresh(entry), Request("type-2", flavour, bias="joint"))
         separate = session.call(session.fresh(entry), Request("type-2", flavour, bias="separate"))
-        targets = {layer: factors.to_dense() for layer, factors in joint.items()}
         compare_blocks(
             separate,
-            targets,
+            dense_blocks(joint),
             problem.layers,
             tolerance_for(problem),
             measurement,

@@ -6,21 +6,15 @@ check, everywhere else it is restored and noted in the result's message.
 
 from __future__ import annotations
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
-from kfac_conformance.problem import Request
-from kfac_conformance.session import Session, compare_blocks, tolerance_for
+from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, Measurement
+from kfac_conformance.session import Session, compare_blocks, dense_blocks, tolerance_for
 
-
-def _first_supported(session: Session, entry: CaseEntry) -> Request:
-    for fisher_type in ("type-2", "empirical", "mc", "forward-only"):
-        modes = session.supported_bias_modes(entry, fisher_type, "expand")
-        if modes:
-            return Request(fisher_type, "expand", bias=modes[0])
-    raise CheckSkipped("not supported: no fisher type claimed for this problem")
+# the first claimed of these is the request both checks make
+FISHER_TYPE_PREFERENCE = ("type-2", "empirical", "mc", "forward-only")
 
 
 def _no_side_effects(session: Session, entry: CaseEntry):
-    request = _first_supported(session, entry)
+    request = session.first_claimed(entry, FISHER_TYPE_PREFERENCE)
     session.side_effects.clear()
     session.call(session.fresh(entry), request)
     if session.side_effects:
@@ -29,15 +23,14 @@ def _no_side_effects(session: Session, entry: CaseEntry):
 
 
 def _repeatable(session: Session, entry: CaseEntry):
-    request = _first_supported(session, entry)
+    request = session.first_claimed(entry, FISHER_TYPE_PREFERENCE)
     problem = session.fresh(entry)
     first = session.call(problem, request)
     second = session.call(problem, request)
     measurement = Measurement()
-    targets = {layer: factors.to_dense() for layer, factors in first.items()}
     compare_blocks(
         second,
-        targets,
+        dense_blocks(first),
         problem.layers,
         tolerance_for(problem),
         measurement,
