@@ -59,22 +59,20 @@ class ConformanceItem(pytest.Item):
         return self.path, None, f"kfac-conformance: {self.name}"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if _active(config):
-        import torch
-
-        # the problems are tiny: a second intra-op thread only adds synchronisation
-        torch.set_num_threads(1)
-
-
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list
 ) -> None:
     if not _active(config):
         return
+    # Collection runs where the checks run (in each worker under pytest-xdist, never in its
+    # controller, which so never imports torch).
+    import torch
+
     from kfac_conformance.loading import load_candidate
     from kfac_conformance.pytest_checks import conformance_checks
 
+    # the problems are tiny: a second intra-op thread only adds synchronisation
+    torch.set_num_threads(1)
     candidate = load_candidate(config.getoption("--kfac-candidate"))
     checks = conformance_checks(
         candidate,

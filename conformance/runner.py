@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import signal
@@ -77,7 +78,15 @@ class Item:
 
 def _case_entry(case: Case) -> CaseEntry:
     if case.id in fixtures.available_case_ids():
-        return CaseEntry(case.id, lambda: fixtures.load_problem(case.id), case)
+        return CaseEntry(
+            case.id,
+            lambda: fixtures.load_problem(case.id),
+            case,
+            stored_exact={
+                curvature: functools.partial(fixtures.load_exact_blocks, case.id, curvature)
+                for curvature in fixtures.STORED_CURVATURES
+            },
+        )
     return CaseEntry(case.id, case.make_problem, case)
 
 

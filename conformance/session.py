@@ -71,6 +71,8 @@ class Session:
     def exact(self, entry: CaseEntry, curvature: str) -> dict[str, Tensor]:
         """Exact blocks of every layer of the entry's problem, in float64 on the CPU (cached)."""
         key = (entry.id, curvature)
+        if key not in self._exact_cache and curvature in entry.stored_exact:
+            self._exact_cache[key] = dict(entry.stored_exact[curvature]())
         if key not in self._exact_cache:
             problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
             self._exact_cache[key] = oracle.exact_blocks(

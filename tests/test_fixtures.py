@@ -146,3 +146,13 @@ def test_regenerate_writes_loadable_files(tmp_path):
     fresh = load_file(str(tmp_path / fixtures.file_name(case_id)))
     for layer, block in fixtures.load_exact_blocks(case_id, "ggn").items():
         assert relative_error(fresh[f"ggn.{layer}"], block) < TOL
+
+
+def test_loaded_blocks_and_index_are_copies():
+    case_id = "mlp[tanh-ce-batch]"
+    layer, block = next(iter(fixtures.load_exact_blocks(case_id, "ggn").items()))
+    block.add_(1.0)
+    fixtures.load_index()["cases"].clear()
+    again = fixtures.load_exact_blocks(case_id, "ggn")[layer]
+    assert not torch.equal(block, again), "two loads share exact blocks"
+    assert case_id in fixtures.load_index()["cases"], "a caller changed the cached index"

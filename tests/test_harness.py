@@ -421,3 +421,26 @@ def test_listing_into_a_closed_pipe_ends_quietly():
     )
     assert completed.stdout.startswith("exactness/")
     assert "Traceback" not in completed.stderr
+
+
+def test_stored_cases_take_their_exact_blocks_from_the_fixtures(monkeypatch):
+    """The oracle does not recompute what the fixtures hold."""
+    from kfac_conformance import fixtures, oracle
+    from kfac_conformance.session import Session
+
+    entry = next(e for e in case_entries("default") if e.id == "mlp[tanh-ce-batch]")
+    session = Session(ReferenceCandidate())
+    computed = []
+    real_exact_blocks = oracle.exact_blocks
+    monkeypatch.setattr(
+        oracle,
+        "exact_blocks",
+        lambda *args, **kwargs: computed.append(args[-1]) or real_exact_blocks(*args, **kwargs),
+    )
+    for curvature in fixtures.STORED_CURVATURES:
+        stored = fixtures.load_exact_blocks(entry.id, curvature)
+        exact = session.exact(entry, curvature)
+        assert exact.keys() == stored.keys()
+        assert all(torch.equal(exact[layer], stored[layer]) for layer in stored)
+    assert computed == []
+    assert session.exact(entry, "ggn") is session.exact(entry, "ggn"), "not cached"

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 from kfac_conformance.cases import Case
 from kfac_conformance.outcomes import STATUSES, CheckFailed, CheckSkipped
 from kfac_conformance.problem import Problem
@@ -32,6 +34,10 @@ class CaseEntry:
     make_problem: Callable[[], Problem]
     case: Case | None = None
     builtin: bool = False  # a purpose-built problem that only its own check runs on
+    # loaders of the oracle's blocks computed ahead (the stored fixtures), by curvature
+    stored_exact: Mapping[str, Callable[[], Mapping[str, Tensor]]] = field(
+        default_factory=dict, compare=False
+    )
 
 
 @dataclass(frozen=True)
