@@ -59,6 +59,8 @@ class ConformanceItem(pytest.Item):
         return self.path, None, f"kfac-conformance: {self.name}"
 
 
+# first, so that -k, -m and the other plugins' hooks see the checks like collected tests
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list
 ) -> None:
@@ -80,8 +82,14 @@ def pytest_collection_modifyitems(
         cases=config.getoption("--kfac-case"),
         xfail=config.getoption("--kfac-xfail"),
     )
+    catalogue = []
     for check in checks:
         item = ConformanceItem.from_parent(session, name=check.item.id, check=check)
         # with pytest-xdist's --dist loadgroup, a case's checks share one worker and its caches
         item.add_marker(pytest.mark.xdist_group(check.item.entry.id))
-        items.append(item)
+        catalogue.append(item)
+    items.extend(catalogue)
+    # counted as collected ("collected N items", --collect-only) like tests found in files
+    config.hook.pytest_collectreport(
+        report=pytest.CollectReport(session.nodeid, "passed", None, catalogue)
+    )

@@ -237,6 +237,29 @@ def test_pytest_plugin_runs_the_catalogue_as_tests(tmp_path):
     assert 'name="exactness/type-2-expand[deep-linear[mse-mean-3batches]]"' in junit.read_text()
 
 
+def test_pytest_plugin_counts_the_checks_as_collected_tests(tmp_path):
+    items = plan("quick", case_entries("quick"))
+    selected = [item for item in items if "seeds-differ" in item.id]
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "--kfac-candidate", "kfac_ref"),
+            *("--kfac-profile", "quick", "--collect-only", "-q", "-k", "seeds-differ"),
+            *("-p", "no:cacheprovider"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    total = len(items)
+    assert 0 < len(selected) < total
+    summary = completed.stdout.strip().splitlines()[-1]
+    assert summary.startswith(
+        f"{len(selected)}/{total} tests collected ({total - len(selected)} deselected)"
+    ), summary
+
+
 def test_pytest_plugin_reports_a_failure_with_its_diagnosis(tmp_path):
     (tmp_path / "wrong.py").write_text(
         "from kfac_conformance import KroneckerFactors\n"
