@@ -85,6 +85,8 @@ def exact_blocks(
             "sampled_labels must hold one tensor of shape (M, *y.shape) per batch, got shapes "
             f"{[tuple(s.shape) for s in sampled_labels]} for labels {[tuple(y.shape) for _, y in batches]}"
         )
+    if sum(len(x) for x, _ in batches) == 0:
+        raise ValueError("the batches hold no data: the blocks of an empty data set are undefined")
     X = torch.cat([x for x, _ in batches])
     y = torch.cat([t for _, t in batches])
     names = {layer: layer_parameter_names(model, layer) for layer in layers}

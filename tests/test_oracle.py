@@ -319,3 +319,10 @@ def test_bad_curvature_raises():
         exact_blocks(*args, "hessian")
     with pytest.raises(ValueError, match="MC Fisher needs sampled_labels"):
         exact_blocks(*args, "mc")
+
+
+def test_no_data_raises():
+    problem = ALL_CASES["mlp[tanh-ce-batch]"].make_problem(torch.float64)
+    (X, y), *_ = problem.batches
+    with pytest.raises(ValueError, match="the batches hold no data"):
+        exact_blocks(problem.model, problem.loss_func, [(X[:0], y[:0])], problem.layers)
