@@ -71,14 +71,17 @@ class Session:
     def exact(self, entry: CaseEntry, curvature: str) -> dict[str, Tensor]:
         """Exact blocks of every layer of the entry's problem, in float64 on the CPU (cached)."""
         key = (entry.id, curvature)
-        if key not in self._exact_cache and curvature in entry.stored_exact:
-            self._exact_cache[key] = dict(entry.stored_exact[curvature]())
-        if key not in self._exact_cache:
+        if key in self._exact_cache:
+            return self._exact_cache[key]
+        if curvature in entry.stored_exact:
+            blocks = dict(entry.stored_exact[curvature]())
+        else:
             problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
-            self._exact_cache[key] = oracle.exact_blocks(
+            blocks = oracle.exact_blocks(
                 problem.model, problem.loss_func, problem.batches, problem.layers, curvature
             )
-        return self._exact_cache[key]
+        self._exact_cache[key] = blocks
+        return blocks
 
     def reference(self, entry: CaseEntry, request: Request) -> dict[str, KroneckerFactors]:
         """``kfac_ref``'s answer for the entry's problem in float64 on the CPU (cached)."""

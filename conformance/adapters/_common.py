@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from kfac_conformance.oracle import reduction_factor
 from kfac_conformance.outcomes import NotSupported
-from kfac_conformance.problem import Problem
+from kfac_conformance.problem import Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
 REFUSAL_PREFIX = "unsupported by"
@@ -84,8 +84,9 @@ def refuse_shared_linear_inputs(problem: Problem, library: str) -> None:
             )
 
 
-def refuse_shared_outputs(problem: Problem, library: str) -> None:
-    """Refuse losses over model outputs with shared axes (anything but ``(N, C)``)."""
+def refuse_shared_outputs(problem: Problem, library: str) -> Tensor:
+    """Refuse losses over model outputs with shared axes (anything but ``(N, C)``); return the
+    output of the first batch for further checks."""
     X = problem.batches[0][0]
     with torch.no_grad():
         output = problem.model(X)
@@ -94,6 +95,16 @@ def refuse_shared_outputs(problem: Problem, library: str) -> None:
             library,
             f"the model output has shape {tuple(output.shape)}; only (N, C) outputs are supported",
         )
+    return output
+
+
+def refuse_reduce_on_conv2d(problem: Problem, request: Request, library: str) -> None:
+    """Refuse ``kfac_approx="reduce"`` for ``nn.Conv2d`` layers, which the library
+    approximates as in KFC (expand) only."""
+    if request.kfac_approx != "expand" and any(
+        isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+    ):
+        raise Unsupported(library, "Conv2d is approximated as in KFC (expand) only")
 
 
 def total_data(problem: Problem) -> int:

@@ -52,6 +52,7 @@ from kfac_conformance.adapters._common import (
     library_version,
     package,
     problem_reduction_factor,
+    refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
     require,
@@ -86,10 +87,7 @@ class AsdlCandidate:
             raise Unsupported(LIBRARY, f"fisher_type {request.fisher_type!r}")
         if request.bias != "separate":
             raise Unsupported(LIBRARY, "only a separate bias block is computed")
-        if request.kfac_approx != "expand" and any(
-            isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
-        ):
-            raise Unsupported(LIBRARY, "Conv2d is approximated as in KFC (expand) only")
+        refuse_reduce_on_conv2d(problem, request, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)
         refuse_shared_outputs(problem, LIBRARY)
 

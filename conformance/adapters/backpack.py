@@ -56,7 +56,9 @@ from kfac_conformance.adapters._common import (
     library_version,
     package,
     problem_reduction_factor,
+    refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
+    refuse_shared_outputs,
     require,
     seeded_global_rng,
     total_data,
@@ -69,12 +71,7 @@ LAYER_TYPES = frozenset({"Linear", "Conv2d"})
 
 
 def _check_outputs(problem: Problem, library: str) -> None:
-    with torch.no_grad():
-        output = problem.model(problem.batches[0][0])
-    if output.ndim != 2:
-        raise Unsupported(
-            library, f"the loss input has shape {tuple(output.shape)}; only (N, C) is supported"
-        )
+    output = refuse_shared_outputs(problem, library)
     if isinstance(problem.loss_func, nn.BCEWithLogitsLoss) and output.shape[1] != 1:
         raise Unsupported(
             library,
@@ -103,10 +100,7 @@ class _BackpackCandidate:
             raise Unsupported(LIBRARY, "only a separate bias block is computed")
         refuse_shared_linear_inputs(problem, LIBRARY)
         _check_outputs(problem, LIBRARY)
-        if request.kfac_approx != "expand" and any(
-            isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
-        ):
-            raise Unsupported(LIBRARY, "Conv2d is approximated as in KFC (expand) only")
+        refuse_reduce_on_conv2d(problem, request, LIBRARY)
         if len(problem.batches) > 1 and not self.capabilities.multiple_batches:
             raise Unsupported(LIBRARY, f"{self.name} is defined on one batch only")
 

@@ -46,6 +46,7 @@ from kfac_conformance.adapters._common import (
     library_version,
     package,
     problem_reduction_factor,
+    refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     require,
     seeded_global_rng,
@@ -86,10 +87,7 @@ class NngeometryCandidate:
             raise Unsupported(LIBRARY, "Monte Carlo only for cross-entropy (classif_logits)")
         if request.bias != "joint":
             raise Unsupported(LIBRARY, "only a joint bias (ones column appended) is computed")
-        if request.kfac_approx != "expand" and any(
-            isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
-        ):
-            raise Unsupported(LIBRARY, "Conv2d is approximated as in KFC (expand) only")
+        refuse_reduce_on_conv2d(problem, request, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
