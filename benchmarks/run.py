@@ -330,7 +330,7 @@ def bench_libraries(repeats: int) -> dict:
 # the profiles as a user runs them
 
 
-def _timed_subprocess(command: list[str], env: dict | None = None, cwd: str | Path = ROOT) -> dict:
+def _timed_subprocess(command: list[str], cwd: str | Path = ROOT) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     # As Python and torch are on a user's machine: torch picks its default number of threads,
@@ -346,7 +346,7 @@ def _timed_subprocess(command: list[str], env: dict | None = None, cwd: str | Pa
             cwd=cwd,
             capture_output=True,
             text=True,
-            env={**environment, **(env or {})},
+            env=environment,
             timeout=SUBPROCESS_TIMEOUT_S,
         )
         returncode, output = completed.returncode, completed.stdout + completed.stderr
@@ -358,7 +358,6 @@ def _timed_subprocess(command: list[str], env: dict | None = None, cwd: str | Pa
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "command": " ".join(command),
-        "env": env or {},
         "returncode": returncode,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -396,21 +395,21 @@ def bench_profiles(repeats: int) -> dict:
     xdist = ["-n", "2", "--dist", "worksteal"]
     thorough = ["--kfac-profile", "thorough"]
     variants = [
-        ("cli quick", [*cli, "--profile", "quick"], {}, BUDGETS_S["quick"]),
-        ("cli default", [*cli, "--profile", "default"], {}, BUDGETS_S["default"]),
-        ("pytest plugin default", plugin, {}, None),
-        ("pytest plugin default -n 2", [*plugin, *xdist], {}, None),
-        ("pytest plugin thorough", [*plugin, *thorough], {}, None),
-        ("pytest plugin thorough -n 2", [*plugin, *thorough, *xdist], {}, None),
+        ("cli quick", [*cli, "--profile", "quick"], BUDGETS_S["quick"]),
+        ("cli default", [*cli, "--profile", "default"], BUDGETS_S["default"]),
+        ("pytest plugin default", plugin, None),
+        ("pytest plugin default -n 2", [*plugin, *xdist], None),
+        ("pytest plugin thorough", [*plugin, *thorough], None),
+        ("pytest plugin thorough -n 2", [*plugin, *thorough, *xdist], None),
     ]
     runs: dict = {}
     with tempfile.TemporaryDirectory() as users_project:
-        for name, command, env, budget in variants:
+        for name, command, budget in variants:
             if "-n" in command and not _has_xdist():
                 runs[name] = "pytest-xdist not installed"
                 continue
             load = load_average()
-            attempts = [_timed_subprocess(command, env, users_project) for _ in range(repeats)]
+            attempts = [_timed_subprocess(command, users_project) for _ in range(repeats)]
             run = min(attempts, key=lambda attempt: attempt["wall_s"])
             run.update(
                 load_average_before=load,
