@@ -2,7 +2,7 @@
 
 The folder ``conformance/`` is the import package ``kfac_conformance`` (``conformance`` is
 taken on PyPI). The public contract: :class:`Candidate`, :class:`Problem`, :class:`Request`,
-:class:`Capabilities`, :class:`KroneckerFactors`, :class:`NotSupported` and
+:class:`Capabilities`, :class:`Conventions`, :class:`KroneckerFactors`, :class:`NotSupported` and
 :func:`load_candidate`.
 
 The names are imported on first use: pytest imports this package for its plugin in every
@@ -16,6 +16,7 @@ import importlib
 _PUBLIC = {
     "Candidate": "kfac_conformance.problem",
     "Capabilities": "kfac_conformance.problem",
+    "Conventions": "kfac_conformance.conventions",
     "KroneckerFactors": "kfac_ref.factors",
     "NotSupported": "kfac_conformance.outcomes",
     "Problem": "kfac_conformance.problem",

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from kfac_conformance.conventions import TUTORIAL, Conventions
 from kfac_ref.factors import KroneckerFactors
 
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")
@@ -118,6 +119,9 @@ class Capabilities:
     dtypes: frozenset[str] = frozenset({"float32", "float64"})
     multiple_batches: bool = True
     weight_sharing: bool = True  # Linear layers on inputs with leading shared axes, (N, S, ..., D)
+    conventions: Conventions = (
+        TUTORIAL  # how the blocks are scaled; see kfac_conformance.conventions
+    )
 
     def unsupported(self, problem: Problem, request: Request) -> str | None:
         """Why ``(problem, request)`` is outside the claim, or ``None`` when inside it."""

@@ -1,0 +1,200 @@
+r"""Scale conventions: how a candidate normalises its curvature, declared and converted here.
+
+The suite's own convention is the KFAC tutorial's (Mucsányi et al., arXiv 2507.05127): the
+loss is :math:`L = R\sum_n c(f_n, y_n)` (eq. 1, "empirical risk"), split as in its examples
+"Square loss" and "Cross-entropy loss":
+
+- MSE: :math:`c = \tfrac12\|f - y\|^2`, :math:`R = 2` (``"sum"``) or :math:`2/(N\dim Y)`
+  (``"mean"``);
+- CE: :math:`c = -\log\mathrm{softmax}(f)_y`, :math:`R = 1` or :math:`1/(N\dim Y)` (``dim Y``:
+  the loss terms of one datum, e.g. sequence positions);
+- BCE-with-logits (not in the tutorial; chosen the same way, as the negative log-likelihood of
+  the Bernoulli it models): :math:`c = -y\log\sigma(f) - (1-y)\log(1-\sigma(f))` per element,
+  :math:`R = 1` or :math:`1/(N\dim Y)`.
+
+With that split every criterion is the negative log-likelihood of the model's predictive
+distribution (for MSE a unit-variance Gaussian), and the tutorial's curvature matrices are
+
+- GGN / type-2 Fisher: :math:`G = R\sum_n J_n^\top\nabla^2_f c_n J_n` (independent of the
+  split);
+- MC Fisher: :math:`R\sum_n \mathbb E_{\hat y\sim r(\cdot|f_n)}[J_n^\top\nabla_f c_n(\hat y)
+  \nabla_f c_n(\hat y)^\top J_n]` (same expectation as ``G``);
+- empirical Fisher (definition "Empirical Fisher", its :math:`1/N` replaced by the loss's
+  ``R`` as the tutorial does in practice): :math:`E = R\sum_n\nabla_\theta c_n\nabla_\theta
+  c_n^\top`. This one depends on the split: :math:`(R, c)\to(aR, c/a)` scales it by
+  :math:`1/a`.
+
+Other libraries make other, legitimate choices. A candidate declares its choice in
+:class:`Conventions` (``Capabilities.conventions``); every scale in use is a known convention
+below, so the harness converts the candidate's blocks back to the tutorial's exactly, in one
+place (``Session.call``), and a scale that is no known convention remains a failure.
+
+This module imports nothing heavy, so runners for other frameworks can share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+# quantities of a problem: "N" data, "R" the tutorial's reduction factor, "loss" the class name
+Quantities = Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class Convention:
+    """One known way to scale a curvature block, relative to the tutorial's."""
+
+    formula: str
+    scale: Callable[[Quantities], float]
+
+
+def _mse(quantities: Quantities) -> bool:
+    return quantities["loss"] == "MSELoss"
+
+
+def _per_datum_mean(quantities: Quantities) -> float:
+    return 1.0 / (float(quantities["N"]) * float(quantities["R"]))
+
+
+# type-2 and MC Fisher (the MC labels are drawn from the same predictive distribution)
+CURVATURE_CONVENTIONS: dict[str, Convention] = {
+    "tutorial": Convention(
+        "R Σ_n J_nᵀ ∇²c_n J_n (the tutorial's split; the suite's default)",
+        lambda q: 1.0,
+    ),
+    "mean-nll": Convention(
+        "(1/N) Σ_n J_nᵀ ∇²c_n J_n: the Fisher of the per-datum negative log-likelihood "
+        "(unit-variance Gaussian, categorical or Bernoulli), averaged over data",
+        _per_datum_mean,
+    ),
+}
+
+EMPIRICAL_FISHER_CONVENTIONS: dict[str, Convention] = {
+    "tutorial": Convention(
+        "R Σ_n ∇c_n ∇c_nᵀ with the tutorial's split (MSE c = ½‖f − y‖²); the suite's default",
+        lambda q: 1.0,
+    ),
+    "squared-error": Convention(
+        "R' Σ_n ∇c'_n ∇c'_nᵀ with MSE split as c' = ‖f − y‖², R' = R/2 (as nn.MSELoss reads)",
+        lambda q: 2.0 if _mse(q) else 1.0,
+    ),
+    "loss-gradients": Convention(
+        "Σ_n ∇ℓ_n ∇ℓ_nᵀ with ℓ_n = R c_n the per-datum terms of L (per-example gradients of "
+        "the loss as reduced)",
+        lambda q: float(q["R"]),
+    ),
+    "mean-nll": Convention(
+        "(1/N) Σ_n ∇c_n ∇c_nᵀ with c the tutorial's criterion (the negative log-likelihood)",
+        _per_datum_mean,
+    ),
+    "mean-squared-error": Convention(
+        "(1/N) Σ_n ∇c'_n ∇c'_nᵀ with MSE c' = ‖f − y‖² (the criterion nn.MSELoss sums)",
+        lambda q: (4.0 if _mse(q) else 1.0) * _per_datum_mean(q),
+    ),
+}
+
+# which declared field governs each fisher type; forward-only has no loss-dependent scale
+_FIELD_OF = {"type-2": "curvature", "mc": "curvature", "empirical": "empirical_fisher"}
+_REGISTRY = {"curvature": CURVATURE_CONVENTIONS, "empirical_fisher": EMPIRICAL_FISHER_CONVENTIONS}
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """What a candidate declares about its scales; an undeclared field is the tutorial's.
+
+    - ``curvature``: the type-2 and MC Fisher's scale, a key of :data:`CURVATURE_CONVENTIONS`;
+    - ``empirical_fisher``: a key of :data:`EMPIRICAL_FISHER_CONVENTIONS`.
+    """
+
+    curvature: str = "tutorial"
+    empirical_fisher: str = "tutorial"
+
+    def __post_init__(self) -> None:
+        for field, registry in _REGISTRY.items():
+            value = getattr(self, field)
+            if value not in registry:
+                raise ValueError(
+                    f"Conventions.{field} must be one of {sorted(registry)}, got {value!r}"
+                )
+
+    def describe(self) -> dict[str, str]:
+        return {field: getattr(self, field) for field in _REGISTRY}
+
+    def declaration(self) -> str:
+        changed = [
+            f"{field}={getattr(self, field)!r}"
+            for field in _REGISTRY
+            if getattr(self, field) != "tutorial"
+        ]
+        return f"Conventions({', '.join(changed)})"
+
+
+TUTORIAL = Conventions()
+
+
+def governing_field(fisher_type: str) -> str | None:
+    """The :class:`Conventions` field that scales ``fisher_type`` (``None``: no convention)."""
+    return _FIELD_OF.get(fisher_type)
+
+
+def scale(conventions: Conventions, fisher_type: str, quantities: Quantities) -> float:
+    """``s`` with candidate block ``= s *`` the tutorial's block, for a declared convention."""
+    field = governing_field(fisher_type)
+    if field is None:
+        return 1.0
+    return _REGISTRY[field][getattr(conventions, field)].scale(quantities)
+
+
+def convention_hints(
+    conventions: Conventions, fisher_type: str, quantities: Quantities
+) -> dict[str, float]:
+    """Other known conventions for ``fisher_type``, each as ``{hint: ratio}``.
+
+    ``ratio`` is what a candidate that follows that convention but declared ``conventions``
+    shows after the harness's conversion (its block over the tutorial's); the hint says what
+    it matches and how to declare it. Conventions whose ratio is 1 here are left out, since
+    the problem cannot tell them apart from the declared one.
+    """
+    field = governing_field(fisher_type)
+    if field is None:
+        return {}
+    declared = scale(conventions, fisher_type, quantities)
+    hints: dict[str, float] = {}
+    for name, convention in _REGISTRY[field].items():
+        ratio = convention.scale(quantities) / declared
+        if name != getattr(conventions, field) and abs(ratio - 1.0) > 1e-12:
+            hints[
+                f"matches the {fisher_type} block under the convention {convention.formula}; "
+                f"declare Conventions({field}={name!r})"
+            ] = ratio
+    return hints
+
+
+def reduction_factor(loss: str, reduction: str, num_data: int, terms_per_datum: int) -> float:
+    """The tutorial's ``R``: ``k`` for ``"sum"`` and ``k/(N dim Y)`` for ``"mean"``, with
+    ``k = 2`` for MSE (whose criterion carries the ½) and 1 otherwise."""
+    k = 2.0 if loss == "MSELoss" else 1.0
+    return k if reduction == "sum" else k / (num_data * terms_per_datum)
+
+
+def describe_all() -> dict[str, dict[str, str]]:
+    """Every known convention per field with its formula, for ``list-checks -v`` and reports."""
+    return {
+        field: {name: convention.formula for name, convention in registry.items()}
+        for field, registry in _REGISTRY.items()
+    }
+
+
+__all__ = [
+    "CURVATURE_CONVENTIONS",
+    "EMPIRICAL_FISHER_CONVENTIONS",
+    "TUTORIAL",
+    "Convention",
+    "Conventions",
+    "convention_hints",
+    "describe_all",
+    "governing_field",
+    "reduction_factor",
+    "scale",
+]
