@@ -15,6 +15,7 @@ from kfac_ref.factors import KroneckerFactors
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")
 FLAVOURS = ("expand", "reduce")
 BIAS_MODES = ("separate", "joint")
+APPROXIMATIONS = ("kfac", "ekfac")
 
 
 @dataclass
@@ -90,19 +91,22 @@ class Request:
     mc_samples: int = 1
     seed: int = 0
     bias: str = "separate"
+    approximation: str = "kfac"  # "ekfac": return EKFACFactors (George et al. 2018)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("fisher_type", self.fisher_type, FISHER_TYPES),
             ("kfac_approx", self.kfac_approx, FLAVOURS),
             ("bias", self.bias, BIAS_MODES),
+            ("approximation", self.approximation, APPROXIMATIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"Request.{name} must be one of {allowed}, got {value!r}")
 
     def describe(self) -> str:
         mc = f", mc_samples={self.mc_samples}, seed={self.seed}" if self.fisher_type == "mc" else ""
-        return f"fisher_type={self.fisher_type!r}, kfac_approx={self.kfac_approx!r}, bias={self.bias!r}{mc}"
+        ekfac = ", approximation='ekfac'" if self.approximation != "kfac" else ""
+        return f"fisher_type={self.fisher_type!r}, kfac_approx={self.kfac_approx!r}, bias={self.bias!r}{mc}{ekfac}"
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,9 @@ class Capabilities:
     dtypes: frozenset[str] = frozenset({"float32", "float64"})
     multiple_batches: bool = True
     weight_sharing: bool = True  # Linear layers on inputs with leading shared axes, (N, S, ..., D)
-    conventions: Conventions = (
-        TUTORIAL  # how the blocks are scaled; see kfac_conformance.conventions
-    )
+    approximations: frozenset[str] = frozenset({"kfac"})
+    # how the blocks are scaled (kfac_conformance.conventions); undeclared means the tutorial's
+    conventions: Conventions = TUTORIAL
 
     def unsupported(self, problem: Problem, request: Request) -> str | None:
         """Why ``(problem, request)`` is outside the claim, or ``None`` when inside it."""
@@ -133,6 +137,7 @@ class Capabilities:
             ("fisher types", {request.fisher_type} - self.fisher_types),
             ("flavours", {request.kfac_approx} - self.flavours),
             ("bias modes", {request.bias} - self.bias_modes),
+            ("approximations", {request.approximation} - self.approximations),
             ("devices", {problem.device.type} - self.devices),
             ("dtypes", {str(problem.dtype).removeprefix("torch.")} - self.dtypes),
         ]
@@ -159,6 +164,7 @@ class Candidate(Protocol):
 
 
 __all__ = [
+    "APPROXIMATIONS",
     "BIAS_MODES",
     "FISHER_TYPES",
     "FLAVOURS",

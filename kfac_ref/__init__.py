@@ -7,6 +7,6 @@ Fisher type), :mod:`kfac_ref.layers` (factor sums per layer type and flavour) an
 """
 
 from kfac_ref.compute import compute_kfac
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
-__all__ = ["KroneckerFactors", "compute_kfac"]
+__all__ = ["EKFACFactors", "KroneckerFactors", "compute_kfac"]

@@ -62,3 +62,78 @@ class KroneckerFactors:
 
     def to(self, *args, **kwargs) -> KroneckerFactors:
         return KroneckerFactors(self.A.to(*args, **kwargs), self.B.to(*args, **kwargs), self.bias)
+
+    def scaled(self, factor: float) -> KroneckerFactors:
+        """The block times ``factor`` (carried by ``B``, which the bias block shares)."""
+        return KroneckerFactors(self.A, factor * self.B, self.bias)
+
+
+@dataclass(frozen=True)
+class EKFACFactors:
+    r"""EKFAC's block of one layer (George et al. 2018): KFAC's eigenbasis, corrected scales.
+
+    ``QA`` and ``QB`` are orthonormal eigenvector matrices of KFAC's ``A`` and ``B`` (same
+    shapes and bias layout as in :class:`KroneckerFactors`); ``S`` (``dim B x dim A``) holds
+    the corrected eigenvalues, so that over the row-major weight (or ``[W | b]`` for a joint
+    bias) the block is
+
+    .. math::  (Q_B \otimes Q_A)\,\mathrm{diag}(\mathrm{vec}_{	ext{row}}(S))\,
+               (Q_B \otimes Q_A)^	op .
+
+    For ``bias="separate"`` the bias block is :math:`Q_B\,\mathrm{diag}(s_b)\,Q_B^	op` with
+    ``S_bias`` = :math:`s_b` (``dim B``), and the weight-bias cross terms are zero.
+    """
+
+    QA: Tensor
+    QB: Tensor
+    S: Tensor
+    bias: BiasMode = "none"
+    S_bias: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name, basis in (("QA", self.QA), ("QB", self.QB)):
+            if not isinstance(basis, Tensor) or basis.ndim != 2 or basis.shape[0] != basis.shape[1]:
+                raise ValueError(f"{name} must be a square matrix tensor")
+        if not isinstance(self.S, Tensor) or tuple(self.S.shape) != (
+            self.QB.shape[0],
+            self.QA.shape[0],
+        ):
+            raise ValueError(
+                f"S must be a tensor of shape (dim B, dim A) = "
+                f"{(self.QB.shape[0], self.QA.shape[0])}"
+            )
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        if (self.bias == "separate") != (self.S_bias is not None):
+            raise ValueError("S_bias is required for bias='separate' and only then")
+        if self.S_bias is not None and tuple(self.S_bias.shape) != (self.QB.shape[0],):
+            raise ValueError(f"S_bias must have shape ({self.QB.shape[0]},)")
+
+    def to_dense(self) -> Tensor:
+        """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""
+        basis = torch.kron(self.QB, self.QA)
+        weight_and_maybe_bias = basis @ torch.diag(self.S.flatten()) @ basis.T
+        if self.bias == "none":
+            return weight_and_maybe_bias
+        if self.bias == "separate":
+            bias_block = self.QB @ torch.diag(self.S_bias) @ self.QB.T
+            return torch.block_diag(weight_and_maybe_bias, bias_block)
+        d_out, d_in_plus_one = self.QB.shape[0], self.QA.shape[0]
+        index = torch.arange(d_out * d_in_plus_one, device=self.QA.device).reshape(d_out, -1)
+        order = torch.cat([index[:, :-1].flatten(), index[:, -1]])
+        return weight_and_maybe_bias[order][:, order]
+
+    def to(self, *args, **kwargs) -> EKFACFactors:
+        moved = None if self.S_bias is None else self.S_bias.to(*args, **kwargs)
+        return EKFACFactors(
+            self.QA.to(*args, **kwargs),
+            self.QB.to(*args, **kwargs),
+            self.S.to(*args, **kwargs),
+            self.bias,
+            moved,
+        )
+
+    def scaled(self, factor: float) -> EKFACFactors:
+        """The block times ``factor``."""
+        S_bias = None if self.S_bias is None else factor * self.S_bias
+        return EKFACFactors(self.QA, self.QB, factor * self.S, self.bias, S_bias)
