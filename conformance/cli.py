@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 
+from kfac_conformance import conventions
 from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         [item.id for item in items],
         timeout_s=args.timeout or None,
         isolate=args.isolate,
+        candidate_conventions=candidate.capabilities.conventions.describe(),
     )
     used: set[int] = set()
     progress = not args.quiet
@@ -227,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
 
 def list_checks(args: argparse.Namespace) -> int:
     items = plan(args.profile, case_entries(args.profile))
+    if args.verbose:
+        print(conventions.statement() + "\n")
     for check in ALL_CHECKS:
         cases = [item.entry.id for item in items if item.check is check]
         print(

@@ -56,6 +56,7 @@ def restrict(block: Tensor, pattern: Tensor | None) -> Tensor:
 FLOAT32_ROUND_OFF = (1e-8, 1e-4)
 
 QUANTITY_NAMES = {
+    "R": "reduction factor",
     "N": "data",
     "T": "loss terms per datum",
     "S": "shared positions of the layer",
@@ -107,12 +108,15 @@ def diagnose(
     tolerance: float,
     alternatives: Mapping[str, Tensor] | None = None,
     quantities: Mapping[str, float] | None = None,
+    convention_hints: Mapping[str, float] | None = None,
 ) -> str | None:
     """Name the most likely cause of a mismatch, testing hypotheses against the exact block.
 
     ``alternatives`` are other exact blocks of the same layer (e.g. the empirical Fisher when
-    the GGN was asked for); a candidate equal to one of them is named after it. ``quantities``
-    (counts of the problem, see :func:`name_factor`) let a constant factor be named.
+    the GGN was asked for); a candidate equal to one of them is named after it. A constant
+    factor is named first as a known scale convention (``convention_hints``, hint -> factor,
+    see :func:`kfac_conformance.conventions.convention_hints`), and only then through the
+    problem's counts (``quantities``, see :func:`name_factor`).
     """
     candidate = factors.to_dense().detach().double().cpu()
     exact = exact.detach().double().cpu()
@@ -124,6 +128,13 @@ def diagnose(
         return f"block shape {tuple(candidate.shape)} differs from the exact {tuple(target.shape)}"
     scale = (candidate * target).sum() / (target * target).sum().clamp_min(1e-300)
     if scale.abs() > 0 and relative_error(candidate / scale, target) <= tolerance:
+        conventions = [
+            hint
+            for hint, factor in (convention_hints or {}).items()
+            if abs(scale.item() - factor) <= 1e-6 * abs(factor)
+        ]
+        if conventions:
+            return f"off by a constant factor x {scale.item():.6g}: " + "; or ".join(conventions)
         named = name_factor(scale.item(), quantities or {})
         explanation = f" = {named}" if named else ""
         return f"off by a constant factor x {scale.item():.6g}{explanation}: a reduction or convention factor?"

@@ -178,12 +178,23 @@ def reduction_factor(loss: str, reduction: str, num_data: int, terms_per_datum: 
     return k if reduction == "sum" else k / (num_data * terms_per_datum)
 
 
-def describe_all() -> dict[str, dict[str, str]]:
-    """Every known convention per field with its formula, for ``list-checks -v`` and reports."""
-    return {
-        field: {name: convention.formula for name, convention in registry.items()}
-        for field, registry in _REGISTRY.items()
-    }
+def statement() -> str:
+    """The default conventions and the declarable alternatives, as ``list-checks -v`` shows."""
+    lines = [
+        "Conventions (default: the KFAC tutorial's, arXiv 2507.05127):",
+        "  loss     L = R Σ_n c(f_n, y_n)  (eq. 1, empirical risk)",
+        "  MSE      c = ½‖f − y‖², R = 2 (sum) or 2/(N dim Y) (mean)  (example 'Square loss')",
+        "  CE       c = −log softmax(f)_y, R = 1 or 1/(N dim Y)  (example 'Cross-entropy loss')",
+        "  BCE      c = Bernoulli negative log-likelihood, R = 1 or 1/(N dim Y)  (chosen as CE)",
+        "  GGN      R Σ_n J_nᵀ ∇²c_n J_n = type-2 Fisher; MC Fisher has the same expectation",
+        "  EF       R Σ_n ∇c_n ∇c_nᵀ  (definition 'Empirical Fisher', 1/N replaced by R)",
+        "  blocks   parameters flattened row-major; weight block kron(B, A); named_parameters order",
+        "A candidate declares other scales with Capabilities(conventions=Conventions(...)):",
+    ]
+    for field, registry in _REGISTRY.items():
+        for name, convention in registry.items():
+            lines.append(f"  {field}={name!r}: {convention.formula}")
+    return "\n".join(lines)
 
 
 __all__ = [
@@ -193,8 +204,8 @@ __all__ = [
     "Convention",
     "Conventions",
     "convention_hints",
-    "describe_all",
     "governing_field",
     "reduction_factor",
     "scale",
+    "statement",
 ]

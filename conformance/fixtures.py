@@ -131,7 +131,9 @@ def regenerate(directory: str | Path | None = None) -> list[Path]:
         "regenerate": REGENERATE_COMMAND,
         "conventions": {
             "parameters": "flattened row-major in named_parameters order; weight block = kron(B, A)",
-            "loss": "L = R * sum_n c_n; R = 1 for 'sum', 1/(number of averaged elements) for 'mean'",
+            "loss": "L = R * sum_n c_n split as the KFAC tutorial (arXiv 2507.05127, eq. 1): "
+            "MSE c = 1/2 ||f - y||^2, R = 2 ('sum') or 2/(number of averaged elements) ('mean'); "
+            "CE and BCE c = negative log-likelihood, R = 1 or 1/(number of averaged elements)",
             "ggn": "R * sum_n J_n^T (d^2 c_n / df_n^2) J_n over all batches",
             "empirical": "R * sum_n grad c_n grad c_n^T over all batches",
             "dtype": "float64 (labels of cross-entropy: int64)",

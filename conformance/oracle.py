@@ -1,19 +1,18 @@
 r"""Exact per-layer curvature blocks by automatic differentiation of the whole model.
 
-Conventions (the one place they are stated). The loss over all data is
-:math:`L = R\sum_n c_n`, where :math:`c_n` is the per-datum criterion and ``R`` the reduction
-factor (1 for ``reduction="sum"``; one over the number of elements PyTorch averages for
-``"mean"``). For a layer's parameters :math:`\theta` and the Jacobian
-:math:`J_n = \partial f(x_n)/\partial\theta`:
+Conventions: the KFAC tutorial's, stated once in :mod:`kfac_conformance.conventions`. The loss
+over all data is :math:`L = R\sum_n c_n` (tutorial eq. 1), with the per-datum criterion
+:math:`c_n` and the reduction factor ``R`` split as the tutorial splits them (MSE
+:math:`c = \tfrac12\|f-y\|^2` with :math:`R = 2` or :math:`2/(N\dim Y)`; CE and BCE the
+negative log-likelihood with :math:`R = 1` or :math:`1/(N\dim Y)`). For a layer's parameters
+:math:`\theta` and the Jacobian :math:`J_n = \partial f(x_n)/\partial\theta`:
 
 - GGN (= type-2 Fisher for MSE, CE and BCE): :math:`G = \sum_n J_n^\top (\nabla^2_{f_n} L) J_n
   = R\sum_n J_n^\top \nabla^2 c_n J_n`;
 - empirical Fisher: :math:`E = R\sum_n \nabla_\theta c_n\nabla_\theta c_n^\top
   = \frac1R\sum_n \nabla_\theta \ell_n \nabla_\theta \ell_n^\top` with the per-datum
-  contribution :math:`\ell_n = R c_n` to ``L``. This is the scaling for which KFAC-empirical
-  is exact on one datum. Alternatives in use: :math:`\sum_n\nabla\ell_n\nabla\ell_n^\top`
-  (``R`` times ours, per-example gradients of ``L``) and, for MSE, the Gaussian negative
-  log-likelihood :math:`\tfrac12\|f-y\|^2` (a quarter of ours);
+  contribution :math:`\ell_n = R c_n` to ``L``, which autograd gives whatever the split. Other
+  scalings in use are declared conventions, converted by the harness;
 - MC Fisher for given labels :math:`\hat y_{n,m}`, ``M`` per datum:
   :math:`\frac{R}{M}\sum_{n,m}\nabla_\theta c_n(\hat y_{n,m})\nabla_\theta c_n(\hat y_{n,m})^\top`.
 
@@ -36,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
+from kfac_conformance import conventions
+
 CURVATURES = ("ggn", "empirical", "mc")
 _CHUNK_ELEMENTS = 2**24
 _TILES = 8
@@ -43,12 +44,15 @@ _NULL_EIGENVALUE = 1e-12
 
 
 def reduction_factor(loss_func: nn.Module, output: Tensor, labels: Tensor) -> float:
-    """``R``: one over the number of elements the unreduced loss has, for ``"mean"``."""
-    if loss_func.reduction == "sum":
-        return 1.0
+    """The tutorial's ``R`` (see :func:`kfac_conformance.conventions.reduction_factor`): for
+    ``"mean"`` it divides by the number of elements the unreduced loss has."""
     unreduced = copy.copy(loss_func)
     unreduced.reduction = "none"
-    return 1.0 / unreduced(output, labels).numel()
+    elements = unreduced(output, labels).numel()
+    num_data = output.shape[0]
+    return conventions.reduction_factor(
+        type(loss_func).__name__, loss_func.reduction, num_data, elements // max(num_data, 1)
+    )
 
 
 def layer_parameter_names(model: nn.Module, layer: str) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from kfac_conformance import conventions
 from kfac_conformance.conventions import TUTORIAL, Conventions
 from kfac_ref.factors import KroneckerFactors
 
@@ -70,6 +71,20 @@ class Problem:
             for handle in handles:
                 handle.remove()
         return sorted(set(found))
+
+    def scale_quantities(self) -> dict[str, object]:
+        """What scale conventions depend on: data ``N``, the tutorial's ``R``, the loss class."""
+        num_data = sum(X.shape[0] for X, _ in self.batches)
+        y = self.batches[0][1]
+        # integer CE labels have no class axis: every label element is one loss term
+        terms = y[0].numel() if y.ndim > 1 else 1
+        loss = type(self.loss_func).__name__
+        reduction = self.loss_func.reduction
+        return {
+            "N": num_data,
+            "R": conventions.reduction_factor(loss, reduction, num_data, terms),
+            "loss": loss,
+        }
 
     def describe(self) -> dict:
         return {

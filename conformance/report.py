@@ -6,7 +6,8 @@ Schema (``schema_version`` 1)::
       "schema_version": 1, "suite_version": str, "complete": bool,
       "state": "running" | "complete" | "interrupted",
       "interruption": str | null,
-      "candidate": {"spec": str, "name": str, "version": str | null},
+      "candidate": {"spec": str, "name": str, "version": str | null,
+                    "conventions": {"curvature": str, "empirical_fisher": str}},
       "torch_version": str, "device": str, "profile": str,
       "timeout_s": float | null, "isolate": bool,
       "summary": {"total": int, "ran": int, "passed": int, "failed": int, "error": int,
@@ -17,7 +18,8 @@ Schema (``schema_version`` 1)::
                    "diagnosis", "reproduction": {"command", "problem"}, "duration_s"}, ...]
     }
 
-``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
+``candidate.conventions`` is what the candidate declared (absent in reports written before
+it existed: read it as the tutorial's). ``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
 ``ran`` counts the results recorded (every status); ``ran + not_run == total``.
 
 The file is rewritten atomically after every result, so whatever stops the run, the file on
@@ -38,6 +40,7 @@ from pathlib import Path
 import torch
 
 from kfac_conformance.checks.base import STATUSES
+from kfac_conformance.conventions import TUTORIAL
 from kfac_conformance.loading import suite_version
 from kfac_conformance.runner import Result
 
@@ -58,6 +61,8 @@ class Report:
     interruption: str | None = None
     timeout_s: float | None = None
     isolate: bool = False
+    # the candidate's declared scale conventions (kfac_conformance.conventions)
+    candidate_conventions: dict[str, str] = field(default_factory=TUTORIAL.describe)
 
     @property
     def state(self) -> str:
@@ -93,6 +98,7 @@ class Report:
                 "spec": self.candidate_spec,
                 "name": self.candidate_name,
                 "version": self.candidate_version,
+                "conventions": self.candidate_conventions,
             },
             "torch_version": torch.__version__,
             "device": self.device,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 import kfac_ref
-from kfac_conformance import oracle
+from kfac_conformance import conventions, oracle
 from kfac_conformance.calling import CandidateError, call_candidate
 from kfac_conformance.checks.base import CaseEntry, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.compare import (
@@ -41,9 +41,28 @@ class Session:
         return problem.to(device=device or self.device, dtype=dtype)
 
     def call(self, problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
+        """The candidate's answer, converted from its declared conventions to the tutorial's.
+
+        This is the one place a declared convention is applied: every check sees blocks in
+        the suite's scale (:mod:`kfac_conformance.conventions`).
+        """
+        declared = self.candidate.capabilities.conventions
+        # read before the call: a candidate may change the problem it is given
+        quantities = problem.scale_quantities()
         result, side_effects = call_candidate(self.candidate, problem, request)
         self.side_effects.extend(side_effects)
-        return result
+        scale = conventions.scale(declared, request.fisher_type, quantities)
+        if scale == 1.0:
+            return result
+        return {layer: factors.scaled(1.0 / scale) for layer, factors in result.items()}
+
+    def convention_hints(self, problem: Problem, request: Request) -> dict[str, float]:
+        """Other known conventions the candidate's answer might follow (for the diagnosis)."""
+        return conventions.convention_hints(
+            self.candidate.capabilities.conventions,
+            request.fisher_type,
+            problem.scale_quantities(),
+        )
 
     def supported_bias_modes(self, entry: CaseEntry, fisher_type: str, flavour: str) -> list[str]:
         problem = self.fresh(entry)

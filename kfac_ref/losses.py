@@ -1,19 +1,29 @@
 r"""Loss pieces: the reduction factor, the per-datum criterion and its Hessian factorisation.
 
-Every supported loss is written as
+Every supported loss is written as the KFAC tutorial's empirical risk (arXiv 2507.05127,
+eq. 1)
 
 .. math::  L = R \sum_n c_n, \qquad c_n = \sum_t \ell(f_{n,t}, y_{n,t}),
 
 where ``n`` runs over data, ``t`` over the loss *terms* of one datum (the positions of a
-multi-dimensional output) and ``R`` is the reduction factor (1 for ``"sum"``, one over the
-number of averaged terms for ``"mean"``). The outputs are viewed in *terms layout*
+multi-dimensional output) and ``R`` is the reduction factor. The split of ``L`` into ``R``
+and ``c`` is the tutorial's (examples "Square loss" and "Cross-entropy loss"):
+
+- MSE: :math:`\ell = \tfrac12 (f - y)^2`, :math:`R = 2` for ``"sum"`` and :math:`2/(NT)` for
+  ``"mean"``;
+- CE: :math:`\ell = -\log\mathrm{softmax}(f)_y`, :math:`R = 1` or :math:`1/(NT)`;
+- BCE-with-logits (not in the tutorial; split the same way, as the Bernoulli negative
+  log-likelihood): :math:`\ell = -y\log\sigma(f) - (1-y)\log(1-\sigma(f))`, :math:`R = 1`
+  or :math:`1/(NT)`.
+
+Each criterion is then the negative log-likelihood of the model's predictive distribution
+(for MSE a unit-variance Gaussian). The GGN does not depend on the split; the empirical Fisher
+:math:`R\sum_n \nabla c_n \nabla c_n^\top` does. The outputs are viewed in *terms layout*
 ``(N, T, C)``: cross-entropy has ``C`` classes per term; MSE and BCE are element-wise, so
 every output element is a term with ``C = 1``.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -93,8 +103,11 @@ def terms_per_datum(loss_func: nn.Module, output: Tensor) -> int:
 
 
 def reduction_factor(loss_func: nn.Module, num_data: int, num_terms: int) -> float:
-    r"""``R`` in :math:`L = R \sum_n c_n`: 1 for ``"sum"``, :math:`1/(N T)` for ``"mean"``."""
-    return 1.0 if loss_func.reduction == "sum" else 1.0 / (num_data * num_terms)
+    r"""``R`` in :math:`L = R \sum_n c_n`: ``k`` for ``"sum"``, :math:`k/(N T)` for ``"mean"``,
+    with ``k = 2`` for MSE (its criterion carries a ½ that ``nn.MSELoss`` does not) and 1
+    otherwise."""
+    k = 2.0 if isinstance(loss_func, nn.MSELoss) else 1.0
+    return k if loss_func.reduction == "sum" else k / (num_data * num_terms)
 
 
 def hessian_sqrt(loss_func: nn.Module, terms: Tensor) -> Tensor:
@@ -102,7 +115,7 @@ def hessian_sqrt(loss_func: nn.Module, terms: Tensor) -> Tensor:
 
     Returns ``(N, T, C, C)``; column ``c`` of ``S[n, t]`` is one backpropagated vector.
 
-    - MSE, :math:`\ell = (f - y)^2`: :math:`\nabla^2 \ell = 2`, so :math:`S = \sqrt{2}`.
+    - MSE, :math:`\ell = \tfrac12 (f - y)^2`: :math:`\nabla^2 \ell = 1`, so :math:`S = 1`.
     - BCE, :math:`\ell = -y\log\sigma(f) - (1-y)\log(1-\sigma(f))`:
       :math:`S = \sqrt{\sigma(f)(1-\sigma(f))}`.
     - CE, :math:`\ell = -\log \mathrm{softmax}(f)_y`: :math:`\nabla^2\ell = \mathrm{diag}(p) - pp^\top`
@@ -110,7 +123,7 @@ def hessian_sqrt(loss_func: nn.Module, terms: Tensor) -> Tensor:
       :math:`S S^\top` exact, because :math:`\sqrt p^\top \sqrt p = 1`).
     """
     if isinstance(loss_func, nn.MSELoss):
-        return torch.full_like(terms, math.sqrt(2.0)).unsqueeze(-1)
+        return torch.ones_like(terms).unsqueeze(-1)
     if isinstance(loss_func, nn.BCEWithLogitsLoss):
         p = torch.sigmoid(terms)
         return (p * (1 - p)).sqrt().unsqueeze(-1)
@@ -122,10 +135,10 @@ def hessian_sqrt(loss_func: nn.Module, terms: Tensor) -> Tensor:
 def criterion_gradient(loss_func: nn.Module, terms: Tensor, labels: Tensor) -> Tensor:
     r""":math:`\nabla_f \ell(f, y)` per term, ``(..., N, T, C)`` for labels in terms layout.
 
-    MSE: :math:`2(f - y)`; BCE: :math:`\sigma(f) - y`; CE: :math:`\mathrm{softmax}(f) - e_y`.
+    MSE: :math:`f - y`; BCE: :math:`\sigma(f) - y`; CE: :math:`\mathrm{softmax}(f) - e_y`.
     """
     if isinstance(loss_func, nn.MSELoss):
-        return 2 * (terms - labels)
+        return terms - labels
     if isinstance(loss_func, nn.BCEWithLogitsLoss):
         return torch.sigmoid(terms) - labels
     one_hot = nn.functional.one_hot(labels, terms.shape[-1]).to(terms.dtype)
@@ -138,7 +151,7 @@ def sample_labels(
     r"""Draw ``num_samples`` labels per term from the model's predictive distribution.
 
     The likelihood is the one whose negative log is the criterion (up to constants):
-    MSE: :math:`y \sim \mathcal N(f, \tfrac12 I)`; BCE: :math:`y \sim \mathrm{Bernoulli}(\sigma(f))`;
+    MSE: :math:`y \sim \mathcal N(f, I)`; BCE: :math:`y \sim \mathrm{Bernoulli}(\sigma(f))`;
     CE: :math:`y \sim \mathrm{Categorical}(\mathrm{softmax}(f))`. Drawn on the CPU from
     ``generator`` so that results do not depend on the device or on the global RNG.
     """
@@ -146,7 +159,7 @@ def sample_labels(
     shape = (num_samples, *cpu_terms.shape)
     if isinstance(loss_func, nn.MSELoss):
         noise = torch.randn(shape, generator=generator, dtype=cpu_terms.dtype)
-        return (cpu_terms + noise / math.sqrt(2.0)).to(terms.device)
+        return (cpu_terms + noise).to(terms.device)
     if isinstance(loss_func, nn.BCEWithLogitsLoss):
         uniform = torch.rand(shape, generator=generator, dtype=cpu_terms.dtype)
         return (uniform < torch.sigmoid(cpu_terms)).to(terms.dtype).to(terms.device)

@@ -30,7 +30,7 @@ EXPECTED = [
     (
         ReductionFactorMissing,
         "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
-        ["off by a constant factor x 36", "N*T", "N = 12 data", "T = 3 loss terms per datum"],
+        ["off by a constant factor x 18", "1/R", "R = 0.0555556 reduction factor"],
     ),
     (
         KroneckerOrderSwapped,

@@ -442,7 +442,7 @@ def test_listing_into_a_closed_pipe_ends_quietly():
         text=True,
         timeout=120,
     )
-    assert completed.stdout.startswith("exactness/")
+    assert completed.stdout.startswith("Conventions (default: the KFAC tutorial's")
     assert "Traceback" not in completed.stderr
 
 

@@ -178,19 +178,24 @@ def test_ggn_equals_brute_force_full_jacobian(kind: str, reduction: str):
 
 
 # (d) and (e): per-datum gradients, one datum (and one label) at a time
+def tutorial_criterion(loss_func: nn.Module, output: Tensor, labels: Tensor) -> Tensor:
+    """sum_n c_n with the tutorial's criterion: half the squared error for MSE (its examples
+    "Square loss" and "Cross-entropy loss"), the summed loss otherwise."""
+    summed = type(loss_func)(reduction="sum")(output, labels)
+    return summed / 2 if isinstance(loss_func, nn.MSELoss) else summed
+
+
 def reduction_factor(loss_func: nn.Module, X: Tensor, y: Tensor, model: nn.Module) -> float:
     """R with L = R sum_n c_n, measured as L / sum_n c_n (independent of any counting)."""
-    summed = type(loss_func)(reduction="sum")
     with torch.no_grad():
         output = model(X)
-        return (loss_func(output, y) / summed(output, y)).item()
+        return (loss_func(output, y) / tutorial_criterion(loss_func, output, y)).item()
 
 
 def per_datum_gradient(model, loss_func, x: Tensor, label: Tensor, layers) -> Tensor:
-    """Gradient of c_n (the summed criterion of one datum) wrt the layers' parameters."""
+    """Gradient of c_n (the tutorial's criterion of one datum) wrt the layers' parameters."""
     params = [p for layer in layers for p in model.get_submodule(layer).parameters(recurse=False)]
-    summed = type(loss_func)(reduction="sum")
-    c_n = summed(model(x.unsqueeze(0)), label.unsqueeze(0))
+    c_n = tutorial_criterion(loss_func, model(x.unsqueeze(0)), label.unsqueeze(0))
     return torch.cat([g.flatten() for g in torch.autograd.grad(c_n, params)])
 
 

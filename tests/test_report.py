@@ -35,7 +35,12 @@ def test_schema_fields_and_counts():
     data = report_with_three_results().to_json()
     assert set(data) == TOP_LEVEL
     assert data["schema_version"] == SCHEMA_VERSION == 1
-    assert data["candidate"] == {"spec": "spec.py:C", "name": "cand", "version": "1.2"}
+    assert data["candidate"] == {
+        "spec": "spec.py:C",
+        "name": "cand",
+        "version": "1.2",
+        "conventions": {"curvature": "tutorial", "empirical_fisher": "tutorial"},
+    }
     assert (data["torch_version"], data["device"], data["profile"]) == (
         torch.__version__,
         "cpu",

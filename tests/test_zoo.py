@@ -7,13 +7,16 @@ run takes seconds per candidate; the whole zoo against everything is what
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
 from zoo import MUTANTS, Mutant
 
 import kfac_ref
+from kfac_conformance import conventions
 from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.conventions import Conventions
 from kfac_conformance.problem import Request
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_conformance.runner import Item, case_entries, plan, run_items
@@ -108,3 +111,31 @@ def test_mutants_leave_kfac_ref_as_they_found_it():
 def _arguments(case):
     problem = case.make_problem()
     return problem.model, problem.loss_func, problem.batches
+
+
+def _declaring(mutant: type[Mutant], declared: Conventions) -> Mutant:
+    candidate = mutant()
+    candidate.capabilities = dataclasses.replace(candidate.capabilities, conventions=declared)
+    return candidate
+
+
+DECLARABLE = [
+    Conventions(**{field: name})
+    for field, registry in (
+        ("curvature", conventions.CURVATURE_CONVENTIONS),
+        ("empirical_fisher", conventions.EMPIRICAL_FISHER_CONVENTIONS),
+    )
+    for name in registry
+    if name != "tutorial"
+]
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.__name__)
+def test_no_mutant_survives_by_declaring_a_convention(mutant: type[Mutant]):
+    """A bug is no convention: declaring any known one leaves the mutant killed."""
+    items = killer_items(mutant)
+    for declared in DECLARABLE:
+        statuses = (r.status for r in run_items(_declaring(mutant, declared), items, PROFILE))
+        assert any(status in ("failed", "error") for status in statuses), (
+            f"{mutant.__name__} survives its killers when it declares {declared.declaration()}"
+        )

@@ -18,18 +18,15 @@ Conventions (asdfghjkl 0.1a5, from its source and verified numerically):
 
 - ``FISHER_EXACT`` is type-2, ``FISHER_MC`` Monte Carlo, ``FISHER_EMP`` empirical. ASDL has
   no forward-only KFAC.
-- Normalisation: ASDL averages over the ``data_size`` data, ``(1/N) sum_n``, of the Fisher of
-  the per-datum negative log-likelihood; for ``LOSS_MSE`` that is the Gaussian NLL
+- Normalisation, declared as conventions (``kfac_conformance.conventions``) and converted by
+  the harness: ASDL averages over the ``data_size`` data, ``(1/N) sum_n``, the Fisher of the
+  per-datum negative log-likelihood; for ``LOSS_MSE`` that is the Gaussian NLL
   ``1/2 ||f - y||^2`` (output Hessian ``I``; MC labels ``y ~ N(f, I)``), for
-  ``LOSS_CROSS_ENTROPY`` the categorical NLL. The empirical Fisher uses the gradients of the
-  per-datum loss ``c_n``. The suite's convention is ``L = R sum_n c_n`` with ``c_n`` the
-  summed criterion of datum ``n`` (``||f - y||^2`` for MSE), so
-
-      B_suite = kappa * N * R * B_asdl,   kappa = 2 for MSE type-2/MC, else 1,
-
-  which is the only conversion applied (to ``B``; only the product of the factors counts).
-  This is a legitimate alternative normalisation (a Fisher of a likelihood, averaged over
-  data), not a difference in the approximation.
+  ``LOSS_CROSS_ENTROPY`` the categorical NLL (``curvature="mean-nll"``). The empirical Fisher
+  averages the outer products of the gradients of the per-datum loss as ``nn.MSELoss`` sums
+  it, ``||f - y||^2`` (``empirical_fisher="mean-squared-error"``). These are legitimate
+  normalisations (a Fisher of a likelihood, averaged over data), not differences in the
+  approximation; the adapter returns ASDL's factors unscaled.
 - Only MSE and cross-entropy (ASDL's ``loss_type``), on ``(N, C)`` outputs: ASDL's Fisher
   loops index ``logits[:, i]`` (MSE) or flatten all but the last axis (CE), so feature-map
   or per-position outputs in PyTorch's class-on-dim-1 layout are outside its interface and
@@ -51,7 +48,6 @@ from kfac_conformance.adapters._common import (
     has_bias,
     library_version,
     package,
-    problem_reduction_factor,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
@@ -59,6 +55,7 @@ from kfac_conformance.adapters._common import (
     seeded_global_rng,
     total_data,
 )
+from kfac_conformance.conventions import Conventions
 from kfac_conformance.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -76,6 +73,7 @@ class AsdlCandidate:
         flavours=frozenset({"expand"}),
         bias_modes=frozenset({"separate"}),
         weight_sharing=False,
+        conventions=Conventions(curvature="mean-nll", empirical_fisher="mean-squared-error"),
     )
 
     def __init__(self) -> None:
@@ -123,11 +121,9 @@ class AsdlCandidate:
             maker.setup_loss_call(problem.loss_func, dy, y)
             maker.forward_and_backward(accumulate=index > 0)
 
-        kappa = 2.0 if is_mse and request.fisher_type != "empirical" else 1.0
-        scale = kappa * N * problem_reduction_factor(problem)
         result = {}
         for layer in problem.layers:
             kron = problem.model.get_submodule(layer).fisher.kron
             bias = "separate" if has_bias(problem, layer) else "none"
-            result[layer] = package(problem, kron.A, scale * kron.B, bias)
+            result[layer] = package(problem, kron.A, kron.B, bias)
         return result

@@ -13,12 +13,9 @@ Conventions (nngeometry 0.4, verified numerically):
   ``"classif_logits"`` (softmax over dim 1) and ``"classif_binary_logits"`` (independent
   sigmoids, one per output) for MSE, CE and BCE-with-logits.
 - Normalisation: an average over the ``N`` examples of the loader, ``(1/N) sum_n``, of the
-  Fisher of the per-datum NLL. The suite's convention is ``L = R sum_n c_n`` with ``c_n`` the
-  summed criterion of datum ``n`` (``||f - y||^2`` for MSE, twice the Gaussian NLL), so
-
-      G_suite = kappa * N * R * G_nngeometry,   kappa = 2 for MSE, else 1,
-
-  the only conversion applied. A legitimate alternative normalisation, not a different
+  Fisher of the per-datum NLL, declared as ``Conventions(curvature="mean-nll")`` and
+  converted by the harness (``kfac_conformance.conventions``); the adapter returns
+  nngeometry's factors unscaled. A legitimate alternative normalisation, not a different
   approximation.
 - nngeometry distributes scale between the factors differently (``A`` carries a per-factor
   factor such as ``sqrt(2)`` relative to the data average, ``G`` its inverse). Only the
@@ -45,13 +42,12 @@ from kfac_conformance.adapters._common import (
     has_bias,
     library_version,
     package,
-    problem_reduction_factor,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     require,
     seeded_global_rng,
-    total_data,
 )
+from kfac_conformance.conventions import Conventions
 from kfac_conformance.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -74,6 +70,7 @@ class NngeometryCandidate:
         flavours=frozenset({"expand"}),
         bias_modes=frozenset({"joint"}),
         weight_sharing=False,
+        conventions=Conventions(curvature="mean-nll"),
     )
 
     def __init__(self) -> None:
@@ -134,11 +131,9 @@ class NngeometryCandidate:
                 device=str(problem.device),
                 layer_collection=layers,
             )
-        kappa = 2.0 if isinstance(problem.loss_func, nn.MSELoss) else 1.0
-        scale = kappa * total_data(problem) * problem_reduction_factor(problem)
         result = {}
         for layer in problem.layers:
             A, G = F.data[layer]
             bias = "joint" if has_bias(problem, layer) else "none"
-            result[layer] = package(problem, A, scale * G, bias)
+            result[layer] = package(problem, A, G, bias)
         return result

@@ -22,8 +22,9 @@ from kfac_ref.factors import KroneckerFactors
 
 
 def problem_counts(problem: Problem) -> tuple[dict[str, float], dict[str, int]]:
-    """``({"N", "T", "K"}, {layer: S})``: data, loss terms per datum, batches, and the shared
-    positions each layer sees per datum (found by a forward pass with hooks)."""
+    """``({"R", "N", "T", "K"}, {layer: S})``: the tutorial's reduction factor, data, loss terms
+    per datum, batches, and the shared positions each layer sees per datum (found by a forward
+    pass with hooks)."""
     shared: dict[str, int] = {}
 
     def hook_for(name: str):
@@ -49,6 +50,7 @@ def problem_counts(problem: Problem) -> tuple[dict[str, float], dict[str, int]]:
     else:
         terms = output[0].numel()
     counts = {
+        "R": float(problem.scale_quantities()["R"]),
         "N": float(sum(X.shape[0] for X, _ in problem.batches)),
         "T": float(terms),
         "K": float(len(problem.batches)),
@@ -65,9 +67,11 @@ def compare_diagnosed(
     measurement: Measurement,
     context: str,
     alternatives: dict[str, dict[str, Tensor]] | None = None,
+    convention_hints: Mapping[str, float] | None = None,
 ) -> None:
-    """:func:`compare_blocks`, with the diagnosis of a failure extended by the problem's counts
-    and the pattern of wrong layers. ``problem`` must be unchanged (a fresh one will do)."""
+    """:func:`compare_blocks`, with the diagnosis of a failure extended by known scale
+    conventions (``Session.convention_hints``), the problem's counts and the pattern of wrong
+    layers. ``problem`` must be unchanged (a fresh one will do)."""
     try:
         compare_blocks(
             dict(result), dict(targets), layers, tolerance, measurement, context, alternatives
@@ -91,6 +95,7 @@ def compare_diagnosed(
                 tolerance,
                 layer_alternatives,
                 {**counts, "S": shared.get(first_wrong, 1)},
+                convention_hints,
             ),
             layer_pattern(errors, tolerance, shared),
         ]

@@ -51,23 +51,26 @@ def _num_data(problem: Problem) -> int:
     return sum(X.shape[0] for X, _ in problem.batches)
 
 
-def _mean_reduction_factor(problem: Problem) -> float:
+def _mean_over_sum(problem: Problem) -> float:
+    """``R_mean / R_sum``: one over the number of averaged elements, whatever the split."""
     X, y = concatenated(problem).batches[0]
     with torch.no_grad():
         output = problem.model(X)
-    return oracle.reduction_factor(with_reduction(problem, "mean").loss_func, output, y)
+    mean = oracle.reduction_factor(with_reduction(problem, "mean").loss_func, output, y)
+    summed = oracle.reduction_factor(with_reduction(problem, "sum").loss_func, output, y)
+    return mean / summed
 
 
 def _mean_vs_sum(session: Session, entry: CaseEntry):
     reduction = session.fresh(entry).loss_func.reduction
     other = "sum" if reduction == "mean" else "mean"
-    R = _mean_reduction_factor(session.fresh(entry))
+    ratio = _mean_over_sum(session.fresh(entry))
     return _compare_transformed(
         session,
         entry,
         lambda problem: with_reduction(problem, other),
-        f"reduction={other!r} scaled by R = {R:.6g}",
-        scale=R if reduction == "mean" else 1 / R,
+        f"reduction={other!r} scaled by R_mean / R_sum = {ratio:.6g}",
+        scale=ratio if reduction == "mean" else 1 / ratio,
     )
 
 
