@@ -10,8 +10,16 @@ Conventions (curvlinops 3.0.1 docstrings, verified numerically against the suite
   ``separate_weight_and_bias=False`` appends the constant one last in ``A`` (the suite's
   ``"joint"``); with ``True`` the bias block is ``B`` (``"separate"``).
 - Normalisation: ``A`` is averaged over data (and, for expand, shared positions), ``B`` carries
-  the loss's reduction factor, exactly as in the suite; no conversion (scale 1) for every
-  loss, reduction, Fisher type, flavour and number of batches.
+  the loss's reduction factor, as in the suite, for every loss, reduction, Fisher type,
+  flavour and number of batches. The one difference is a declared convention: the empirical
+  Fisher backpropagates the gradient of the loss as ``nn.MSELoss`` computes it
+  (``KFACLinearOperator._compute_loss_and_backward``, branch ``FisherType.EMPIRICAL``) and
+  rescales its outer products by the loss's own reduction
+  (``_accumulate_gradient_covariance``, ``correction``), i.e. ``R' sum_n grad c'_n grad c'_n^T``
+  with ``c' = ||f - y||^2`` and ``R' = R/2`` for MSE: ``empirical_fisher="squared-error"``,
+  twice the tutorial's for MSE and equal to it for CE and BCE. Its MC labels for MSE are
+  drawn with standard deviation ``sqrt(1/2)``, the likelihood of that same ``c'``; the MC
+  Fisher's expectation is the GGN either way.
 - MC labels come from curvlinops' own generator seeded with ``seed``; the global RNG is
   untouched.
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kfac_conformance.adapters._common import has_bias, library_version, package, require
+from kfac_conformance.conventions import Conventions
 from kfac_conformance.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -34,7 +43,11 @@ LOSSES = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
 
 class CurvlinopsCandidate:
     name = "curvlinops"
-    capabilities = Capabilities(layer_types=LAYER_TYPES, losses=LOSSES)
+    capabilities = Capabilities(
+        layer_types=LAYER_TYPES,
+        losses=LOSSES,
+        conventions=Conventions(empirical_fisher="squared-error"),
+    )
 
     def __init__(self) -> None:
         self.version = library_version("curvlinops-for-pytorch")
