@@ -125,3 +125,11 @@ def test_a_scale_that_is_no_known_convention_still_fails():
         candidate = HalfOfTheTutorial(declared, declared=True)
         results = list(run_items(candidate, _items(*_checks_governed_by(declared)), PROFILE))
         assert any(r.status == "failed" for r in results), declared
+
+
+def test_the_monte_carlo_scale_test_names_an_undeclared_convention():
+    follows = Conventions(curvature="mean-nll")
+    items = _items("mc/unbiased[deep-linear[mse-mean-3batches]]")
+    [result] = run_items(TutorialKFAC(follows, declared=False), items, PROFILE)
+    assert result.status == "failed", result.message
+    assert "declare Conventions(curvature='mean-nll')" in (result.diagnosis or "")
