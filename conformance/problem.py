@@ -75,9 +75,8 @@ class Problem:
     def scale_quantities(self) -> dict[str, object]:
         """What scale conventions depend on: data ``N``, the tutorial's ``R``, the loss class."""
         num_data = sum(X.shape[0] for X, _ in self.batches)
-        y = self.batches[0][1]
         # integer CE labels have no class axis: every label element is one loss term
-        terms = y[0].numel() if y.ndim > 1 else 1
+        terms = self.batches[0][1].shape[1:].numel()
         loss = type(self.loss_func).__name__
         reduction = self.loss_func.reduction
         return {
