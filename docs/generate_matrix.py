@@ -51,6 +51,14 @@ def outcome(result: dict) -> str:
     return result["status"]
 
 
+def declared_conventions(report: dict) -> str:
+    """The candidate's non-default scale conventions (reports before schema 1's
+    ``candidate.conventions`` declared none: the tutorial's)."""
+    declared = report["candidate"].get("conventions") or {}
+    changed = [f"{field}=`{name}`" for field, name in declared.items() if name != "tutorial"]
+    return ", ".join(changed) or "tutorial's"
+
+
 def load_reports(directory: Path) -> list[dict]:
     reports = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
     reports.sort(key=lambda r: (r["candidate"]["name"] != "kfac_ref", r["candidate"]["name"]))
@@ -112,18 +120,21 @@ def render(reports: list[dict]) -> str:
         "`N⊘` refused (the candidate raised `NotSupported`, or its library raised",
         "`NotImplementedError`, for an input outside the library's interface), `N–` skipped (not",
         "claimed or not applicable), `Nx [ids]` expected failures, `NX` unexpectedly passed.",
+        "Each candidate is checked under the scale conventions it declares",
+        "([conventions.md](conventions.md)); the harness converts them, so a declared",
+        "convention is never a failure.",
         "",
         "## Candidates",
         "",
-        "| candidate | version | profile | complete | passed | failed | errors | refused | skipped | xfailed | xpassed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | version | declared conventions | profile | complete | passed | failed | errors | refused | skipped | xfailed | xpassed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for report in reports:
         summary = report["summary"]
         outcomes = [outcome(r) for r in report["results"]]
         lines.append(
             f"| {report['candidate']['name']} | {report['candidate'].get('version') or '—'} "
-            f"| {report['profile']} | {'yes' if report['complete'] else 'NO'} "
+            f"| {declared_conventions(report)} | {report['profile']} | {'yes' if report['complete'] else 'NO'} "
             f"| {summary['passed']} | {summary['failed']} | {outcomes.count('error')} "
             f"| {outcomes.count('refused')} | {outcomes.count('skipped')} "
             f"| {summary['xfailed']} | {summary['xpassed']} |"
