@@ -1,7 +1,8 @@
 """The HTML report of a failing run, rendered by headless Chromium (Debian's ``chromium``).
 
 ``nox -s browser`` installs what these tests need (matplotlib; Chromium with apt-get when run
-as root) and runs them. Without the browser or matplotlib they skip with the reason.
+as root) and runs them with ``KFAC_CONFORMANCE_REQUIRE_BROWSER=1``, which turns the skips into
+failures. Otherwise, without the browser or matplotlib, they skip with the reason.
 
 Chromium prints every console message of the page (``console.error``, uncaught exceptions,
 Content-Security-Policy violations) as an ``INFO:CONSOLE`` line on stderr with
@@ -12,6 +13,7 @@ decoded and whether the status filter hides rows; ``--dump-dom`` returns the pag
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,12 +24,15 @@ import pytest
 from kfac_conformance import heatmaps, html_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REQUIRED = os.environ.get("KFAC_CONFORMANCE_REQUIRE_BROWSER") == "1"
 pytestmark = [
     pytest.mark.skipif(
-        CHROMIUM is None, reason="Chromium is absent (apt-get install chromium, or nox -s browser)"
+        CHROMIUM is None and not REQUIRED,
+        reason="Chromium is absent (apt-get install chromium, or nox -s browser)",
     ),
     pytest.mark.skipif(
-        not heatmaps.available(), reason='matplotlib is absent: pip install -e ".[report]"'
+        not heatmaps.available() and not REQUIRED,
+        reason='matplotlib is absent: pip install -e ".[report]"',
     ),
 ]
 CONSOLE = re.compile(r":CONSOLE[:(]\d*\)?\] (.*)")
@@ -47,6 +52,7 @@ window.addEventListener('load', function () {
 
 def render_in_chromium(page: Path) -> tuple[str, list[str]]:
     """The DOM after load, and the console messages."""
+    assert CHROMIUM is not None, "KFAC_CONFORMANCE_REQUIRE_BROWSER=1 but chromium is not on PATH"
     completed = subprocess.run(
         [
             CHROMIUM,
