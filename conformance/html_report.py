@@ -121,16 +121,20 @@ def _settings(report: dict) -> str:
         ("report schema", report["schema_version"]),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
-    capabilities = candidate.get("capabilities")
+    return f'<dl class="settings">{items}</dl>'
+
+
+def _capabilities(report: dict) -> str:
+    capabilities = report["candidate"].get("capabilities")
     if capabilities is None:
-        claimed = "<p>Capabilities: not recorded in this report (schema version 1).</p>"
+        claimed = "<p>Not recorded in this report (schema version 1).</p>"
     else:
         cells = "".join(
             f"<tr><th>{_e(name)}</th><td>{_e(_plain(value))}</td></tr>"
             for name, value in capabilities.items()
         )
-        claimed = f"<h3>Declared capabilities and conventions</h3><table>{cells}</table>"
-    return f'<dl class="settings">{items}</dl>{claimed}'
+        claimed = f"<table>{cells}</table>"
+    return f"<h3>Declared capabilities and conventions</h3>{claimed}"
 
 
 def _plain(value: object) -> str:
@@ -265,6 +269,7 @@ def render(report: dict, draw: bool | None = None) -> str:
         _settings(report),
         "</div><div><h2>Summary per family</h2>",
         _families(report),
+        _capabilities(report),
         "</div></div>",
         f"<h2>Failures, errors and expected failures ({len(detailed)})</h2>",
     ]

@@ -136,7 +136,7 @@ def test_a_version_1_report_still_renders(failing_report):
     for result in data["results"]:
         del result["evidence"]
     page = html_report.render(data, draw=True)
-    assert "not recorded in this report (schema version 1)" in page
+    assert "Not recorded in this report (schema version 1)" in page
     assert page.count('class="failure failed"') == 2 and not HEATMAP.search(page)
 
 
