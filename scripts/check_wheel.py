@@ -14,7 +14,7 @@ Steps, each failing with a message that names what is wrong:
 3. A fresh virtual environment in the temporary folder gets torch (with ``constraints.txt``)
    and the wheel, and, from the temporary folder, runs
    ``kfac-conformance run --candidate kfac_ref --profile quick`` and
-   ``pytest --kfac-candidate kfac_ref``, after making sure that ``kfac_conformance`` is
+   ``pytest --kfac-candidate kfac_ref`` (``--pytest-profile``, default ``default``), after making sure that ``kfac_conformance`` is
    imported from the environment, not from the checkout.
 """
 
@@ -104,7 +104,7 @@ def check_metadata(wheel: Path, sdist: Path) -> list[str]:
     return problems
 
 
-def install_and_run(wheel: Path, folder: Path) -> None:
+def install_and_run(wheel: Path, folder: Path, pytest_profile: str) -> None:
     environment = folder / "venv"
     venv.create(environment, with_pip=True)
     python = str(environment / "bin" / "python")
@@ -141,6 +141,8 @@ def install_and_run(wheel: Path, folder: Path) -> None:
             "-q",
             "-p",
             "no:cacheprovider",
+            "--kfac-profile",
+            pytest_profile,
         ],
         cwd=folder,
     )
@@ -149,6 +151,11 @@ def install_and_run(wheel: Path, folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--pytest-profile",
+        default="default",
+        help="the profile of the pytest run (.ci/run takes 'quick' to save time)",
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="kfac-conformance-wheel-"))
     try:
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise PackageError("; ".join(problems))
         print(f"metadata of {wheel.name} and {sdist.name}: ok", flush=True)
-        install_and_run(wheel, folder)
+        install_and_run(wheel, folder, args.pytest_profile)
     except (PackageError, subprocess.CalledProcessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
