@@ -20,11 +20,17 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+def _short(number: float | str | None) -> str:
+    """Three significant digits; "inf" and "nan" are stored as strings and shown as they are."""
+    return f"{number:.3g}" if isinstance(number, (int, float)) else str(number)
+
+
 def _details(result: dict) -> list[str]:
     """The message, observed error, diagnosis and reproduction command that a result has."""
     lines = [result["message"].strip()]
     if result.get("observed") is not None:
-        lines.append(f"observed error {result['observed']}, tolerance {result['tolerance']}")
+        observed, tolerance = (_short(result[key]) for key in ("observed", "tolerance"))
+        lines.append(f"observed error {observed}, tolerance {tolerance}")
     if result.get("diagnosis"):
         lines.append(f"diagnosis: {result['diagnosis']}")
     command = (result.get("reproduction") or {}).get("command")

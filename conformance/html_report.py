@@ -24,8 +24,10 @@ from pathlib import Path
 
 from kfac_conformance import heatmaps
 from kfac_conformance.outcomes import STATUSES
+from kfac_conformance.report import SCHEMA_VERSION
 
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+# every version so far only added fields, so a reader of the newest reads them all
+SUPPORTED_SCHEMA_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))
 DETAILED = ("failed", "error", "xpassed", "xfailed")
 _POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 _STYLE = """

@@ -31,7 +31,7 @@ def test_one_annotation_per_failing_item_with_what_to_run(failing_report, capsys
         for needed in (
             result["check_id"],
             f"case {result['case_id']}",
-            f"observed error {result['observed']}",
+            f"observed error {result['observed']:.3g}, tolerance {result['tolerance']:.3g}",
             f"reproduce: {result['reproduction']['command']}",
         ):
             assert needed in message

