@@ -267,8 +267,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def convert_report(args: argparse.Namespace) -> int:
+    """A JSON report of an earlier run as HTML, JUnit XML or GitHub annotations."""
     from kfac_conformance.html_report import ReportFormatError, load
 
+    if not (args.html or args.junit_xml or args.format == "github"):
+        raise UsageError("nothing to write: give --html, --junit-xml or --format github")
     try:
         data = load(args.json)
     except ReportFormatError as error:

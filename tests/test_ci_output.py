@@ -37,13 +37,17 @@ def test_one_annotation_per_failing_item_with_what_to_run(failing_report, capsys
             assert needed in message
 
 
-def test_github_format_is_the_default_under_github_actions(failing_report, capsys, monkeypatch):
+def test_github_format_is_the_default_under_github_actions(
+    failing_report, capsys, monkeypatch, tmp_path
+):
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     assert main(["report", str(failing_report)]) == 0
     assert capsys.readouterr().out.count("::error ") == 2
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
-    assert main(["report", str(failing_report)]) == 0
+    assert main(["report", str(failing_report), "--junit-xml", str(tmp_path / "x.xml")]) == 0
     assert "::error" not in capsys.readouterr().out
+    assert main(["report", str(failing_report)]) == 2
+    assert "nothing to write: give --html" in capsys.readouterr().err
 
 
 def test_annotation_escapes_percent_and_line_breaks():
