@@ -183,7 +183,8 @@ def render_html(reports: list[dict], links: list[str | None]) -> str:
     legend = (
         "N✓ passed, N✗ (e) failed with worst observed error e, N! errors, N⊘ refused, N– skipped, "
         "Nx [ids] expected failures (findings.md), NX unexpectedly passed. Each cell links to the "
-        "candidate's HTML report: failures with their diagnosis, reproduction and heatmaps."
+        "candidate's HTML report (failures with their diagnosis, reproduction and heatmaps), "
+        "written next to its JSON report by nox -s matrix; reports/ is not committed."
     )
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
