@@ -219,7 +219,10 @@ def _pictures(result: dict, draw: bool) -> str:
             f"drawn: matplotlib is not installed. <code>{_e(heatmaps.INSTALL_HINT)}</code>, "
             "then run <code>kfac-conformance report REPORT.json --html OUT.html</code>.</p>"
         )
-    png = heatmaps.heatmaps_png(evidence, expected_label(result["check_id"]))
+    try:
+        png = heatmaps.heatmaps_png(evidence, expected_label(result["check_id"]))
+    except (KeyError, ValueError) as error:  # a damaged entry must not cost the whole page
+        return f'<p class="banner note">The stored blocks cannot be drawn: {_e(error)}</p>'
     source = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     note = ""
     if evidence["downsampled"]:

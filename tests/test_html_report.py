@@ -115,6 +115,18 @@ def test_a_downsampled_block_is_said_to_be(tmp_path):
     assert len(HEATMAP.findall(page)) == 1
 
 
+@needs_matplotlib
+def test_damaged_blocks_cost_their_picture_not_the_page():
+    evidence = block_evidence("fc", factors(2, 2, "none"), factors(2, 2, "none", seed=1).to_dense())
+    evidence["encoding"] = "float16-base85"
+    result = {
+        "id": "a/b[c]", "check_id": "a/b", "case_id": "c", "status": "failed",
+        "message": "m", "reproduction": {}, "duration_s": 0.0, "evidence": evidence,
+    }  # fmt: skip
+    page = html_report.render(minimal_report([result]), draw=True)
+    assert "The stored blocks cannot be drawn: unknown block encoding" in page
+
+
 def minimal_report(results: list[dict], version: int = 2) -> dict:
     return {
         "schema_version": version, "suite_version": "0", "complete": True, "state": "complete",
