@@ -61,7 +61,7 @@ def heatmaps_png(evidence: dict, expected_label: str) -> bytes:
     extent = (0, size, size, 0)  # axes in entries of the full block
     figure = Figure(figsize=(13.5, 4.6), dpi=90)  # a fixed layout: a constrained one costs 1 s
     axes = figure.subplots(1, 3)
-    figure.subplots_adjust(left=0.03, right=0.95, bottom=0.07, top=0.85, wspace=0.3)
+    figure.subplots_adjust(left=0.03, right=0.93, bottom=0.07, top=0.85, wspace=0.3)
     largest = float(max(np.abs(candidate).max(), np.abs(expected).max())) or 1.0
     values = TwoSlopeNorm(vcenter=0.0, vmin=-largest, vmax=largest)
     for ax, matrix, title in (
