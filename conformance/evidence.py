@@ -2,7 +2,7 @@
 
 The report draws heatmaps of the candidate's block, the expected block and their difference
 (see :mod:`kfac_conformance.heatmaps`). A block of ``n > MAX_STORED`` rows is downsampled to
-``MAX_STORED x MAX_STORED`` cells of ``n / MAX_STORED`` entries a side:
+``MAX_STORED x MAX_STORED`` cells of about ``n / MAX_STORED`` entries a side (adaptive pooling):
 
     stored[i, j] = mean of block over cell (i, j)            (candidate and expected)
     stored[i, j] = max |candidate - expected| over cell (i, j)  (difference)
