@@ -7,6 +7,8 @@ torchvision).
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -47,10 +49,12 @@ def tests(session: nox.Session) -> None:
 def conformance(session: nox.Session, candidate: str) -> None:
     """The check catalogue against one candidate, with its expected failures.
 
-    The JSON report goes to reports/<candidate>.json. The session fails when a check fails,
+    The JSON report goes to reports/<candidate>.json, the HTML one (with heatmaps of every
+    failing block) to reports/<candidate>.html. The session fails when a check fails,
     unless it runs for the matrix (which records failures instead).
     """
-    install_project(session, CANDIDATES[candidate])
+    # "report": matplotlib, for the heatmaps of the HTML report
+    install_project(session, ",".join(filter(None, [CANDIDATES[candidate], "report"])))
     for_matrix = MATRIX_FLAG in session.posargs
     arguments = [argument for argument in session.posargs if argument != MATRIX_FLAG]
     xfail = Path(f"conformance/adapters/xfail/{candidate}.txt")
@@ -63,6 +67,8 @@ def conformance(session: nox.Session, candidate: str) -> None:
         candidate,
         "--report-json",
         f"reports/{candidate}.json",
+        "--report-html",
+        f"reports/{candidate}.html",
         *arguments,
         success_codes=[0, 1] if for_matrix else [0],
     )
@@ -78,7 +84,10 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def matrix_from_reports(session: nox.Session) -> None:
-    """docs/conformance-matrix.md from the reports already in reports/ (no installs)."""
+    """docs/conformance-matrix.md and .html from the reports already in reports/ (no installs).
+
+    The HTML matrix links each cell to the candidate's HTML report in reports/.
+    """
     session.run(
         "python3",
         "docs/generate_matrix.py",
@@ -86,7 +95,39 @@ def matrix_from_reports(session: nox.Session) -> None:
         "reports",
         "--output",
         "docs/conformance-matrix.md",
+        "--html",
+        "docs/conformance-matrix.html",
     )
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The HTML report of a failing run in headless Chromium (tests/test_browser.py).
+
+    Installs Debian's chromium with apt-get when it is absent and the session runs as root;
+    the tests then may not skip (KFAC_CONFORMANCE_REQUIRE_BROWSER=1).
+    """
+    if shutil.which("chromium") is None:
+        if os.geteuid() != 0:
+            session.error("chromium is absent; install it (Debian: apt-get install chromium)")
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", "chromium", external=True)
+    install_project(session, "report")
+    session.run(
+        "pytest",
+        "tests/test_browser.py",
+        "tests/test_html_report.py",
+        *session.posargs,
+        env={"KFAC_CONFORMANCE_REQUIRE_BROWSER": "1"},
+    )
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check their metadata, install the wheel into a fresh
+    environment outside the checkout and run the quick profile and the pytest plugin there."""
+    session.install(*CONSTRAINTS, "build")
+    session.run("python", "scripts/check_wheel.py", *session.posargs)
 
 
 @nox.session

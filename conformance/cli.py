@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -19,7 +20,7 @@ from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
 from kfac_conformance.profiles import PROFILES
-from kfac_conformance.report import Report, summary_text
+from kfac_conformance.report import Report, describe_capabilities, summary_text
 from kfac_conformance.runner import Item, case_entries, custom_entries, plan, run_items
 
 DEFAULT_TIMEOUT = 300.0
@@ -74,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         "add synchronisation; see docs/performance.md)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_output_options(run, html_option="--report-html")
+    report = commands.add_parser(
+        "report", help="turn a JSON report into HTML, JUnit XML or GitHub annotations"
+    )
+    report.add_argument("json", metavar="REPORT.json", help="a report written by --report-json")
+    _add_output_options(report, html_option="--html")
     listing = commands.add_parser("list-checks", help="list the checks and the cases they run on")
     listing.add_argument("--profile", choices=sorted(PROFILES), default="default")
     listing.add_argument(
@@ -81,6 +88,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("list-candidates", help="list the registered candidates")
     return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser, html_option: str) -> None:
+    parser.add_argument(
+        html_option,
+        dest="html",
+        metavar="PATH",
+        help="write a self-contained HTML report here (heatmaps need the 'report' extra)",
+    )
+    parser.add_argument("--junit-xml", metavar="PATH", help="write a JUnit XML report here")
+    parser.add_argument(
+        "--format",
+        choices=["text", "github"],
+        default="github" if os.environ.get("GITHUB_ACTIONS") == "true" else "text",
+        help="'github' also prints one ::error annotation per failing item (the default "
+        "when GITHUB_ACTIONS=true)",
+    )
+
+
+def _write_outputs(args: argparse.Namespace, report: dict) -> None:
+    """The HTML report, the JUnit XML and the GitHub annotations the options ask for."""
+    from kfac_conformance import ci_output, html_report
+
+    if args.html:
+        html_report.write(report, args.html)
+    if args.junit_xml:
+        path = Path(args.junit_xml)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(ci_output.junit_xml(report), encoding="utf-8")
+    if args.format == "github":
+        for line in ci_output.github_annotations(report):
+            print(line)
 
 
 def _reproduction(args: argparse.Namespace):
@@ -183,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout or None,
         isolate=args.isolate,
         candidate_conventions=candidate.capabilities.conventions.describe(),
+        capabilities=describe_capabilities(getattr(candidate, "capabilities", None)),
     )
     used: set[int] = set()
     progress = not args.quiet
@@ -222,9 +262,24 @@ def run(args: argparse.Namespace) -> int:
     if args.report_json:
         report.write(args.report_json)
     print(summary_text(report))
+    _write_outputs(args, report.to_json())
     if exit_code is not None:
         return exit_code
     return 0 if report.succeeded else 1
+
+
+def convert_report(args: argparse.Namespace) -> int:
+    """A JSON report of an earlier run as HTML, JUnit XML or GitHub annotations."""
+    from kfac_conformance.html_report import ReportFormatError, load
+
+    if not (args.html or args.junit_xml or args.format == "github"):
+        raise UsageError("nothing to write: give --html, --junit-xml or --format github")
+    try:
+        data = load(args.json)
+    except ReportFormatError as error:
+        raise UsageError(str(error)) from None
+    _write_outputs(args, data)
+    return 0
 
 
 def list_checks(args: argparse.Namespace) -> int:
@@ -254,9 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit:  # argparse's own usage errors (2) and --help (0)
         return exit.code if isinstance(exit.code, int) else 2
-    command = {"run": run, "list-checks": list_checks, "list-candidates": list_candidates}[
-        args.command
-    ]
+    command = {
+        "run": run,
+        "report": convert_report,
+        "list-checks": list_checks,
+        "list-candidates": list_candidates,
+    }[args.command]
     try:
         return command(args)
     except (SpecError, FileNotFoundError, UsageError) as error:

@@ -6,7 +6,11 @@ STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 
 
 class CheckFailed(AssertionError):
-    """The property does not hold; carries the observed error and the tolerance."""
+    """The property does not hold; carries the observed error and the tolerance.
+
+    ``evidence`` holds the compared blocks of the first wrong layer, when blocks were compared
+    (see :mod:`kfac_conformance.evidence`).
+    """
 
     def __init__(
         self,
@@ -14,6 +18,7 @@ class CheckFailed(AssertionError):
         observed: float | None = None,
         tolerance: float | None = None,
         diagnosis: str | None = None,
+        evidence: dict | None = None,
     ) -> None:
         super().__init__(message)
         self.message, self.observed, self.tolerance, self.diagnosis = (
@@ -22,6 +27,7 @@ class CheckFailed(AssertionError):
             tolerance,
             diagnosis,
         )
+        self.evidence = evidence
 
 
 class CheckSkipped(Exception):

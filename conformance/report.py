@@ -1,13 +1,14 @@
 """The report: a versioned JSON document, rewritten after every result, and a text summary.
 
-Schema (``schema_version`` 1)::
+Schema (``schema_version`` 2)::
 
     {
-      "schema_version": 1, "suite_version": str, "complete": bool,
+      "schema_version": 2, "suite_version": str, "complete": bool,
       "state": "running" | "complete" | "interrupted",
       "interruption": str | null,
       "candidate": {"spec": str, "name": str, "version": str | null,
-                    "conventions": {"curvature": str, "empirical_fisher": str}},
+                    "conventions": {"curvature": str, "empirical_fisher": str},
+                    "capabilities": {field: value, ...} | null},
       "torch_version": str, "device": str, "profile": str,
       "timeout_s": float | null, "isolate": bool,
       "summary": {"total": int, "ran": int, "passed": int, "failed": int, "error": int,
@@ -15,11 +16,17 @@ Schema (``schema_version`` 1)::
       "not_run": [item id, ...],
       "unused_expected_failures": [pattern, ...],
       "results": [{"id", "check_id", "case_id", "status", "message", "observed", "tolerance",
-                   "diagnosis", "reproduction": {"command", "problem"}, "duration_s"}, ...]
+                   "diagnosis", "reproduction": {"command", "problem"}, "duration_s",
+                   "evidence": {...} | null}, ...]
     }
 
-``candidate.conventions`` is what the candidate declared (absent in reports written before
-it existed: read it as the tutorial's). ``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
+``candidate.conventions`` is the candidate's declared scale conventions (absent in older
+reports: read it as the tutorial's). Version 2 added ``candidate.capabilities`` (the declared
+:class:`Capabilities`, sets as sorted lists) and ``evidence``: the compared blocks of a failure's first wrong layer, downsampled to
+at most 64 x 64, with its Kronecker tile sizes (see :mod:`kfac_conformance.evidence`). Readers
+of version 1 reports (the HTML report, ``docs/generate_matrix.py``) treat both as absent.
+
+``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
 ``ran`` counts the results recorded (every status); ``ran + not_run == total``.
 
 The file is rewritten atomically after every result, so whatever stops the run, the file on
@@ -31,6 +38,7 @@ result, the one that was running included.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -44,7 +52,22 @@ from kfac_conformance.conventions import TUTORIAL
 from kfac_conformance.loading import suite_version
 from kfac_conformance.runner import Result
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def describe_capabilities(capabilities: object) -> dict | None:
+    """A dataclass of claims as JSON: sets become sorted lists, nested dataclasses dicts."""
+    if not dataclasses.is_dataclass(capabilities):
+        return None
+
+    def plain(value: object) -> object:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=str)
+        return value
+
+    return plain(capabilities)
 
 
 @dataclass
@@ -63,6 +86,7 @@ class Report:
     isolate: bool = False
     # the candidate's declared scale conventions (kfac_conformance.conventions)
     candidate_conventions: dict[str, str] = field(default_factory=TUTORIAL.describe)
+    capabilities: dict | None = None
 
     @property
     def state(self) -> str:
@@ -99,6 +123,7 @@ class Report:
                 "name": self.candidate_name,
                 "version": self.candidate_version,
                 "conventions": self.candidate_conventions,
+                "capabilities": self.capabilities,
             },
             "torch_version": torch.__version__,
             "device": self.device,

@@ -51,6 +51,7 @@ class Result:
     diagnosis: str | None = None
     reproduction: dict = field(default_factory=dict)
     duration_s: float = 0.0
+    evidence: dict | None = None  # the compared blocks of a failure, see evidence.py
 
     @property
     def item_id(self) -> str:
@@ -145,10 +146,11 @@ def execute(session: Session, item: Item, baseline: GlobalState | None = None) -
         result.status, result.message = "skipped", str(skipped)
     except CheckFailed as failed:
         result.status, result.message = "failed", failed.message
-        result.observed, result.tolerance, result.diagnosis = (
+        result.observed, result.tolerance, result.diagnosis, result.evidence = (
             failed.observed,
             failed.tolerance,
             failed.diagnosis,
+            failed.evidence,
         )
     except CandidateError as error:
         session.side_effects.extend(error.side_effects)

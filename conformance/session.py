@@ -20,6 +20,7 @@ from kfac_conformance.compare import (
     restrict,
     round_off_tolerance,
 )
+from kfac_conformance.evidence import block_evidence
 from kfac_conformance.problem import BIAS_MODES, Candidate, Problem, Request
 from kfac_conformance.profiles import PROFILES, Profile
 from kfac_ref.factors import KroneckerFactors
@@ -155,6 +156,7 @@ def compare_blocks(
                 observed=error,
                 tolerance=tolerance,
                 diagnosis=diagnosis,
+                evidence=block_evidence(layer, factors, target),
             )
 
 

@@ -12,7 +12,9 @@ Select one with the environment variable ``HYPOTHESIS_PROFILE`` (e.g.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -35,3 +37,21 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# A real failing run for the report tests: a bug-zoo mutant that ignores convolution geometry
+# fails exactness on both conv cases of the quick profile and passes the third item.
+FAILING_CANDIDATE = "zoo.sharing:ConvPatchesIgnoreGeometry"
+FAILING_SELECT = "exactness/type-2-*[conv-*]"
+
+
+@pytest.fixture(scope="session")
+def failing_report(tmp_path_factory) -> Path:
+    """The JSON report of a run with two failures (with stored blocks) and one pass."""
+    from kfac_conformance.cli import main
+
+    path = tmp_path_factory.mktemp("failing") / "report.json"
+    arguments = ["run", "--candidate", FAILING_CANDIDATE, "--profile", "quick", "-q"]
+    code = main([*arguments, "--select", FAILING_SELECT, "--report-json", str(path)])
+    assert code == 1 and path.is_file()
+    return path

@@ -1,4 +1,4 @@
-"""The JSON report (schema v1) and the text summary never lie by omission."""
+"""The JSON report (schema v2) and the text summary never lie by omission."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TOP_LEVEL = {
 }  # fmt: skip
 RESULT_FIELDS = {
     "id", "check_id", "case_id", "status", "message", "observed", "tolerance", "diagnosis",
-    "reproduction", "duration_s",
+    "reproduction", "duration_s", "evidence",
 }  # fmt: skip
 
 
@@ -34,12 +34,13 @@ def report_with_three_results() -> Report:
 def test_schema_fields_and_counts():
     data = report_with_three_results().to_json()
     assert set(data) == TOP_LEVEL
-    assert data["schema_version"] == SCHEMA_VERSION == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2
     assert data["candidate"] == {
         "spec": "spec.py:C",
         "name": "cand",
         "version": "1.2",
         "conventions": {"curvature": "tutorial", "empirical_fisher": "tutorial"},
+        "capabilities": None,
     }
     assert (data["torch_version"], data["device"], data["profile"]) == (
         torch.__version__,

@@ -100,4 +100,6 @@ def compare_diagnosed(
             layer_pattern(errors, tolerance, shared),
         ]
         diagnosis = "; ".join(part for part in parts if part) or None
-        raise CheckFailed(failed.message, failed.observed, failed.tolerance, diagnosis) from None
+        raise CheckFailed(
+            failed.message, failed.observed, failed.tolerance, diagnosis, failed.evidence
+        ) from None
