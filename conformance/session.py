@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 import kfac_ref
-from kfac_conformance import oracle
+from kfac_conformance import conventions, oracle
 from kfac_conformance.calling import CandidateError, call_candidate
 from kfac_conformance.checks.base import CaseEntry, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.compare import (
@@ -41,9 +41,18 @@ class Session:
         return problem.to(device=device or self.device, dtype=dtype)
 
     def call(self, problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
+        """The candidate's validated result, converted to the tutorial's scale (its declared
+        :class:`~kfac_conformance.conventions.Conventions`)."""
         result, side_effects = call_candidate(self.candidate, problem, request)
         self.side_effects.extend(side_effects)
-        return result
+        scale = conventions.scale(
+            self.candidate.capabilities.conventions,
+            request.fisher_type,
+            convention_quantities(problem),
+        )
+        if scale == 1.0:
+            return result
+        return {layer: factors.scaled(1.0 / scale) for layer, factors in result.items()}
 
     def supported_bias_modes(self, entry: CaseEntry, fisher_type: str, flavour: str) -> list[str]:
         problem = self.fresh(entry)
@@ -90,6 +99,20 @@ class Session:
             problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
             self._reference_cache[key] = reference_compute(problem, request)
         return self._reference_cache[key]
+
+
+def convention_quantities(problem: Problem) -> dict[str, object]:
+    """``N``, the tutorial's ``R`` and the loss's class name, for :func:`conventions.scale`."""
+    with torch.no_grad():
+        outputs = [problem.model(X) for X, _ in problem.batches]
+    output, labels = torch.cat(outputs), torch.cat([y for _, y in problem.batches])
+    unreduced = copy.copy(problem.loss_func)
+    unreduced.reduction = "none"
+    num_data = output.shape[0]
+    loss = type(problem.loss_func).__name__
+    terms_per_datum = unreduced(output, labels).numel() // num_data
+    R = conventions.reduction_factor(loss, problem.loss_func.reduction, num_data, terms_per_datum)
+    return {"N": num_data, "R": R, "loss": loss}
 
 
 def reference_compute(problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
