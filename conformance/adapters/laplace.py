@@ -45,7 +45,6 @@ from kfac_conformance.adapters._common import (
     batch_loader,
     library_version,
     package,
-    refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
     require,
@@ -101,7 +100,6 @@ class _LaplaceKron:
             raise Unsupported(LIBRARY, f"fisher_type {request.fisher_type!r} with this backend")
         if request.kfac_approx not in self.capabilities.flavours:
             raise Unsupported(LIBRARY, f"kfac_approx {request.kfac_approx!r} with this backend")
-        refuse_reduce_on_conv2d(problem, request, LIBRARY)
         if request.bias != "separate":
             raise Unsupported(LIBRARY, "the bias has its own Kronecker entry (separate)")
 
