@@ -17,7 +17,7 @@ from kfac_conformance.cases import ALL_CASES
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
 from kfac_conformance.loading import load_candidate, registered_candidates
 from kfac_conformance.problem import Request
-from kfac_conformance.session import Session, convention_quantities
+from kfac_conformance.session import Session, convention_quantities, reference_compute
 from kfac_ref.factors import EKFACFactors
 
 LIBRARIES = {
@@ -94,7 +94,7 @@ def test_backpack_kfac_is_seeded_and_keeps_the_global_rng():
         assert torch.equal(factors.to_dense(), second[layer].to_dense())
 
 
-@pytest.mark.parametrize("name", ["backpack-kflr", "asdl", "nngeometry"])
+@pytest.mark.parametrize("name", ["backpack-kflr", "asdl", "nngeometry", "laplace-backpack"])
 def test_shared_axes_on_linear_are_refused(name):
     candidate = load(name)
     problem = ALL_CASES["expand-deep-linear[1-axis]"].make_problem()
@@ -201,3 +201,17 @@ def test_laplace_empirical_fisher_on_one_datum_ce(name):
     for layer in problem.layers:
         target = restrict(exact[layer], kfac_pattern(result[layer]))
         assert relative_error(result[layer].to_dense(), target) < 1e-10, (name, layer)
+
+
+def test_kronfluence_averages_g_over_positions_too():
+    """docs/findings.md K1: on a Linear layer with S shared positions kronfluence's block is
+    1/S of KFAC-expand's (kfac_ref's empirical KFAC-expand; CE, whose split is fixed)."""
+    candidate = load("kronfluence-kfac")
+    case = ALL_CASES["sequence[tanh-ce-per-position]"]
+    request = Request("empirical", "expand", bias="joint")
+    result = Session(candidate).call(case.make_problem(), request)
+    reference = reference_compute(case.make_problem(), request)
+    positions = case.make_problem().batches[0][0].shape[1]
+    for layer, factors in result.items():
+        expand = reference[layer].to_dense()
+        assert relative_error(positions * factors.to_dense(), expand) < 1e-10, layer
