@@ -28,13 +28,26 @@ CANDIDATES = {
     "backpack-kfra": "backpack",
     "asdl": "asdl",
     "nngeometry": "nngeometry",
+    "kronfluence-kfac": "kronfluence",
+    "kronfluence-ekfac": "kronfluence",
+    # laplace-torch pins an older ASDL (asdfghjkl 0.1a4): never in the same environment as "asdl"
+    "laplace-curvlinops": "laplace",
+    "laplace-asdl": "laplace",
+    "laplace-backpack": "laplace",
 }
+
+# packages an extra pulls in that must go again: laplace-torch's torchmetrics imports
+# torchvision when present, and the PyPI torchvision wheel does not load beside the CPU build
+# of torch ("operator torchvision::nms does not exist"); without it torchmetrics works
+REMOVE_AFTER_INSTALL = {"laplace": ("torchvision",)}
 
 
 def install_project(session: nox.Session, extra: str = "") -> None:
     session.install(*CONSTRAINTS, "torch")
     target = f".[test,{extra}]" if extra else ".[test]"
     session.install(*CONSTRAINTS, "-e", target)
+    for package in REMOVE_AFTER_INSTALL.get(extra, ()):
+        session.run("python", "-m", "pip", "uninstall", "--yes", package)
 
 
 @nox.session

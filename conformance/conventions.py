@@ -68,6 +68,18 @@ CURVATURE_CONVENTIONS: dict[str, Convention] = {
         "(unit-variance Gaussian, categorical or Bernoulli), averaged over data",
         _per_datum_mean,
     ),
+    "mean-squared-error": Convention(
+        "(1/N) Σ_n J_nᵀ ∇²c'_n J_n with MSE c' = ‖f − y‖², the negative log-likelihood of a "
+        "Gaussian with variance ½ (kronfluence 1.0.1: the mean over examples of its Task's "
+        "summed loss, examples/uci samples y ~ N(f, ½); kfac-jax's squared-error loss)",
+        lambda q: (2.0 if _mse(q) else 1.0) * _per_datum_mean(q),
+    ),
+    "sum-nll": Convention(
+        "Σ_n J_nᵀ ∇²c_n J_n: the Fisher of the per-datum negative log-likelihood, summed over "
+        "data (laplace-torch 0.3: KronLaplace.H_facs, the loss Hessian at σ = 1 without prior "
+        "or temperature; laplace/baselaplace.py ParametricLaplace.fit sums over the loader)",
+        lambda q: 1.0 / float(q["R"]),
+    ),
 }
 
 EMPIRICAL_FISHER_CONVENTIONS: dict[str, Convention] = {
@@ -91,6 +103,11 @@ EMPIRICAL_FISHER_CONVENTIONS: dict[str, Convention] = {
     "mean-squared-error": Convention(
         "(1/N) Σ_n ∇c'_n ∇c'_nᵀ with MSE c' = ‖f − y‖² (the criterion nn.MSELoss sums)",
         lambda q: (4.0 if _mse(q) else 1.0) * _per_datum_mean(q),
+    ),
+    "sum-nll": Convention(
+        "Σ_n ∇c_n ∇c_nᵀ with c the tutorial's criterion (the negative log-likelihood), summed "
+        "over data (laplace-torch 0.3's EF backends, as its GGN)",
+        lambda q: 1.0 / float(q["R"]),
     ),
 }
 

@@ -7,15 +7,18 @@ adapter that claims type-2 must reproduce the oracle there, in its own bias mode
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 import pytest
 import torch
 
-from kfac_conformance import oracle
+from kfac_conformance import conventions, oracle
 from kfac_conformance.cases import ALL_CASES
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
 from kfac_conformance.loading import load_candidate, registered_candidates
 from kfac_conformance.problem import Request
+from kfac_conformance.session import Session, reference_compute
+from kfac_ref.factors import EKFACFactors
 
 LIBRARIES = {
     "curvlinops": "curvlinops",
@@ -24,6 +27,11 @@ LIBRARIES = {
     "backpack-kfra": "backpack",
     "asdl": "asdl",
     "nngeometry": "nngeometry",
+    "kronfluence-kfac": "kronfluence",
+    "kronfluence-ekfac": "kronfluence",
+    "laplace-curvlinops": "laplace",
+    "laplace-asdl": "laplace",
+    "laplace-backpack": "laplace",
 }
 
 # one-datum cases each candidate can run (KFRA and nngeometry's classif_logits fail in float64
@@ -34,6 +42,9 @@ TYPE2_CASES = {
     "backpack-kfra": ["one-datum-mlp[sigmoid-ce-sum]"],
     "asdl": ["one-datum-mlp[tanh-mse-mean]", "one-datum-mlp[relu-ce-sum]"],
     "nngeometry": ["one-datum-mlp[tanh-mse-mean]", "one-datum-mlp[sigmoid-bce-sum]"],
+    "laplace-curvlinops": ["one-datum-mlp[tanh-mse-sum]", "one-datum-mlp[relu-ce-mean]"],
+    "laplace-asdl": ["one-datum-mlp[tanh-mse-mean]", "one-datum-mlp[relu-ce-sum]"],
+    "laplace-backpack": ["one-datum-mlp[sigmoid-mse-sum]", "one-datum-mlp[tanh-ce-mean]"],
 }
 
 
@@ -58,7 +69,7 @@ def test_type2_equals_ggn_on_one_datum(name, case_id):
     bias = sorted(candidate.capabilities.bias_modes)[0]
     request = Request("type-2", "expand", bias=bias)
     assert candidate.capabilities.unsupported(problem, request) is None
-    result = candidate.compute(problem, request)
+    result = Session(candidate).call(problem, request)  # in the tutorial's scale
     exact = oracle.exact_blocks(
         problem.model, problem.loss_func, problem.batches, problem.layers, "ggn"
     )
@@ -83,10 +94,124 @@ def test_backpack_kfac_is_seeded_and_keeps_the_global_rng():
         assert torch.equal(factors.to_dense(), second[layer].to_dense())
 
 
-@pytest.mark.parametrize("name", ["backpack-kflr", "asdl", "nngeometry"])
+@pytest.mark.parametrize("name", ["backpack-kflr", "asdl", "nngeometry", "laplace-backpack"])
 def test_shared_axes_on_linear_are_refused(name):
     candidate = load(name)
     problem = ALL_CASES["expand-deep-linear[1-axis]"].make_problem()
     bias = sorted(candidate.capabilities.bias_modes)[0]
     with pytest.raises(NotImplementedError, match="unsupported by"):
         candidate.compute(problem, Request("type-2", "expand", bias=bias))
+
+
+# kronfluence has no type-2 Fisher; its empirical Fisher of one datum is exact. CE and BCE
+# only: their per-datum criterion does not depend on how MSE's ½ is split.
+EMPIRICAL_CASES = ["one-datum-mlp[relu-ce-mean]", "one-datum-mlp[sigmoid-bce-sum]"]
+
+
+def tutorial_scale(candidate, problem, request) -> float:
+    """``s`` with the candidate's block ``= s *`` the tutorial's (its declared conventions)."""
+    quantities = problem.scale_quantities()
+    return conventions.scale(candidate.capabilities.conventions, request.fisher_type, quantities)
+
+
+@pytest.mark.parametrize("case_id", EMPIRICAL_CASES)
+def test_kronfluence_kfac_empirical_equals_ef_on_one_datum(case_id):
+    candidate = load("kronfluence-kfac")
+    problem = ALL_CASES[case_id].make_problem()
+    request = Request("empirical", "expand", bias="joint")
+    result = Session(candidate).call(problem, request)
+    exact = oracle.exact_blocks(
+        problem.model, problem.loss_func, problem.batches, problem.layers, "empirical"
+    )
+    for layer in problem.layers:
+        assert relative_error(result[layer].to_dense(), exact[layer]) < 1e-10, (case_id, layer)
+
+
+def row_major_joint(block: torch.Tensor, factors) -> torch.Tensor:
+    """A ``[W.flatten(), b]``-ordered block reordered to the row-major ``[W | b]`` of ``factors``
+    (the inverse of the reordering in ``to_dense``)."""
+    if factors.bias != "joint":
+        return block
+    d_out, d_in_plus_one = factors.QB.shape[0], factors.QA.shape[0]
+    index = torch.arange(d_out * d_in_plus_one).reshape(d_out, -1)
+    order = torch.cat([index[:, :-1].flatten(), index[:, -1]])
+    inverse = torch.argsort(order)
+    return block[inverse][:, inverse]
+
+
+@pytest.mark.parametrize("case_id", ["mlp[tanh-ce-batch]", "cnn[relu-ce]"])
+def test_kronfluence_ekfac_is_the_corrected_kfac_of_the_exact_empirical_fisher(case_id):
+    """George et al. 2018: ``S = diag(Q^T F Q)`` with ``Q = Q_B ⊗ Q_A`` the eigenvectors of
+    KFAC's factors and ``F`` the exact empirical Fisher block (deterministic labels), on
+    problems where KFAC itself is not exact."""
+    ekfac, kfac = load("kronfluence-ekfac"), load("kronfluence-kfac")
+    request = Request("empirical", "expand", bias="joint", approximation="ekfac")
+    problem = ALL_CASES[case_id].make_problem()
+    result = ekfac.compute(problem, request)
+    kfac_result = Session(kfac).call(
+        ALL_CASES[case_id].make_problem(), replace(request, approximation="kfac")
+    )
+    scale = tutorial_scale(ekfac, problem, request)
+    exact = oracle.exact_blocks(
+        problem.model, problem.loss_func, problem.batches, problem.layers, "empirical"
+    )
+    for layer in problem.layers:
+        factors = result[layer]
+        assert isinstance(factors, EKFACFactors) and factors.S.dtype == torch.float64
+        for Q in (factors.QA, factors.QB):
+            assert torch.allclose(Q.T @ Q, torch.eye(Q.shape[0], dtype=Q.dtype), atol=1e-12)
+        # the basis is KFAC's: it diagonalises the KFAC candidate's own factors
+        A, B = kfac_result[layer].A, kfac_result[layer].B
+        for Q, factor in ((factors.QA, A), (factors.QB, B)):
+            rotated = Q.T @ factor @ Q
+            off_diagonal = rotated - torch.diag(torch.diagonal(rotated))
+            assert off_diagonal.norm() < 1e-10 * factor.norm(), (case_id, layer)
+        F = scale * row_major_joint(exact[layer], factors)
+        basis = torch.kron(factors.QB, factors.QA)
+        S_exact = torch.diagonal(basis.T @ F @ basis).reshape(factors.S.shape)
+        assert relative_error(factors.S, S_exact) < 1e-10, (case_id, layer)
+        # hence Frobenius-nearest in that basis, and no farther from F than KFAC
+        kfac_dense = row_major_joint(scale * kfac_result[layer].to_dense(), factors)
+        ekfac_dense = row_major_joint(factors.to_dense(), factors)
+        assert (ekfac_dense - F).norm() <= (kfac_dense - F).norm() * (1 + 1e-12)
+        assert relative_error(ekfac_dense, F) > 1e-3  # a case where EKFAC is not exact
+
+
+def test_kronfluence_draws_labels_from_its_seed_only():
+    candidate = load("kronfluence-kfac")
+    request = Request("mc", "expand", mc_samples=2, seed=3, bias="joint")
+    case = ALL_CASES["mlp[tanh-ce-batch]"]
+    first = Session(candidate).call(case.make_problem(), request)
+    torch.manual_seed(99)
+    second = Session(candidate).call(case.make_problem(), request)
+    other = Session(candidate).call(case.make_problem(), replace(request, seed=4))
+    for layer, factors in first.items():
+        assert torch.equal(factors.to_dense(), second[layer].to_dense())
+        assert not torch.equal(factors.to_dense(), other[layer].to_dense())
+
+
+@pytest.mark.parametrize("name", ["laplace-curvlinops", "laplace-asdl"])
+def test_laplace_empirical_fisher_on_one_datum_ce(name):
+    candidate = load(name)
+    problem = ALL_CASES["one-datum-mlp[tanh-ce-sum]"].make_problem()
+    result = Session(candidate).call(problem, Request("empirical", "expand", bias="separate"))
+    exact = oracle.exact_blocks(
+        problem.model, problem.loss_func, problem.batches, problem.layers, "empirical"
+    )
+    for layer in problem.layers:
+        target = restrict(exact[layer], kfac_pattern(result[layer]))
+        assert relative_error(result[layer].to_dense(), target) < 1e-10, (name, layer)
+
+
+def test_kronfluence_averages_g_over_positions_too():
+    """docs/findings.md K1: on a Linear layer with S shared positions kronfluence's block is
+    1/S of KFAC-expand's (kfac_ref's empirical KFAC-expand; CE, whose split is fixed)."""
+    candidate = load("kronfluence-kfac")
+    case = ALL_CASES["sequence[tanh-ce-per-position]"]
+    request = Request("empirical", "expand", bias="joint")
+    result = Session(candidate).call(case.make_problem(), request)
+    reference = reference_compute(case.make_problem(), request)
+    positions = case.make_problem().batches[0][0].shape[1]
+    for layer, factors in result.items():
+        expand = reference[layer].to_dense()
+        assert relative_error(positions * factors.to_dense(), expand) < 1e-10, layer

@@ -30,7 +30,7 @@ EXPECTED = [
     (
         ReductionFactorMissing,
         "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
-        ["off by a constant factor x 18", "1/R", "R = 0.0555556 reduction factor"],
+        ["off by a constant factor x 18", "declare Conventions(curvature='sum-nll')"],
     ),
     (
         KroneckerOrderSwapped,

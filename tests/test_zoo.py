@@ -132,10 +132,14 @@ DECLARABLE = [
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.__name__)
 def test_no_mutant_survives_by_declaring_a_convention(mutant: type[Mutant]):
-    """A bug is no convention: declaring any known one leaves the mutant killed."""
-    items = killer_items(mutant)
+    """A bug is no convention: declaring any one known convention leaves the mutant killed,
+    by its killers or, where the declaration covers the quantity they check, by the rest of
+    the default profile."""
     for declared in DECLARABLE:
-        statuses = (r.status for r in run_items(_declaring(mutant, declared), items, PROFILE))
-        assert any(status in ("failed", "error") for status in statuses), (
-            f"{mutant.__name__} survives its killers when it declares {declared.declaration()}"
-        )
+        candidate = _declaring(mutant, declared)
+        for items in (killer_items(mutant), DEFAULT_PLAN):
+            statuses = (r.status for r in run_items(candidate, items, PROFILE))
+            if any(status in ("failed", "error") for status in statuses):
+                break
+        else:
+            pytest.fail(f"{mutant.__name__} survives when it declares {declared.declaration()}")

@@ -15,4 +15,8 @@ Candidates, registered under these names in the entry-point group
   :mod:`kfac_conformance.adapters.backpack` (``BackpackKFACCandidate`` etc.)
 - ``asdl``: :class:`kfac_conformance.adapters.asdl.AsdlCandidate`
 - ``nngeometry``: :class:`kfac_conformance.adapters.nngeometry.NngeometryCandidate`
+- ``kronfluence-kfac``, ``kronfluence-ekfac``: :mod:`kfac_conformance.adapters.kronfluence`
+  (``KronfluenceKFACCandidate``, ``KronfluenceEKFACCandidate``)
+- ``laplace-curvlinops``, ``laplace-asdl``, ``laplace-backpack``:
+  :mod:`kfac_conformance.adapters.laplace` (laplace-torch's ``KronLaplace`` per backend)
 """

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kfac_conformance.oracle import reduction_factor
 from kfac_conformance.outcomes import NotSupported
 from kfac_conformance.problem import Problem, Request
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 REFUSAL_PREFIX = "unsupported by"
 
@@ -128,17 +128,45 @@ def batch_reduction_factor(loss_func: nn.Module, output: Tensor, labels: Tensor)
     return reduction_factor(loss_func, output.detach(), labels)
 
 
+def batch_loader(problem: Problem):
+    """A ``DataLoader`` over the concatenated data that yields the problem's batches as they
+    are: an explicit ``batch_sampler``, and a private ``torch.Generator`` (a ``DataLoader``
+    draws a base seed from the global RNG otherwise)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X = torch.cat([X for X, _ in problem.batches])
+    y = torch.cat([y for _, y in problem.batches])
+    sizes = [X_b.shape[0] for X_b, _ in problem.batches]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    batches = [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
+    return DataLoader(TensorDataset(X, y), batch_sampler=batches, generator=torch.Generator())
+
+
 def has_bias(problem: Problem, layer: str) -> bool:
     return getattr(problem.model.get_submodule(layer), "bias", None) is not None
 
 
+def clean(problem: Problem, factor: Tensor) -> Tensor:
+    """A detached, contiguous copy in the problem's dtype and device."""
+    return factor.detach().to(device=problem.device, dtype=problem.dtype).contiguous().clone()
+
+
 def package(problem: Problem, A: Tensor, B: Tensor, bias: str) -> KroneckerFactors:
     """Detached, contiguous factors in the problem's dtype and device."""
+    return KroneckerFactors(clean(problem, A), clean(problem, B), bias)
 
-    def clean(factor: Tensor) -> Tensor:
-        return factor.detach().to(device=problem.device, dtype=problem.dtype).contiguous().clone()
 
-    return KroneckerFactors(clean(A), clean(B), bias)
+def package_ekfac(
+    problem: Problem,
+    QA: Tensor,
+    QB: Tensor,
+    S: Tensor,
+    bias: str,
+    S_bias: Tensor | None = None,
+) -> EKFACFactors:
+    """Detached, contiguous EKFAC bases and scales in the problem's dtype and device."""
+    S_bias = None if S_bias is None else clean(problem, S_bias)
+    return EKFACFactors(clean(problem, QA), clean(problem, QB), clean(problem, S), bias, S_bias)
 
 
 @contextlib.contextmanager

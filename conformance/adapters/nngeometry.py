@@ -24,9 +24,9 @@ Conventions (nngeometry 0.4, verified numerically):
   (CE), so MC requests with another loss are refused.
 - ``nn.Linear`` only on ``(N, D)`` inputs (nngeometry fails on extra axes); ``nn.Conv2d`` is
   KFAC-expand, so only ``kfac_approx="expand"`` is claimed.
-- The adapter feeds the problem's batches as they are through a ``DataLoader`` with an
-  explicit ``batch_sampler`` and a private ``torch.Generator`` (a ``DataLoader`` draws a base
-  seed from the global RNG otherwise). MC samples come from the global RNG, which the
+- The adapter feeds the problem's batches as they are (``_common.batch_loader``: an
+  explicit ``batch_sampler`` and a private ``torch.Generator``, since a ``DataLoader`` draws a
+  base seed from the global RNG otherwise). MC samples come from the global RNG, which the
   adapter seeds with ``request.seed`` inside ``torch.random.fork_rng``.
 """
 
@@ -34,11 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
 from kfac_conformance.adapters._common import (
     Unsupported,
+    batch_loader,
     has_bias,
     library_version,
     package,
@@ -98,16 +98,8 @@ class NngeometryCandidate:
         from nngeometry.layercollection import LayerCollection
         from nngeometry.metrics import FIM, FIM_MonteCarlo
         from nngeometry.object import PMatKFAC
-        from torch.utils.data import DataLoader, TensorDataset
 
-        X = torch.cat([X for X, _ in problem.batches])
-        y = torch.cat([y for _, y in problem.batches])
-        sizes = [X_b.shape[0] for X_b, _ in problem.batches]
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        batches = [
-            list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)
-        ]
-        loader = DataLoader(TensorDataset(X, y), batch_sampler=batches, generator=torch.Generator())
+        loader = batch_loader(problem)
         layers = LayerCollection()
         for layer in problem.layers:
             layers.add_layer_from_model(problem.model, problem.model.get_submodule(layer))

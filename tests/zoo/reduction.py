@@ -17,7 +17,10 @@ class ReductionFactorMissing(Mutant):
     """B is never multiplied by R, so reduction='mean' gives the KFAC of the summed loss.
 
     Killed by exactness on every mean-reduced case and by invariance/mean-vs-sum; the
-    diagnosis names the constant factor N*T.
+    diagnosis names the factor 1/R and the one convention it equals: every block summed over
+    data without R, which laplace-torch uses (``sum-nll``). A candidate that declares
+    ``Conventions(curvature="sum-nll", empirical_fisher="sum-nll")`` and answers this is
+    correct; declaring only one of the two still leaves the other's checks failing.
     """
 
     killers = (
