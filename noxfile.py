@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -28,6 +29,10 @@ CANDIDATES = {
     "nngeometry": "nngeometry",
 }
 
+# JAX candidate name -> the extra of pyproject.toml that installs its library
+JAX_CANDIDATES = {"kfac-jax": "jax"}
+JAX_ENV = {"JAX_PLATFORMS": "cpu"}
+
 
 def install_project(session: nox.Session, extra: str = "") -> None:
     session.install(*CONSTRAINTS, "torch")
@@ -42,6 +47,28 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", "--dist", "worksteal", "--durations=15", *session.posargs)
 
 
+def run_conformance(
+    session: nox.Session, candidate: str, *command: str, env: dict | None = None
+) -> None:
+    """``command`` with the candidate, its report path, expected failures and the posargs;
+    with --for-matrix a failing check does not fail the session (the matrix records it)."""
+    for_matrix = MATRIX_FLAG in session.posargs
+    arguments = [argument for argument in session.posargs if argument != MATRIX_FLAG]
+    xfail = Path(f"conformance/adapters/xfail/{candidate}.txt")
+    if xfail.is_file():
+        arguments = ["--xfail", str(xfail), *arguments]
+    session.run(
+        *command,
+        "--candidate",
+        candidate,
+        "--report-json",
+        f"reports/{candidate}.json",
+        *arguments,
+        env=env,
+        success_codes=[0, 1] if for_matrix else [0],
+    )
+
+
 @nox.session
 @nox.parametrize("candidate", list(CANDIDATES))
 def conformance(session: nox.Session, candidate: str) -> None:
@@ -51,21 +78,32 @@ def conformance(session: nox.Session, candidate: str) -> None:
     unless it runs for the matrix (which records failures instead).
     """
     install_project(session, CANDIDATES[candidate])
-    for_matrix = MATRIX_FLAG in session.posargs
-    arguments = [argument for argument in session.posargs if argument != MATRIX_FLAG]
-    xfail = Path(f"conformance/adapters/xfail/{candidate}.txt")
-    if xfail.is_file():
-        arguments = ["--xfail", str(xfail), *arguments]
-    session.run(
-        "kfac-conformance",
-        "run",
-        "--candidate",
-        candidate,
-        "--report-json",
-        f"reports/{candidate}.json",
-        *arguments,
-        success_codes=[0, 1] if for_matrix else [0],
-    )
+    run_conformance(session, candidate, "kfac-conformance", "run")
+
+
+def install_jax_runner(session: nox.Session, extra: str) -> None:
+    """The extra's pins, the project's torch-free dependencies, and the project itself without
+    dependencies: torch is never installed, so the JAX runner provably runs without it."""
+    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    torch_free = [d for d in project["dependencies"] if not d.startswith("torch")]
+    session.install(*torch_free, *project["optional-dependencies"][extra])
+    session.install("--no-deps", "-e", ".")
+
+
+@nox.session
+def tests_jax(session: nox.Session) -> None:
+    """The JAX runner's tests, in an environment without torch (kfac-jax and JAX on the CPU)."""
+    install_jax_runner(session, "jax")
+    session.run("pytest", "tests/test_jax_runner.py", *session.posargs, env=JAX_ENV)
+
+
+@nox.session
+@nox.parametrize("candidate", list(JAX_CANDIDATES))
+def conformance_jax(session: nox.Session, candidate: str) -> None:
+    """The stored exactness checks against a JAX candidate, without torch; the JSON report
+    goes to reports/<candidate>.json (see the conformance session for --for-matrix)."""
+    install_jax_runner(session, JAX_CANDIDATES[candidate])
+    run_conformance(session, candidate, "python", "-m", "kfac_conformance.jax", env=JAX_ENV)
 
 
 @nox.session(python=False)
@@ -73,6 +111,8 @@ def matrix(session: nox.Session) -> None:
     """Every conformance session, then docs/conformance-matrix.md from their reports."""
     for candidate in CANDIDATES:
         session.notify(f"conformance(candidate='{candidate}')", posargs=[MATRIX_FLAG])
+    for candidate in JAX_CANDIDATES:
+        session.notify(f"conformance_jax(candidate='{candidate}')", posargs=[MATRIX_FLAG])
     session.notify("matrix_from_reports")
 
 

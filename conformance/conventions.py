@@ -68,6 +68,12 @@ CURVATURE_CONVENTIONS: dict[str, Convention] = {
         "(unit-variance Gaussian, categorical or Bernoulli), averaged over data",
         _per_datum_mean,
     ),
+    "mean-squared-error": Convention(
+        "(1/N) Σ_n J_nᵀ ∇²c'_n J_n with MSE c' = ‖f − y‖² (a Gaussian of variance ½), else the "
+        "negative log-likelihood: kfac-jax's register_squared_error_loss (variance=0.5 in "
+        "kfac_jax/_src/loss_functions.py) with its factors divided by the batch size",
+        lambda q: (2.0 if _mse(q) else 1.0) * _per_datum_mean(q),
+    ),
 }
 
 EMPIRICAL_FISHER_CONVENTIONS: dict[str, Convention] = {
