@@ -100,8 +100,8 @@ def tests_jax(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("candidate", list(JAX_CANDIDATES))
 def conformance_jax(session: nox.Session, candidate: str) -> None:
-    """The stored exactness checks against a JAX candidate, without torch; the JSON report
-    goes to reports/<candidate>.json (see the conformance session for --for-matrix)."""
+    """Exactness and mc/unbiased on the stored cases against a JAX candidate, without torch;
+    the JSON report goes to reports/<candidate>.json (--for-matrix as for conformance)."""
     install_jax_runner(session, JAX_CANDIDATES[candidate])
     run_conformance(session, candidate, "python", "-m", "kfac_conformance.jax", env=JAX_ENV)
 

@@ -7,7 +7,10 @@ cases) and requires the same failures. Importing this module needs JAX and kfac-
 
 from __future__ import annotations
 
+import kfac_jax
+
 from kfac_conformance import conventions
+from kfac_conformance.jax import kfac_jax_candidate
 from kfac_conformance.jax.candidate import Factors
 from kfac_conformance.jax.kfac_jax_candidate import KfacJaxCandidate
 from kfac_conformance.jax.runner import LOSS_CLASSES
@@ -21,8 +24,8 @@ class KroneckerOrderSwapped(KfacJaxCandidate):
     counterpart = "KroneckerOrderSwapped"
     diagnosis = "Kronecker order swapped"
 
-    def compute(self, case: StoredCase, fisher_type: str, flavour: str) -> dict[str, Factors]:
-        result = super().compute(case, fisher_type, flavour)
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        result = super().compute(case, fisher_type, flavour, **mc)
         return {
             layer: Factors(f.B, f.A, f.bias) if f.A.shape == f.B.shape else f
             for layer, f in result.items()
@@ -38,8 +41,8 @@ class ReductionFactorMissing(KfacJaxCandidate):
     diagnosis = "N*T"
     conventions = conventions.TUTORIAL
 
-    def compute(self, case: StoredCase, fisher_type: str, flavour: str) -> dict[str, Factors]:
-        result = super().compute(case, fisher_type, flavour)
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        result = super().compute(case, fisher_type, flavour, **mc)
         loss = LOSS_CLASSES[case.loss]
         summed = {
             "N": case.num_data,
@@ -50,4 +53,45 @@ class ReductionFactorMissing(KfacJaxCandidate):
         return {layer: Factors(f.A, f.B / scale, f.bias) for layer, f in result.items()}
 
 
-MUTANTS = (KroneckerOrderSwapped, ReductionFactorMissing)
+class McNormalisedByM(KfacJaxCandidate):
+    """The MC estimate divided by the number of samples once more (kfac-jax already averages
+    over its ``num_samples``): M times too small."""
+
+    name = "kfac-jax-mc-normalised-by-m"
+    counterpart = "McNormalisedByM"
+    diagnosis = "off by a constant factor"
+
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        result = super().compute(case, fisher_type, flavour, **mc)
+        if fisher_type != "mc":
+            return result
+        samples = mc.get("mc_samples", 1)
+        return {layer: Factors(f.A, f.B / samples, f.bias) for layer, f in result.items()}
+
+
+class McGaussianUnitVariance(KfacJaxCandidate):
+    """MSE registered as a Gaussian of variance 1 (the likelihood of ½‖f − y‖²) while the
+    declared convention is kfac-jax's squared error (variance ½): type-2 and MC are half of
+    what is declared."""
+
+    name = "kfac-jax-mc-gaussian-unit-variance"
+    counterpart = "McGaussianUnitVariance"
+    diagnosis = "off by a constant factor"
+
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        original = kfac_jax_candidate.register_loss
+
+        def unit_variance(loss, output, targets):
+            if loss != "mse":
+                return original(loss, output, targets)
+            kfac_jax.register_normal_predictive_distribution(output, targets, variance=1.0)
+            return 0.0
+
+        kfac_jax_candidate.register_loss = unit_variance
+        try:
+            return super().compute(case, fisher_type, flavour, **mc)
+        finally:
+            kfac_jax_candidate.register_loss = original
+
+
+MUTANTS = (KroneckerOrderSwapped, ReductionFactorMissing, McNormalisedByM, McGaussianUnitVariance)

@@ -1,8 +1,9 @@
 """The conformance checks for KFAC in JAX, run on the stored fixtures with no torch in the process.
 
 ``python -m kfac_conformance.jax --candidate kfac-jax --report-json reports/kfac-jax.json``
-runs the exactness checks of the PyTorch suite (same check ids, tolerances and scale
-conventions) on the stored canonical cases and writes a report in the suite's JSON schema, so
+runs the exactness checks of the PyTorch suite and its ``mc/unbiased`` (same check ids,
+tolerances, statistics and scale conventions) on the stored canonical cases and writes a
+report in the suite's JSON schema, so
 that ``docs/generate_matrix.py`` shows the candidate as one more column. Install with the
 optional extra ``jax`` (``pip install --no-deps -e .`` beside it keeps torch out entirely).
 

@@ -1,4 +1,4 @@
-"""``python -m kfac_conformance.jax``: the stored exactness checks against a JAX candidate."""
+"""``python -m kfac_conformance.jax``: the checks of stored cases against a JAX candidate."""
 
 from __future__ import annotations
 

@@ -68,5 +68,8 @@ class JaxCandidate(Protocol):
     def refusal(self, case: StoredCase, fisher_type: str, flavour: str) -> str | None:
         """Why the candidate does not offer this (``None``: it does)."""
 
-    def compute(self, case: StoredCase, fisher_type: str, flavour: str) -> dict[str, Factors]:
-        """Factors of every parameter layer over all batches of ``case``, in float64."""
+    def compute(
+        self, case: StoredCase, fisher_type: str, flavour: str, mc_samples: int = 1, seed: int = 0
+    ) -> dict[str, Factors]:
+        """Factors of every parameter layer over all batches of ``case``, in float64; MC with
+        ``mc_samples`` labels per datum drawn from ``seed``."""

@@ -1,4 +1,5 @@
-r"""The exactness checks on stored cases, in numpy: compare, and diagnose a mismatch.
+r"""The checks on stored cases, in numpy: exactness (compare, diagnose a mismatch) and the
+statistics of ``mc/unbiased``.
 
 Same check ids, tolerances (:mod:`kfac_conformance.tolerances`) and scale conversion
 (:func:`kfac_conformance.conventions.scale`) as the PyTorch suite's
@@ -106,3 +107,40 @@ def compare_layers(
     )
     pattern = layer_pattern(errors, tolerance, shared_positions)
     return worst, Mismatch(layer, errors[layer], diagnosis), pattern
+
+
+# mc/unbiased as kfac_conformance.checks.monte_carlo runs it (tests/test_jax_separation.py keeps
+# these equal to its constants): 32 seeds (the default profile), 4 samples each, |t| <= 8
+MC_SEEDS = 32
+UNBIASED_SAMPLES = 4
+T_CRITICAL = 8.0
+# its statistical cases that are stored with every layer exact, so that the stored GGN is the
+# target (the PyTorch check falls back on the reference's type-2 KFAC elsewhere)
+MC_CASE_IDS = (
+    "one-datum-mlp[tanh-ce-sum]",
+    "one-datum-mlp[sigmoid-bce-mean]",
+    "deep-linear[mse-mean-3batches]",
+    "expand-deep-linear[1-axis]",
+)
+
+
+def t_statistic(z: np.ndarray, scale: float) -> float:
+    """One-sample t statistic of ``z`` against zero; infinite for a constant nonzero ``z``."""
+    mean, spread = float(z.mean()), float(z.std(ddof=1))
+    if spread <= 1e-12 * scale:
+        return 0.0 if abs(mean) <= 1e-9 * scale else float("inf")
+    return mean / (spread / len(z) ** 0.5)
+
+
+def unbiased_statistics(estimates: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:
+    r"""The scale and direction t statistics of MC estimates (one flattened result per row)
+    and the mean estimate along the target over the target (see
+    ``kfac_conformance.checks.monte_carlo``): :math:`z_k = \langle X_k - T, T\rangle/\|T\|^2`;
+    the first half of the seeds estimates the bias direction, the second is tested along it."""
+    errors = estimates - target
+    norm2 = float(target @ target)
+    scale_z = errors @ target / norm2
+    half = len(errors) // 2
+    direction = errors[:half].mean(0)
+    direction_z = errors[half:] @ direction / (float(np.linalg.norm(direction)) * norm2**0.5 or 1.0)
+    return t_statistic(scale_z, 1.0), t_statistic(direction_z, 1.0), 1 + float(scale_z.mean())

@@ -8,9 +8,10 @@ How kfac-jax is asked (kfac-jax 0.0.8, ``kfac_jax/_src``):
   ``register_softmax_cross_entropy_loss`` (CE, the class axis moved last) or
   ``register_sigmoid_cross_entropy_loss`` (BCE-with-logits); layers are found by kfac-jax's
   graph matcher (``auto_register_tags``, dense and conv2d tags);
-- ``BlockDiagonalCurvature.update_curvature_matrix_estimate`` once per batch with
-  ``estimation_mode`` ``ggn_exact`` (type-2), ``fisher_gradients`` (MC) or
-  ``fisher_empirical`` (empirical), ``batch_size`` the batch's size and the moving-average
+- ``BlockDiagonalCurvature.update_curvature_matrix_estimate`` (jitted) once per batch with
+  ``estimation_mode`` ``ggn_exact`` (type-2), ``fisher_gradients`` (MC, ``num_samples`` the
+  request's samples, the seed through the ``rng`` key) or ``fisher_empirical`` (empirical),
+  ``batch_size`` the batch's size and the moving-average
   weights ``ema_old = n/(n + M)``, ``ema_new = M/(n + M)`` after ``n`` data, so that the state
   holds the mean over all data of every factor;
 - a layer's block is ``block.scale(state, False) * kron(factors[0], factors[1])``
@@ -30,6 +31,7 @@ curvature of :math:`\|f-y\|^2` (MSE) or of the negative log-likelihood (CE, BCE)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import jax
@@ -97,18 +99,58 @@ def to_suite_layout(spec: list, A: np.ndarray, G: np.ndarray, scale: float, bias
     return Factors(A=A, B=scale * G, bias="joint" if bias else "none")
 
 
+@dataclass
+class _Estimation:
+    """kfac-jax's estimator for one case and one number of MC samples, its initial state and
+    one compiled update per (estimation mode, batch size)."""
+
+    estimator: kfac_jax.BlockDiagonalCurvature
+    params: network.Params
+    batches: list[tuple[jax.Array, jax.Array]]
+    initial: object
+    updates: dict = field(default_factory=dict)
+
+    def update(self, mode: str, size: int):
+        if (mode, size) not in self.updates:
+
+            def update(state, rng, batch, ema_old, ema_new):
+                return self.estimator.update_curvature_matrix_estimate(
+                    state,
+                    ema_old=ema_old,
+                    ema_new=ema_new,
+                    identity_weight=0.0,
+                    batch_size=size,
+                    rng=rng,
+                    func_args=(self.params, batch),
+                    estimation_mode=mode,
+                )
+
+            self.updates[mode, size] = jax.jit(update)
+        return self.updates[mode, size]
+
+    def run(self, mode: str, seed: int):
+        """The state after every batch, weighted so that it holds the mean over all data."""
+        state, seen = self.initial, 0
+        for index, batch in enumerate(self.batches):
+            size = batch[0].shape[0]
+            rng = jax.random.fold_in(jax.random.PRNGKey(seed), index)
+            state = self.update(mode, size)(
+                state, rng, batch, seen / (seen + size), size / (seen + size)
+            )
+            seen += size
+        return state
+
+
 class KfacJaxCandidate:
     name = "kfac-jax"
     conventions = Conventions(curvature="mean-squared-error", empirical_fisher="mean-squared-error")
-    mc_samples = 1
 
     def __init__(self) -> None:
         try:
             self.version = version("kfac-jax")
         except PackageNotFoundError:
             self.version = None
-        # expand and (where no axis is shared) reduce are the same computation
-        self._computed: dict[tuple[str, str], dict[str, Factors]] = {}
+        self._estimations: dict[tuple[str, int], _Estimation] = {}
 
     def refusal(self, case: StoredCase, fisher_type: str, flavour: str) -> str | None:
         if fisher_type not in ESTIMATION_MODES:
@@ -120,44 +162,38 @@ class KfacJaxCandidate:
             )
         return None
 
-    def compute(self, case: StoredCase, fisher_type: str, flavour: str) -> dict[str, Factors]:
+    def compute(
+        self, case: StoredCase, fisher_type: str, flavour: str, mc_samples: int = 1, seed: int = 0
+    ) -> dict[str, Factors]:
         reason = self.refusal(case, fisher_type, flavour)
         if reason is not None:
             raise Refused(reason)
-        key = (case.id, fisher_type)
-        if key not in self._computed:
-            self._computed[key] = self._estimate(case, fisher_type)
-        return self._computed[key]
+        # expand and (without shared axes) reduce are one computation; only MC uses the samples
+        samples = mc_samples if fisher_type == "mc" else 1
+        estimation = self._estimation(case, samples)
+        state = estimation.run(ESTIMATION_MODES[fisher_type], seed)
+        return self._factors(case, estimation.estimator, state)
 
-    def _estimate(self, case: StoredCase, fisher_type: str) -> dict[str, Factors]:
-        apply = network.build(case.architecture)
+    def _estimation(self, case: StoredCase, mc_samples: int) -> _Estimation:
+        key = (case.id, mc_samples)
+        if key not in self._estimations:
+            apply = network.build(case.architecture)
 
-        def loss_function(params, batch):
-            X, y = batch
-            return register_loss(case.loss, apply(params, X), y)
+            def loss_function(params, batch):
+                X, y = batch
+                return register_loss(case.loss, apply(params, X), y)
 
-        estimator = kfac_jax.BlockDiagonalCurvature(func=loss_function, num_samples=self.mc_samples)
-        params = network.jax_params(case)
-        batches = [(jnp.asarray(X), jnp.asarray(y)) for X, y in case.batches]
-        rng = jax.random.PRNGKey(0)
-        state = estimator.init(
-            rng, (params, batches[0]), exact_powers_to_cache=None, approx_powers_to_cache=None
-        )
-        seen = 0
-        for index, batch in enumerate(batches):
-            size = batch[0].shape[0]
-            state = estimator.update_curvature_matrix_estimate(
-                state,
-                ema_old=seen / (seen + size),
-                ema_new=size / (seen + size),
-                identity_weight=0.0,
-                batch_size=size,
-                rng=jax.random.fold_in(rng, index),
-                func_args=(params, batch),
-                estimation_mode=ESTIMATION_MODES[fisher_type],
+            estimator = kfac_jax.BlockDiagonalCurvature(func=loss_function, num_samples=mc_samples)
+            params = network.jax_params(case)
+            batches = [(jnp.asarray(X), jnp.asarray(y)) for X, y in case.batches]
+            initial = estimator.init(
+                jax.random.PRNGKey(0),
+                (params, batches[0]),
+                exact_powers_to_cache=None,
+                approx_powers_to_cache=None,
             )
-            seen += size
-        return self._factors(case, estimator, state)
+            self._estimations[key] = _Estimation(estimator, params, batches, initial)
+        return self._estimations[key]
 
     def _factors(self, case: StoredCase, estimator, state) -> dict[str, Factors]:
         result = {}

@@ -19,12 +19,23 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 
 from kfac_conformance import conventions
 from kfac_conformance.expected_failures import ExpectedFailure, match
 from kfac_conformance.jax import network, stored
-from kfac_conformance.jax.candidate import JaxCandidate, Refused
-from kfac_conformance.jax.checks import CURVATURE, EXACTNESS_CHECKS, NAMES, compare_layers
+from kfac_conformance.jax.candidate import JaxCandidate, Refused, dense_block
+from kfac_conformance.jax.checks import (
+    CURVATURE,
+    EXACTNESS_CHECKS,
+    MC_CASE_IDS,
+    MC_SEEDS,
+    NAMES,
+    T_CRITICAL,
+    UNBIASED_SAMPLES,
+    compare_layers,
+    unbiased_statistics,
+)
 from kfac_conformance.tolerances import round_off_tolerance
 
 SCHEMA_VERSION = 1
@@ -56,18 +67,25 @@ def load_candidate(spec: str) -> JaxCandidate:
     return getattr(importlib.import_module(module), attribute)()
 
 
+MC_UNBIASED = "mc/unbiased"
+
+
 def plan(
     case_ids: Sequence[str] | None = None, check_ids: Sequence[str] | None = None
 ) -> list[Item]:
-    """Every exactness check on every stored canonical case that claims it."""
+    """Every exactness check on every stored canonical case that claims it, then
+    ``mc/unbiased`` on :data:`~kfac_conformance.jax.checks.MC_CASE_IDS`."""
+    selected = list(case_ids) if case_ids is not None else stored.case_ids()
     items = []
     for check_id, fisher_type, flavour in EXACTNESS_CHECKS:
         if check_ids is not None and check_id not in check_ids:
             continue
-        for case_id in case_ids if case_ids is not None else stored.case_ids():
+        for case_id in selected:
             case = stored.load(case_id)
             if case.kind == "canonical" and case.exact_layers(fisher_type, flavour):
                 items.append(Item(check_id, fisher_type, flavour, case_id))
+    if check_ids is None or MC_UNBIASED in check_ids:
+        items += [Item(MC_UNBIASED, "mc", "expand", c) for c in MC_CASE_IDS if c in selected]
     return items
 
 
@@ -114,7 +132,12 @@ def run_item(candidate: JaxCandidate, item: Item, command: str) -> dict:
     try:
         if refusal is not None:
             raise Refused(refusal)
-        computed = candidate.compute(case, item.fisher_type, item.flavour)
+        if item.check_id == MC_UNBIASED:
+            outcome = _unbiased(candidate, case)
+        else:
+            outcome = _compare(
+                candidate, item, case, candidate.compute(case, item.fisher_type, item.flavour)
+            )
     except Refused as refused:
         result.update(
             status="skipped", message=f"not supported (refused by the candidate): {refused}"
@@ -123,7 +146,7 @@ def run_item(candidate: JaxCandidate, item: Item, command: str) -> dict:
         trace = traceback.format_exception_only(type(exception), exception)
         result.update(status="error", message="candidate raised " + "".join(trace).strip())
     else:
-        result.update(_compare(candidate, item, case, computed))
+        result.update(outcome)
     result["duration_s"] = time.perf_counter() - start
     return result
 
@@ -159,6 +182,41 @@ def _compare(candidate: JaxCandidate, item: Item, case: stored.StoredCase, compu
     )
     diagnosis = "; ".join(part for part in (mismatch.diagnosis, pattern) if part) or None
     return {**fields, "status": "failed", "message": message, "diagnosis": diagnosis}
+
+
+def _flat(result: dict, layers: list[str], scale: float) -> np.ndarray:
+    return np.concatenate([(dense_block(result[layer]) / scale).ravel() for layer in layers])
+
+
+def _unbiased(candidate: JaxCandidate, case: stored.StoredCase) -> dict:
+    """``mc/unbiased``: the mean of MC KFAC over seeds is the exact GGN (two t-tests)."""
+    counts, _ = problem_counts(case)
+    scale = conventions.scale(candidate.conventions, "mc", quantities(case, counts))
+    estimates = np.stack(
+        [
+            _flat(
+                candidate.compute(case, "mc", "expand", mc_samples=UNBIASED_SAMPLES, seed=seed),
+                case.layers,
+                scale,
+            )
+            for seed in range(MC_SEEDS)
+        ]
+    )
+    ggn = case.exact("ggn")
+    target = np.concatenate([ggn[layer].ravel() for layer in case.layers])
+    scale_t, direction_t, ratio = unbiased_statistics(estimates, target)
+    worst = max(abs(scale_t), abs(direction_t))
+    fields = {"observed": worst, "tolerance": T_CRITICAL}
+    for what, t in (("scale", scale_t), ("direction", direction_t)):
+        if not abs(t) <= T_CRITICAL:
+            message = (
+                f"MC KFAC is biased ({what} test): |t| = {abs(t):.3g} > {T_CRITICAL} over "
+                f"{MC_SEEDS} seeds with mc_samples={UNBIASED_SAMPLES}; mean estimate / type-2 "
+                f"along the target = {ratio:.4g}"
+            )
+            diagnosis = f"off by a constant factor x {ratio:.4g}?" if what == "scale" else None
+            return {**fields, "status": "failed", "message": message, "diagnosis": diagnosis}
+    return fields
 
 
 def apply_expected_failures(result: dict, expected: Sequence[ExpectedFailure]) -> dict:
@@ -199,7 +257,7 @@ def report(spec: str, candidate: JaxCandidate, items: Sequence[Item], results: l
         "jax_version": _version("jax"),
         "conventions": candidate.conventions.describe(),
         "device": "cpu",
-        "profile": "stored-exactness",
+        "profile": "stored-cases",
         "timeout_s": None,
         "isolate": False,
         "summary": summary,
