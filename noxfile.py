@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -40,14 +41,18 @@ CANDIDATES = {
 # torchvision when present, and the PyPI torchvision wheel does not load beside the CPU build
 # of torch ("operator torchvision::nms does not exist"); without it torchmetrics works
 REMOVE_AFTER_INSTALL = {"laplace": ("torchvision",)}
+# JAX candidate name -> the extra of pyproject.toml that installs its library
+JAX_CANDIDATES = {"kfac-jax": "jax"}
+JAX_ENV = {"JAX_PLATFORMS": "cpu"}
 
 
 def install_project(session: nox.Session, extra: str = "") -> None:
     session.install(*CONSTRAINTS, "torch")
     target = f".[test,{extra}]" if extra else ".[test]"
     session.install(*CONSTRAINTS, "-e", target)
-    for package in REMOVE_AFTER_INSTALL.get(extra, ()):
-        session.run("python", "-m", "pip", "uninstall", "--yes", package)
+    for name in extra.split(","):
+        for package in REMOVE_AFTER_INSTALL.get(name, ()):
+            session.run("python", "-m", "pip", "uninstall", "--yes", package)
 
 
 @nox.session
@@ -55,6 +60,28 @@ def tests(session: nox.Session) -> None:
     """The project's own test suite (the README's test command)."""
     install_project(session)
     session.run("pytest", "-n", "2", "--dist", "worksteal", "--durations=15", *session.posargs)
+
+
+def run_conformance(
+    session: nox.Session, candidate: str, *command: str, env: dict | None = None
+) -> None:
+    """``command`` with the candidate, its report path, expected failures and the posargs;
+    with --for-matrix a failing check does not fail the session (the matrix records it)."""
+    for_matrix = MATRIX_FLAG in session.posargs
+    arguments = [argument for argument in session.posargs if argument != MATRIX_FLAG]
+    xfail = Path(f"conformance/adapters/xfail/{candidate}.txt")
+    if xfail.is_file():
+        arguments = ["--xfail", str(xfail), *arguments]
+    session.run(
+        *command,
+        "--candidate",
+        candidate,
+        "--report-json",
+        f"reports/{candidate}.json",
+        *arguments,
+        env=env,
+        success_codes=[0, 1] if for_matrix else [0],
+    )
 
 
 @nox.session
@@ -68,23 +95,33 @@ def conformance(session: nox.Session, candidate: str) -> None:
     """
     # "report": matplotlib, for the heatmaps of the HTML report
     install_project(session, ",".join(filter(None, [CANDIDATES[candidate], "report"])))
-    for_matrix = MATRIX_FLAG in session.posargs
-    arguments = [argument for argument in session.posargs if argument != MATRIX_FLAG]
-    xfail = Path(f"conformance/adapters/xfail/{candidate}.txt")
-    if xfail.is_file():
-        arguments = ["--xfail", str(xfail), *arguments]
-    session.run(
-        "kfac-conformance",
-        "run",
-        "--candidate",
-        candidate,
-        "--report-json",
-        f"reports/{candidate}.json",
-        "--report-html",
-        f"reports/{candidate}.html",
-        *arguments,
-        success_codes=[0, 1] if for_matrix else [0],
-    )
+    html = ("--report-html", f"reports/{candidate}.html")
+    run_conformance(session, candidate, "kfac-conformance", "run", *html)
+
+
+def install_jax_runner(session: nox.Session, extra: str) -> None:
+    """The extra's pins, the project's torch-free dependencies, and the project itself without
+    dependencies: torch is never installed, so the JAX runner provably runs without it."""
+    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    torch_free = [d for d in project["dependencies"] if not d.startswith("torch")]
+    session.install(*torch_free, *project["optional-dependencies"][extra])
+    session.install("--no-deps", "-e", ".")
+
+
+@nox.session
+def tests_jax(session: nox.Session) -> None:
+    """The JAX runner's tests, in an environment without torch (kfac-jax and JAX on the CPU)."""
+    install_jax_runner(session, "jax")
+    session.run("pytest", "tests/test_jax_runner.py", *session.posargs, env=JAX_ENV)
+
+
+@nox.session
+@nox.parametrize("candidate", list(JAX_CANDIDATES))
+def conformance_jax(session: nox.Session, candidate: str) -> None:
+    """Exactness and mc/unbiased on the stored cases against a JAX candidate, without torch;
+    the JSON report goes to reports/<candidate>.json (--for-matrix as for conformance)."""
+    install_jax_runner(session, JAX_CANDIDATES[candidate])
+    run_conformance(session, candidate, "python", "-m", "kfac_conformance.jax", env=JAX_ENV)
 
 
 @nox.session(python=False)
@@ -92,6 +129,8 @@ def matrix(session: nox.Session) -> None:
     """Every conformance session, then docs/conformance-matrix.md from their reports."""
     for candidate in CANDIDATES:
         session.notify(f"conformance(candidate='{candidate}')", posargs=[MATRIX_FLAG])
+    for candidate in JAX_CANDIDATES:
+        session.notify(f"conformance_jax(candidate='{candidate}')", posargs=[MATRIX_FLAG])
     session.notify("matrix_from_reports")
 
 

@@ -71,7 +71,7 @@ CURVATURE_CONVENTIONS: dict[str, Convention] = {
     "mean-squared-error": Convention(
         "(1/N) Σ_n J_nᵀ ∇²c'_n J_n with MSE c' = ‖f − y‖², the negative log-likelihood of a "
         "Gaussian with variance ½ (kronfluence 1.0.1: the mean over examples of its Task's "
-        "summed loss, examples/uci samples y ~ N(f, ½); kfac-jax's squared-error loss)",
+        "summed loss, examples/uci samples y ~ N(f, ½); kfac-jax 0.0.8: register_squared_error_loss, variance=0.5 in kfac_jax/_src/loss_functions.py, with its factors divided by the batch size)",
         lambda q: (2.0 if _mse(q) else 1.0) * _per_datum_mean(q),
     ),
     "sum-nll": Convention(

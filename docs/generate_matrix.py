@@ -45,6 +45,7 @@ SYMBOLS = {
     "xpassed": "X",
 }
 REFUSED_BY_CANDIDATE = "refused by the candidate"
+NOT_USED = "not used"  # the torch_version of a report of the JAX runner
 FINDING_ID = re.compile(r"expected failure \(([A-Z]\d+)")
 
 
@@ -156,8 +157,13 @@ def render(reports: list[dict]) -> str:
             f"| {outcomes.count('refused')} | {outcomes.count('skipped')} "
             f"| {summary['xfailed']} | {summary['xpassed']} |"
         )
-    torch_versions = sorted({r.get("torch_version", "?") for r in reports})
-    lines += ["", f"torch: {', '.join(torch_versions)}.", "", "## Checks", ""]
+    torch_versions = sorted({r.get("torch_version", "?") for r in reports} - {NOT_USED})
+    versions = f"torch: {', '.join(torch_versions)}."
+    # the JAX runner's reports (kfac_conformance.jax) name JAX instead of torch
+    jax_versions = sorted({r["jax_version"] for r in reports if r.get("jax_version")})
+    if jax_versions:
+        versions += f" jax: {', '.join(jax_versions)} (JAX runner: exactness and mc/unbiased on stored cases only)."
+    lines += ["", versions, "", "## Checks", ""]
     lines.append("| check | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))
     by_key = grouped_by_row(reports)

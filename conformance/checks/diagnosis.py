@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from kfac_conformance.checks.base import CheckFailed, Measurement
-from kfac_conformance.compare import diagnose, kfac_pattern, layer_pattern, relative_error, restrict
+from kfac_conformance.compare import diagnose, kfac_pattern, relative_error, restrict
 from kfac_conformance.problem import Problem
 from kfac_conformance.session import compare_blocks
+from kfac_conformance.tolerances import layer_pattern
 from kfac_ref.factors import KroneckerFactors
 
 

@@ -1,0 +1,97 @@
+"""Deliberately wrong JAX candidates: kfac-jax with one bug of the PyTorch bug zoo each.
+
+``counterpart`` names the mutant of ``tests/zoo`` with the same bug; ``tests/test_jax_runner.py``
+runs each on the killers of its counterpart that the JAX runner has (exactness items of stored
+cases) and requires the same failures. Importing this module needs JAX and kfac-jax.
+"""
+
+from __future__ import annotations
+
+import kfac_jax
+
+from kfac_conformance import conventions
+from kfac_conformance.jax import kfac_jax_candidate
+from kfac_conformance.jax.candidate import Factors
+from kfac_conformance.jax.kfac_jax_candidate import KfacJaxCandidate
+from kfac_conformance.jax.runner import LOSS_CLASSES
+from kfac_conformance.jax.stored import StoredCase
+
+
+class KroneckerOrderSwapped(KfacJaxCandidate):
+    """A and B exchanged where their shapes allow it (a column-major flattening)."""
+
+    name = "kfac-jax-kronecker-order-swapped"
+    counterpart = "KroneckerOrderSwapped"
+    diagnosis = "Kronecker order swapped"
+
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        result = super().compute(case, fisher_type, flavour, **mc)
+        return {
+            layer: Factors(f.B, f.A, f.bias) if f.A.shape == f.B.shape else f
+            for layer, f in result.items()
+        }
+
+
+class ReductionFactorMissing(KfacJaxCandidate):
+    """Declares the tutorial's scale but converts kfac-jax's blocks with the ``R`` of a summed
+    loss whatever the reduction: a mean-reduced loss gets the KFAC of the summed one."""
+
+    name = "kfac-jax-reduction-factor-missing"
+    counterpart = "ReductionFactorMissing"
+    diagnosis = "N*T"
+    conventions = conventions.TUTORIAL
+
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        result = super().compute(case, fisher_type, flavour, **mc)
+        loss = LOSS_CLASSES[case.loss]
+        summed = {
+            "N": case.num_data,
+            "R": conventions.reduction_factor(loss, "sum", 1, 1),
+            "loss": loss,
+        }
+        scale = conventions.scale(KfacJaxCandidate.conventions, fisher_type, summed)
+        return {layer: Factors(f.A, f.B / scale, f.bias) for layer, f in result.items()}
+
+
+class McNormalisedByM(KfacJaxCandidate):
+    """The MC estimate divided by the number of samples once more (kfac-jax already averages
+    over its ``num_samples``): M times too small."""
+
+    name = "kfac-jax-mc-normalised-by-m"
+    counterpart = "McNormalisedByM"
+    diagnosis = "off by a constant factor"
+
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        result = super().compute(case, fisher_type, flavour, **mc)
+        if fisher_type != "mc":
+            return result
+        samples = mc.get("mc_samples", 1)
+        return {layer: Factors(f.A, f.B / samples, f.bias) for layer, f in result.items()}
+
+
+class McGaussianUnitVariance(KfacJaxCandidate):
+    """MSE registered as a Gaussian of variance 1 (the likelihood of ½‖f − y‖²) while the
+    declared convention is kfac-jax's squared error (variance ½): type-2 and MC are half of
+    what is declared."""
+
+    name = "kfac-jax-mc-gaussian-unit-variance"
+    counterpart = "McGaussianUnitVariance"
+    diagnosis = "off by a constant factor"
+
+    def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:
+        original = kfac_jax_candidate.register_loss
+
+        def unit_variance(loss, output, targets):
+            if loss != "mse":
+                return original(loss, output, targets)
+            kfac_jax.register_normal_predictive_distribution(output, targets, variance=1.0)
+            return 0.0
+
+        kfac_jax_candidate.register_loss = unit_variance
+        try:
+            return super().compute(case, fisher_type, flavour, **mc)
+        finally:
+            kfac_jax_candidate.register_loss = original
+
+
+MUTANTS = (KroneckerOrderSwapped, ReductionFactorMissing, McNormalisedByM, McGaussianUnitVariance)

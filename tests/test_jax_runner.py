@@ -1,0 +1,130 @@
+"""The JAX runner: kfac-jax against the stored fixtures, with no torch in the process.
+
+Skips without the optional extra ``jax`` (run it with ``nox -s tests_jax``, which installs no
+torch at all).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "jax", reason="the JAX runner needs the optional extra 'jax' (nox -s tests_jax)"
+)
+pytest.importorskip("kfac_jax", reason="the JAX runner needs kfac-jax (nox -s tests_jax)")
+
+from jax_mutants import MUTANTS  # noqa: E402
+
+from kfac_conformance.jax import runner  # noqa: E402
+from kfac_conformance.jax.kfac_jax_candidate import _torch_patch_order  # noqa: E402
+
+ZOO = Path(__file__).parent / "zoo"
+# items of the stored cases that kfac-jax must pass: one per loss and reduction, several
+# batches, a convolution; each takes seconds
+PASSING = [
+    "exactness/type-2-expand[one-datum-mlp[tanh-ce-mean]]",
+    "exactness/type-2-expand[one-datum-mlp[sigmoid-bce-mean]]",
+    "exactness/type-2-expand[one-datum-mlp[relu-mse-sum]]",
+    "exactness/empirical-expand[one-datum-mlp[tanh-ce-sum]]",
+    "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
+    "exactness/type-2-expand[conv-expand[1x1-per-pixel-mse]]",
+]
+BLOCK_TORCH = """
+import sys
+
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this process ({name})")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+def run_items(spec: str, item_ids: list[str]) -> dict[str, dict]:
+    items = [item for item in runner.plan() if item.id in item_ids]
+    assert len(items) == len(item_ids), f"not all of {item_ids} are planned"
+    document = runner.run(spec, items)
+    return {result["id"]: result for result in document["results"]}
+
+
+def test_the_runner_works_with_torch_unimportable(tmp_path: Path):
+    report = tmp_path / "kfac-jax.json"
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        import runpy
+        sys.argv = ["kfac_conformance.jax", "--candidate", "kfac-jax", "--item", {PASSING[0]!r},
+                    "--report-json", {str(report)!r}]
+        try:
+            runpy.run_module("kfac_conformance.jax", run_name="__main__")
+        except SystemExit as exit:
+            print("torch imported:", "torch" in sys.modules)
+            raise
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "torch imported: False" in done.stdout
+    document = json.loads(report.read_text())
+    assert document["schema_version"] == 1 and document["complete"]
+    assert document["torch_version"] == "not used"
+    assert [r["status"] for r in document["results"]] == ["passed"]
+
+
+def test_kfac_jax_passes_where_kfac_is_exact():
+    results = run_items("kfac-jax", PASSING)
+    assert sorted(results) == sorted(PASSING)
+    for item, result in results.items():
+        assert result["status"] == "passed", (item, result["message"], result["diagnosis"])
+        assert result["observed"] <= result["tolerance"] == 1e-10
+
+
+def test_kfac_jax_reduce_on_shared_axes_is_refused_as_the_matrix_counts_refusals():
+    item = "exactness/type-2-reduce[conv-reduce[stride2-pad1-mean-pool]]"
+    result = run_items("kfac-jax", [item])[item]
+    assert result["status"] == "skipped"
+    assert "refused by the candidate" in result["message"]  # docs/generate_matrix.py's marker
+
+
+def zoo_killers(mutant: str) -> tuple[str, ...]:
+    """The ``killers`` of a PyTorch zoo mutant, read from the source (importing it needs torch)."""
+    for path in sorted(ZOO.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name == mutant:
+                for statement in node.body:
+                    if isinstance(statement, ast.Assign) and statement.targets[0].id == "killers":
+                        return ast.literal_eval(statement.value)
+    raise LookupError(f"no mutant {mutant} with killers in {ZOO}")
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.__name__)
+def test_a_wrong_jax_candidate_fails_the_killers_of_its_pytorch_counterpart(mutant):
+    counterpart_killers = zoo_killers(mutant.counterpart)
+    killers = [  # a killer names an item or a whole check, as in tests/test_zoo.py
+        item.id
+        for item in runner.plan()
+        if item.id in counterpart_killers or item.check_id in counterpart_killers
+    ]
+    assert killers, f"no killer of {mutant.counterpart} is an item of the JAX runner"
+    results = run_items(f"jax_mutants:{mutant.__name__}", killers)
+    for killer in killers:
+        assert results[killer]["status"] == "failed", results[killer]
+        assert mutant.diagnosis in results[killer]["diagnosis"], results[killer]
+    right = run_items("kfac-jax", killers)
+    assert [result["status"] for result in right.values()] == ["passed"] * len(killers)
+
+
+def test_patches_are_reordered_from_kfac_jax_to_pytorch_order():
+    """A HWIO kernel's rows ``(kh, kw, c_in)``, reordered, are PyTorch's ``(c_in, kh, kw)``."""
+    c_out, c_in, kernel_h, kernel_w = 2, 3, 4, 5
+    weight = np.arange(c_out * c_in * kernel_h * kernel_w).reshape(c_out, c_in, kernel_h, kernel_w)
+    rows = weight.transpose(2, 3, 1, 0).reshape(-1, c_out)
+    order = _torch_patch_order(kernel_h, kernel_w, c_in)
+    np.testing.assert_array_equal(rows[order], weight.reshape(c_out, -1).T)

@@ -1,0 +1,87 @@
+"""The JAX runner stays apart from torch, and the core install from JAX (no JAX needed here).
+
+The runtime proof is ``tests/test_jax_runner.py`` (torch blocked in a subprocess; run by
+``nox -s tests_jax`` where torch is not even installed); this is the static half that CI runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {"kfac_conformance": ROOT / "conformance", "kfac_ref": ROOT / "kfac_ref"}
+FORBIDDEN = ("torch", "kfac_ref")
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a first-party module, ``None`` for third-party ones."""
+    top, _, rest = name.partition(".")
+    if top not in PACKAGE_DIRS:
+        return None
+    path = PACKAGE_DIRS[top].joinpath(*rest.split(".")) if rest else PACKAGE_DIRS[top]
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_jax_runner_imports_no_torch_even_indirectly():
+    start = sorted((ROOT / "conformance" / "jax").glob("*.py"))
+    seen, queue, offenders = set(), list(start), []
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_modules(path):
+            if name.partition(".")[0] in FORBIDDEN:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+            target = module_file(name)
+            if target is not None and target.is_file():
+                queue.append(target)
+    assert len(seen) > len(start), "the walk follows first-party imports"
+    assert not offenders, offenders
+
+
+def test_the_core_install_pulls_no_jax_and_the_extra_pins_working_versions():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if "jax" in d.lower()]
+    extra = project["optional-dependencies"]["jax"]
+    # kfac-jax 0.0.8 crashes at its first curvature update on jax >= 0.9.2 (docs/findings.md)
+    for pin in ("jax==0.9.1", "jaxlib==0.9.1", "kfac-jax==0.0.8"):
+        assert pin in extra, (pin, extra)
+    assert (
+        "kfac_conformance.jax"
+        in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+
+
+def test_the_jax_mc_check_is_the_pytorch_one():
+    """``mc/unbiased`` of the JAX runner (numpy only: importable here) uses the PyTorch check's
+    constants, on its statistical cases whose stored blocks are exact on every layer."""
+    from kfac_conformance import fixtures
+    from kfac_conformance.checks import monte_carlo
+    from kfac_conformance.jax import checks
+    from kfac_conformance.profiles import PROFILES
+
+    assert checks.MC_SEEDS == PROFILES["default"].mc_seeds
+    assert checks.UNBIASED_SAMPLES == monte_carlo.UNBIASED_SAMPLES
+    assert checks.T_CRITICAL == monte_carlo.T_CRITICAL
+    index = fixtures.load_index()["cases"]
+    all_exact = {
+        case_id
+        for case_id, record in index.items()
+        if set(record["exact"].get("type-2/expand", [])) == set(record["layers"])
+    }
+    assert set(checks.MC_CASE_IDS) == monte_carlo.STATISTICAL_CASE_IDS & all_exact
