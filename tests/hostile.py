@@ -7,7 +7,9 @@ calls, so that a run can show the checks after it still pass.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 import time
 from collections.abc import Mapping
 
@@ -69,6 +71,13 @@ class Hanging(Hostile):
 class ExitingProcess(Hostile):
     def misbehave(self, problem, request):
         os._exit(EXIT_CODE)
+
+
+class Segfaulting(Hostile):
+    """Reads address 0, as a broken C extension might: the process dies of SIGSEGV."""
+
+    def misbehave(self, problem, request):
+        ctypes.string_at(0)
 
 
 class ExitingOnSecondCall(Hostile):
@@ -196,6 +205,28 @@ class MutatesParameters(Hostile):
         return result
 
 
+class LeavesMutatingThread(Hostile):
+    """Returns a correct result but leaves a thread that keeps writing to the parameters (for
+    :data:`HANG_SECONDS`), as an asynchronous optimizer step might."""
+
+    def misbehave(self, problem, request):
+        result = reference(problem, request)
+        parameter = next(problem.model.parameters())
+        wrote = threading.Event()
+
+        def keep_writing() -> None:
+            deadline = time.monotonic() + HANG_SECONDS
+            while time.monotonic() < deadline:
+                with torch.no_grad():
+                    parameter.add_(1.0)
+                wrote.set()
+                time.sleep(0.001)
+
+        threading.Thread(target=keep_writing, daemon=True).start()
+        wrote.wait()  # so that the harness sees at least one write
+        return result
+
+
 class LeavesHook(Hostile):
     def misbehave(self, problem, request):
         problem.model.get_submodule(problem.layers[0]).register_forward_hook(
@@ -214,6 +245,12 @@ class ChangesDefaultDtype(Hostile):
 class UsesGlobalRNG(Hostile):
     def misbehave(self, problem, request):
         torch.rand(1)
+        return reference(problem, request)
+
+
+class ReseedsGlobalRNG(Hostile):
+    def misbehave(self, problem, request):
+        torch.manual_seed(1234)
         return reference(problem, request)
 
 
