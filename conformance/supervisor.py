@@ -21,12 +21,14 @@ import time
 from itertools import count
 
 from kfac_conformance.runner import Item, Result, describe_death, error_result
-from kfac_conformance.worker import READY, LoadFailed, WorkerConfig, serve
+from kfac_conformance.worker import LoadFailed, WorkerConfig, serve
 
 # what the fork server imports once, so that each worker starts with it imported
 PRELOAD = ["kfac_conformance.worker"]
 TAIL_LINES = 20
 TAIL_BYTES = 4096
+# a fresh worker loads the candidate and plans; this bounds it apart from the checks' --timeout
+START_TIMEOUT_S = 120.0
 
 
 def _tail(path: str) -> str:
@@ -51,7 +53,6 @@ class _Worker:
         )
         self.process.start()
         child_end.close()
-        self.ready = False
 
     def send(self, item_id: str) -> None:
         try:
@@ -108,7 +109,6 @@ class Supervisor:
         self._logs = tempfile.mkdtemp(prefix="kfac-conformance-worker-")
         self._numbers = count(1)
         self._worker: _Worker | None = None
-        self.workers_started = 0
 
     def __enter__(self) -> Supervisor:
         return self
@@ -122,45 +122,43 @@ class Supervisor:
             self._worker = None
         shutil.rmtree(self._logs, ignore_errors=True)
 
-    def _start(self) -> _Worker:
-        self.workers_started += 1
-        log_path = os.path.join(self._logs, f"worker-{next(self._numbers)}.log")
-        return _Worker(self._context, self.config, log_path)
-
     def execute(self, item: Item, timeout: float | None) -> Result | None:
         """Run ``item`` in the worker; ``None`` when it timed out (the worker is then killed).
 
-        ``timeout`` bounds the item's run, and separately the start of a fresh worker.
+        ``timeout`` bounds the item's run; the start of a fresh worker (loading the candidate
+        and planning) is bounded apart, by :data:`START_TIMEOUT_S`.
         """
         start = time.perf_counter()
-        if self._worker is None:
-            self._worker = self._start()
+        problem = self._ready_worker()
+        if problem is not None:
+            return error_result(item, problem, start)
         worker = self._worker
         try:
-            if not worker.ready:
-                message = worker.receive(timeout)
-                if isinstance(message, LoadFailed):
-                    raise _Failed(f"the worker could not load the candidate: {message.message}")
-                assert message == READY, message
-                worker.ready = True
             worker.send(item.id)
-            result = worker.receive(timeout)
+            return worker.receive(timeout)
         except TimeoutError:
-            self._discard()
+            worker.end()
+            self._worker = None
             return None
         except EOFError:
             self._worker = None
-            result = error_result(item, worker.death(), start)
-        except _Failed as failure:
-            self._discard()
-            result = error_result(item, str(failure), start)
-        return result
+            return error_result(item, worker.death(), start)
 
-    def _discard(self) -> None:
+    def _ready_worker(self) -> str | None:
+        """Start a worker unless one is ready; ``None``, or why no worker can run the item."""
         if self._worker is not None:
-            self._worker.end()
-            self._worker = None
-
-
-class _Failed(Exception):
-    """The worker cannot run items; the message says why."""
+            return None
+        log_path = os.path.join(self._logs, f"worker-{next(self._numbers)}.log")
+        worker = _Worker(self._context, self.config, log_path)
+        try:
+            message = worker.receive(START_TIMEOUT_S)
+        except TimeoutError:
+            worker.end()
+            return f"a fresh worker process was not ready within {START_TIMEOUT_S:g} s"
+        except EOFError:
+            return worker.death()
+        if isinstance(message, LoadFailed):
+            worker.end()
+            return f"the worker could not load the candidate: {message.message}"
+        self._worker = worker
+        return None

@@ -89,6 +89,18 @@ class ExitingOnSecondCall(Hostile):
         os._exit(EXIT_CODE)
 
 
+class ExitingOnOneCase(Hostile):
+    """Correct except on :attr:`CASE`, where it kills its process: the checks of the other
+    cases, after the crash, must still pass."""
+
+    CASE = "mlp[tanh-ce-batch]"
+
+    def misbehave(self, problem, request):
+        if problem.case_id == self.CASE:
+            os._exit(EXIT_CODE)
+        return reference(problem, request)
+
+
 class MutatesThenRaises(Hostile):
     def misbehave(self, problem, request):
         with torch.no_grad():
