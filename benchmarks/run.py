@@ -13,7 +13,10 @@ to pick some):
   small CNN, with the agreement of their Kronecker products. A library that is not installed
   is recorded as ``"not installed"``.
 - ``profiles``: ``kfac-conformance run --profile quick`` and ``default`` as subprocesses
-  (process start included) against their budgets, and ``pytest --kfac-candidate kfac_ref``
+  (process start included) against their budgets, the same with ``--no-supervise`` (the
+  ratio is the cost of running the checks in a supervised worker process; the CPU time of a
+  supervised run leaves out its fork server and workers, which the CLI does not wait for),
+  and ``pytest --kfac-candidate kfac_ref``
   with and without ``-n 2``, each started in an empty folder as in a user's project (no
   conftest or pytest settings of this repository apply); best of ``--repeats`` runs.
 - ``suite`` (only on request, ``--only suite``: it takes minutes): the project's own test
@@ -397,6 +400,8 @@ def bench_profiles(repeats: int) -> dict:
     variants = [
         ("cli quick", [*cli, "--profile", "quick"], BUDGETS_S["quick"]),
         ("cli default", [*cli, "--profile", "default"], BUDGETS_S["default"]),
+        ("cli quick --no-supervise", [*cli, "--profile", "quick", "--no-supervise"], None),
+        ("cli default --no-supervise", [*cli, "--profile", "default", "--no-supervise"], None),
         ("pytest plugin default", plugin, None),
         ("pytest plugin default -n 2", [*plugin, *xdist], None),
         ("pytest plugin thorough", [*plugin, *thorough], None),
@@ -425,6 +430,13 @@ def bench_profiles(repeats: int) -> dict:
                 + (f", budget {budget:.0f} s" if budget else "")
                 + f", exit code {run['returncode']}"
             )
+    for profile in ("quick", "default"):
+        supervised, in_process = runs[f"cli {profile}"], runs[f"cli {profile} --no-supervise"]
+        runs[f"supervision overhead {profile}"] = supervised["wall_s"] / in_process["wall_s"]
+        print(
+            f"supervision overhead, {profile} profile: x{supervised['wall_s'] / in_process['wall_s']:.2f}"
+            f" (+{supervised['wall_s'] - in_process['wall_s']:.1f} s) against --no-supervise"
+        )
     for profile in ("default", "thorough"):
         serial, parallel = runs[f"pytest plugin {profile}"], runs[f"pytest plugin {profile} -n 2"]
         if isinstance(parallel, dict):

@@ -177,14 +177,6 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise UsageError(f"--timeout must be positive, or 0 for no limit; got {args.timeout:g}")
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.max_consecutive_timeouts < 0:
-        raise UsageError(
-            f"--max-consecutive-timeouts must be at least 0, got {args.max_consecutive_timeouts}"
-        )
-    if args.maxfail is not None and args.maxfail < 1:
-        raise UsageError(f"--maxfail must be at least 1, got {args.maxfail}")
-    if args.max_time is not None and not args.max_time > 0:
-        raise UsageError(f"--max-time must be positive, got {args.max_time:g}")
     if args.isolate and args.no_supervise:
         raise UsageError("--isolate and --no-supervise exclude each other: choose one")
     if args.device == "cuda":
@@ -209,6 +201,13 @@ def _load(what: str, load: Callable[[], T]) -> T:
         raise UsageError(f"loading {what} failed: {type(error).__name__}: {error}") from error
 
 
+def _limits(args: argparse.Namespace) -> RunLimits:
+    try:
+        return RunLimits(args.max_consecutive_timeouts, args.maxfail, args.max_time)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def _execution(args: argparse.Namespace) -> str:
     if args.isolate:
         return "isolate"
@@ -228,6 +227,7 @@ def _supervisor(args: argparse.Namespace) -> Iterator[Supervisor | None]:
 
 def run(args: argparse.Namespace) -> int:
     _check_usage(args)
+    limits = _limits(args)
     torch.set_num_threads(args.threads)
     candidate = _load(f"candidate {args.candidate!r}", lambda: load_candidate(args.candidate))
     expected = read_expected_failures(args.xfail) if args.xfail else []
@@ -249,7 +249,6 @@ def run(args: argparse.Namespace) -> int:
         maxfail=args.maxfail,
         max_time_s=args.max_time,
     )
-    limits = RunLimits(args.max_consecutive_timeouts, args.maxfail, args.max_time)
     stopper = Stopper(limits)
     used: set[int] = set()
     progress = not args.quiet

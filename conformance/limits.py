@@ -27,14 +27,16 @@ class RunLimits:
     max_time_s: float | None = None
 
     def __post_init__(self) -> None:
+        """Reject impossible limits; the messages name the CLI options that set them."""
         if self.max_consecutive_timeouts < 0:
             raise ValueError(
-                f"max_consecutive_timeouts must be at least 0, got {self.max_consecutive_timeouts}"
+                "--max-consecutive-timeouts must be at least 0, "
+                f"got {self.max_consecutive_timeouts}"
             )
         if self.maxfail is not None and self.maxfail < 1:
-            raise ValueError(f"maxfail must be at least 1, got {self.maxfail}")
+            raise ValueError(f"--maxfail must be at least 1, got {self.maxfail}")
         if self.max_time_s is not None and not self.max_time_s > 0:
-            raise ValueError(f"max_time_s must be positive, got {self.max_time_s}")
+            raise ValueError(f"--max-time must be positive, got {self.max_time_s:g}")
 
 
 class Stopper:
