@@ -3,7 +3,8 @@ exit 1 and a complete report in which every planned item has a status.
 
 Each hostile candidate runs through the CLI as a subprocess, on a handful of items
 (``--select``) with a short ``--timeout``; the full quick profile is measured by hand in
-docs/robustness.md.
+docs/robustness.md. The other tests call the CLI's ``main`` in this process (the checks still
+run in worker processes), which saves an interpreter start per test.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def test_a_hostile_candidate_ends_with_exit_1_and_a_complete_report(
 
 
 def test_a_dead_worker_leaves_its_output_in_the_message(tmp_path):
-    _, report = run_subprocess(tmp_path, "Segfaulting", items=[SIDE_EFFECTS])
+    _, report = run_in_process(tmp_path, "Segfaulting", items=[SIDE_EFFECTS])
     message = report["results"][0]["message"]
     assert "last lines of the worker's output:" in message
     assert "Fatal Python error: Segmentation fault" in message
@@ -108,7 +109,7 @@ def test_a_dead_worker_leaves_its_output_in_the_message(tmp_path):
 def test_the_checks_after_a_crash_pass_in_a_fresh_worker(tmp_path):
     items = [f"structure/symmetric-psd[{case}]" for case in (MLP, "sequence[tanh-ce-per-position]")]
     items += [f"side-effects/none[{case}]" for case in ("deep-linear[mse-mean-3batches]", MLP)]
-    code, report = run_subprocess(tmp_path, "ExitingOnOneCase", items=items)
+    code, report = run_in_process(tmp_path, "ExitingOnOneCase", items=items)
     assert code == 1
     assert_complete(report, items)
     died = "the candidate ended the process: exit code 17"
