@@ -12,6 +12,7 @@ the worker wrote to stdout and stderr, and the next item starts a fresh worker.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import shutil
@@ -62,9 +63,15 @@ class _Worker:
 
     def receive(self, timeout: float | None) -> object:
         """The next message; :class:`TimeoutError` after ``timeout`` s, :class:`EOFError`
-        when the worker died (or sent something unreadable while dying)."""
-        if not self.connection.poll(timeout):
+        when the worker died (or sent something unreadable while dying).
+
+        Waits on the process too: a process the candidate started may hold the pipe open
+        after the worker died."""
+        ready = multiprocessing.connection.wait([self.connection, self.process.sentinel], timeout)
+        if not ready:
             raise TimeoutError
+        if self.connection not in ready:
+            raise EOFError
         try:
             return self.connection.recv()
         except (OSError, EOFError, ValueError) as error:  # a message cut short by its death

@@ -21,6 +21,7 @@ from kfac_ref.factors import KroneckerFactors
 
 HANG_SECONDS = 30  # bounded, so that a leaked thread ends on its own
 EXIT_CODE = 17
+CHILD_PID_FILE = "hostile-child.pid"
 
 
 class Hostile:
@@ -78,6 +79,20 @@ class Segfaulting(Hostile):
 
     def misbehave(self, problem, request):
         ctypes.string_at(0)
+
+
+class ForksThenExits(Hostile):
+    """Leaves a child process (which keeps every inherited file open, and whose pid it writes
+    to :data:`CHILD_PID_FILE` in the working directory) and ends its own."""
+
+    def misbehave(self, problem, request):
+        child = os.fork()
+        if child == 0:
+            time.sleep(HANG_SECONDS)
+            os._exit(0)
+        with open(CHILD_PID_FILE, "w") as file:
+            file.write(str(child))
+        os._exit(EXIT_CODE)
 
 
 class ExitingOnSecondCall(Hostile):

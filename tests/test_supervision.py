@@ -121,6 +121,34 @@ def test_the_checks_after_a_crash_pass_in_a_fresh_worker(tmp_path):
     ]
 
 
+def test_a_child_process_left_by_the_candidate_neither_hides_a_death_nor_outlives_it(
+    tmp_path, monkeypatch
+):
+    """The child keeps the worker's pipe open: the death is seen on the process itself, and
+    the child dies with the worker's process group."""
+    monkeypatch.chdir(tmp_path)  # the worker's working directory, where the child's pid goes
+    start = time.perf_counter()
+    code, report = run_in_process(tmp_path, "ForksThenExits", items=[SIDE_EFFECTS])
+    assert time.perf_counter() - start < 20  # the child sleeps 30 s
+    assert code == 1
+    message = report["results"][0]["message"]
+    assert message == "the candidate ended the process: exit code 17"
+    child = int((tmp_path / hostile.CHILD_PID_FILE).read_text())
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def test_consecutive_timeouts_trip_the_circuit_breaker(tmp_path):
     items = [*ITEMS, f"side-effects/repeatable[{MLP}]"]
     start = time.perf_counter()
