@@ -89,8 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--isolate",
         action="store_true",
         help="run every check in its own forked child process instead of one reused worker "
-        "process (slower; the checks after a crash do not share the crashed worker's caches "
-        "anyway); CPU only",
+        "process (several times slower: the children cannot share caches); CPU only",
     )
     run.add_argument(
         "--no-supervise",
