@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -84,6 +83,8 @@ class _Worker:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass  # the group is gone already
+        if self.process.is_alive():  # killed before it made its own group
+            self.process.kill()
         self.process.join()
         self.connection.close()
         return self.process.exitcode
@@ -110,9 +111,7 @@ class Supervisor:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(PRELOAD)
-        # the fork server imports torch while this process loads the candidate and plans
-        multiprocessing.forkserver.ensure_running()
+        self._context.set_forkserver_preload(PRELOAD)  # before the first worker starts it
         self._logs = tempfile.mkdtemp(prefix="kfac-conformance-worker-")
         self._numbers = count(1)
         self._worker: _Worker | None = None
@@ -124,10 +123,14 @@ class Supervisor:
         self.close()
 
     def close(self) -> None:
+        self._discard()
+        shutil.rmtree(self._logs, ignore_errors=True)
+
+    def _discard(self) -> None:
+        """End the current worker, if any; the next item starts a fresh one."""
         if self._worker is not None:
             self._worker.end()
             self._worker = None
-        shutil.rmtree(self._logs, ignore_errors=True)
 
     def execute(self, item: Item, timeout: float | None) -> Result | None:
         """Run ``item`` in the worker; ``None`` when it timed out (the worker is then killed).
@@ -139,33 +142,35 @@ class Supervisor:
         problem = self._ready_worker()
         if problem is not None:
             return error_result(item, problem, start)
-        worker = self._worker
         try:
-            worker.send(item.id)
-            return worker.receive(timeout)
+            self._worker.send(item.id)
+            return self._worker.receive(timeout)
         except TimeoutError:
-            worker.end()
-            self._worker = None
+            self._discard()
             return None
         except EOFError:
-            self._worker = None
-            return error_result(item, worker.death(), start)
+            return error_result(item, self._death(), start)
+
+    def _death(self) -> str:
+        """How the current worker died; the next item starts a fresh one."""
+        message = self._worker.death()
+        self._worker = None
+        return message
 
     def _ready_worker(self) -> str | None:
         """Start a worker unless one is ready; ``None``, or why no worker can run the item."""
         if self._worker is not None:
             return None
         log_path = os.path.join(self._logs, f"worker-{next(self._numbers)}.log")
-        worker = _Worker(self._context, self.config, log_path)
+        self._worker = _Worker(self._context, self.config, log_path)  # ended by close()
         try:
-            message = worker.receive(START_TIMEOUT_S)
+            message = self._worker.receive(START_TIMEOUT_S)
         except TimeoutError:
-            worker.end()
+            self._discard()
             return f"a fresh worker process was not ready within {START_TIMEOUT_S:g} s"
         except EOFError:
-            return worker.death()
+            return self._death()
         if isinstance(message, LoadFailed):
-            worker.end()
+            self._discard()
             return f"the worker could not load the candidate: {message.message}"
-        self._worker = worker
         return None

@@ -8,6 +8,7 @@ calls, so that a run can show the checks after it still pass.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import threading
 import time
@@ -93,6 +94,14 @@ class ForksThenExits(Hostile):
         with open(CHILD_PID_FILE, "w") as file:
             file.write(str(child))
         os._exit(EXIT_CODE)
+
+
+def loads_only_in_the_main_process() -> Hostile:
+    """A candidate factory that fails in any child process, as one whose backend does not
+    survive a fork might: the supervised worker cannot load it."""
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("no backend in a child process")
+    return Correct()
 
 
 class ExitingOnSecondCall(Hostile):

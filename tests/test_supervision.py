@@ -149,6 +149,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def test_a_worker_that_cannot_load_the_candidate_errors_each_check(tmp_path):
+    code, report = run_in_process(tmp_path, "loads_only_in_the_main_process", items=ITEMS[:2])
+    assert code == 1
+    assert_complete(report, ITEMS[:2])
+    assert [r["message"] for r in report["results"]] == [
+        "the worker could not load the candidate: RuntimeError: no backend in a child process"
+    ] * 2
+
+
 def test_consecutive_timeouts_trip_the_circuit_breaker(tmp_path):
     items = [*ITEMS, f"side-effects/repeatable[{MLP}]"]
     start = time.perf_counter()
