@@ -455,10 +455,15 @@ def bench_profiles(repeats: int) -> dict:
             )
     for profile in ("quick", "default"):
         supervised, in_process = runs[f"cli {profile}"], runs[f"cli {profile} --no-supervise"]
-        runs[f"supervision overhead {profile}"] = supervised["wall_s"] / in_process["wall_s"]
+        overhead = {
+            measure: supervised[f"{measure}_s"] / in_process[f"{measure}_s"]
+            for measure in ("wall", "cpu")
+        }
+        runs[f"supervision overhead {profile}"] = overhead
         print(
-            f"supervision overhead, {profile} profile: x{supervised['wall_s'] / in_process['wall_s']:.2f}"
-            f" (+{supervised['wall_s'] - in_process['wall_s']:.1f} s) against --no-supervise"
+            f"supervision overhead against --no-supervise, {profile} profile: wall "
+            f"x{overhead['wall']:.2f} ({supervised['wall_s'] - in_process['wall_s']:+.1f} s), "
+            f"CPU x{overhead['cpu']:.2f} ({supervised['cpu_s'] - in_process['cpu_s']:+.1f} s)"
         )
     for profile in ("default", "thorough"):
         serial, parallel = runs[f"pytest plugin {profile}"], runs[f"pytest plugin {profile} -n 2"]
