@@ -13,7 +13,10 @@ to pick some):
   small CNN, with the agreement of their Kronecker products. A library that is not installed
   is recorded as ``"not installed"``.
 - ``profiles``: ``kfac-conformance run --profile quick`` and ``default`` as subprocesses
-  (process start included) against their budgets, and ``pytest --kfac-candidate kfac_ref``
+  (process start included) against their budgets, the same with ``--no-supervise`` (the
+  ratio is the cost of running the checks in a supervised worker process; on Linux the CPU
+  time counts the fork server and workers, which the CLI does not wait for itself),
+  and ``pytest --kfac-candidate kfac_ref``
   with and without ``-n 2``, each started in an empty folder as in a user's project (no
   conftest or pytest settings of this repository apply); best of ``--repeats`` runs.
 - ``suite`` (only on request, ``--only suite``: it takes minutes): the project's own test
@@ -28,6 +31,7 @@ them less; the load average at the start of each section is recorded next to the
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import math
@@ -62,6 +66,7 @@ BUDGETS_S = {"quick": 15.0, "default": 60.0}
 # columns is timed and the total extrapolated (and the sampled columns compared)
 NAIVE_MAX_COLUMNS = 200
 MEMORY_GIB = 24
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 def best_time(function: Callable[[], object], repeats: int) -> float:
@@ -330,6 +335,26 @@ def bench_libraries(repeats: int) -> dict:
 # the profiles as a user runs them
 
 
+def _adopt_orphans() -> bool:
+    """Make this process the Linux "child subreaper" of what it starts: a descendant whose
+    parent exits without waiting for it (the CLI's fork server and its workers) is then
+    waited for here, so that its CPU time is counted in ``RUSAGE_CHILDREN``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def _reap_orphans() -> None:
+    """Wait for the adopted descendants of the last timed command (they end with it)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def _timed_subprocess(command: list[str], cwd: str | Path = ROOT) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -354,6 +379,7 @@ def _timed_subprocess(command: list[str], cwd: str | Path = ROOT) -> dict:
         returncode = "timed out"
         output = f"timed out after {SUBPROCESS_TIMEOUT_S} s\n{expired.stdout or ''}"
     wall = time.perf_counter() - start
+    _reap_orphans()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
@@ -397,12 +423,14 @@ def bench_profiles(repeats: int) -> dict:
     variants = [
         ("cli quick", [*cli, "--profile", "quick"], BUDGETS_S["quick"]),
         ("cli default", [*cli, "--profile", "default"], BUDGETS_S["default"]),
+        ("cli quick --no-supervise", [*cli, "--profile", "quick", "--no-supervise"], None),
+        ("cli default --no-supervise", [*cli, "--profile", "default", "--no-supervise"], None),
         ("pytest plugin default", plugin, None),
         ("pytest plugin default -n 2", [*plugin, *xdist], None),
         ("pytest plugin thorough", [*plugin, *thorough], None),
         ("pytest plugin thorough -n 2", [*plugin, *thorough, *xdist], None),
     ]
-    runs: dict = {}
+    runs: dict = {"cpu_counts_orphaned_descendants": _adopt_orphans()}
     with tempfile.TemporaryDirectory() as users_project:
         for name, command, budget in variants:
             if "-n" in command and not _has_xdist():
@@ -425,6 +453,18 @@ def bench_profiles(repeats: int) -> dict:
                 + (f", budget {budget:.0f} s" if budget else "")
                 + f", exit code {run['returncode']}"
             )
+    for profile in ("quick", "default"):
+        supervised, in_process = runs[f"cli {profile}"], runs[f"cli {profile} --no-supervise"]
+        overhead = {
+            measure: supervised[f"{measure}_s"] / in_process[f"{measure}_s"]
+            for measure in ("wall", "cpu")
+        }
+        runs[f"supervision overhead {profile}"] = overhead
+        print(
+            f"supervision overhead against --no-supervise, {profile} profile: wall "
+            f"x{overhead['wall']:.2f} ({supervised['wall_s'] - in_process['wall_s']:+.1f} s), "
+            f"CPU x{overhead['cpu']:.2f} ({supervised['cpu_s'] - in_process['cpu_s']:+.1f} s)"
+        )
     for profile in ("default", "thorough"):
         serial, parallel = runs[f"pytest plugin {profile}"], runs[f"pytest plugin {profile} -n 2"]
         if isinstance(parallel, dict):

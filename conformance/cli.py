@@ -18,10 +18,13 @@ import torch
 from kfac_conformance import conventions
 from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
+from kfac_conformance.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, RunLimits, Stopper
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
 from kfac_conformance.profiles import PROFILES
 from kfac_conformance.report import Report, describe_capabilities, summary_text
 from kfac_conformance.runner import Item, case_entries, custom_entries, plan, run_items
+from kfac_conformance.supervisor import Supervisor
+from kfac_conformance.worker import WorkerConfig
 
 DEFAULT_TIMEOUT = 300.0
 T = TypeVar("T")
@@ -59,13 +62,43 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TIMEOUT,
         help=f"seconds per check, 0 for no limit (default {DEFAULT_TIMEOUT:g}); a check that "
-        "runs longer becomes an error and the run goes on",
+        "runs longer becomes an error (its worker process is killed and replaced) and the run "
+        "goes on",
+    )
+    run.add_argument(
+        "--max-consecutive-timeouts",
+        type=int,
+        default=DEFAULT_MAX_CONSECUTIVE_TIMEOUTS,
+        metavar="K",
+        help="after K checks in a row time out, the remaining checks end as errors without "
+        f"running (default {DEFAULT_MAX_CONSECUTIVE_TIMEOUTS}; 0 never stops)",
+    )
+    run.add_argument(
+        "--maxfail",
+        type=int,
+        metavar="N",
+        help="stop after N failed or errored checks, as pytest's --maxfail; the remaining "
+        "checks end as errors without running",
+    )
+    run.add_argument(
+        "--max-time",
+        type=float,
+        metavar="S",
+        help="seconds for the whole run; a check still running then times out, and the "
+        "remaining checks end as errors without running",
     )
     run.add_argument(
         "--isolate",
         action="store_true",
-        help="run every check in a forked child process (a candidate that crashes or calls "
-        "os._exit costs one check, not the run); CPU only",
+        help="run every check in its own forked child process instead of one reused worker "
+        "process (several times slower: the children cannot share caches); CPU only",
+    )
+    run.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="UNSAFE, for debugging (pdb, prints): run the checks in this process instead of a "
+        "supervised worker process; a candidate that crashes or calls os._exit then ends the "
+        "run, and a hang can only be abandoned in a thread",
     )
     run.add_argument(
         "--threads",
@@ -138,6 +171,8 @@ def _reproduction(args: argparse.Namespace):
             command += ["--device", args.device]
         if args.isolate:
             command.append("--isolate")
+        if args.no_supervise:
+            command.append("--no-supervise")
         command += ["--select", item.id]
         try:
             problem = item.entry.make_problem().describe()
@@ -181,6 +216,8 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise UsageError(f"--timeout must be positive, or 0 for no limit; got {args.timeout:g}")
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.isolate and args.no_supervise:
+        raise UsageError("--isolate and --no-supervise exclude each other: choose one")
     if args.device == "cuda":
         import torch
 
@@ -203,8 +240,33 @@ def _load(what: str, load: Callable[[], T]) -> T:
         raise UsageError(f"loading {what} failed: {type(error).__name__}: {error}") from error
 
 
+def _limits(args: argparse.Namespace) -> RunLimits:
+    try:
+        return RunLimits(args.max_consecutive_timeouts, args.maxfail, args.max_time)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _execution(args: argparse.Namespace) -> str:
+    if args.isolate:
+        return "isolate"
+    return "in-process" if args.no_supervise else "worker"
+
+
+@contextmanager
+def _supervisor(args: argparse.Namespace) -> Iterator[Supervisor | None]:
+    """The worker process that runs the checks, unless ``--isolate`` or ``--no-supervise``."""
+    if _execution(args) != "worker":
+        yield None
+        return
+    config = WorkerConfig(args.candidate, tuple(args.case), args.profile, args.device, args.threads)
+    with Supervisor(config) as supervisor:
+        yield supervisor
+
+
 def run(args: argparse.Namespace) -> int:
     _check_usage(args)
+    limits = _limits(args)
     torch.set_num_threads(args.threads)
     candidate = _load(f"candidate {args.candidate!r}", lambda: load_candidate(args.candidate))
     expected = read_expected_failures(args.xfail) if args.xfail else []
@@ -223,12 +285,17 @@ def run(args: argparse.Namespace) -> int:
         isolate=args.isolate,
         candidate_conventions=candidate.capabilities.conventions.describe(),
         capabilities=describe_capabilities(getattr(candidate, "capabilities", None)),
+        execution=_execution(args),
+        max_consecutive_timeouts=args.max_consecutive_timeouts,
+        maxfail=args.maxfail,
+        max_time_s=args.max_time,
     )
+    stopper = Stopper(limits)
     used: set[int] = set()
     progress = not args.quiet
     exit_code = None
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _supervisor(args) as supervisor:
             if args.report_json:  # on disk from the start: a run that dies still leaves it
                 report.write(args.report_json)
             results = run_items(
@@ -241,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
                 expected,
                 _reproduction(args),
                 used,
+                supervisor,
+                stopper,
             )
             for index, result in enumerate(results, 1):
                 report.results.append(result)
@@ -250,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
                     end = "\n" if index % 60 == 0 or index == len(items) else ""
                     print(_PROGRESS[result.status], end=end, file=sys.stderr, flush=True)
         report.complete = True
+        report.stopped = stopper.reason
     except KeyboardInterrupt as interrupt:
         number = getattr(interrupt, "signal_number", signal.SIGINT)
         report.interruption = signal.Signals(number).name
@@ -304,7 +374,8 @@ def list_candidates(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 no check failed or errored, 1 one did, 2 usage error, 128 + N signal N."""
+    """Exit codes: 0 no check failed or errored, 1 one did, 2 usage error, 128 + N signal N
+    (130 for Ctrl-C)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit:  # argparse's own usage errors (2) and --help (0)
@@ -325,5 +396,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def console_main() -> None:
+    """The ``kfac-conformance`` command: :func:`main`, then an immediate exit with its code.
+
+    The report and the summary are written and flushed by then. Exiting with ``os._exit``
+    skips the interpreter's teardown, in which threads a candidate left running (possible
+    with ``--no-supervise``) can abort the process (exit 134) and so replace the exit code.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the reader went away: nothing more can be said
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -4,6 +4,10 @@ Each (check, case) pair becomes one test named ``check_id[case_id]``, so ``-k``,
 ``--junitxml`` and ``-n 2`` (pytest-xdist) work. To parametrize a test of your own instead,
 see :mod:`kfac_conformance.pytest_checks`.
 
+The checks run in pytest's process, like any test: against a candidate that may crash its
+process, run with pytest-xdist (``-n 1`` or more), which replaces a crashed worker and reports
+its item as failed (docs/robustness.md); the CLI supervises its own worker instead.
+
 pytest loads this module in every run of every project where kfac-conformance is installed,
 so it imports nothing heavy (no torch) until ``--kfac-candidate`` is given.
 """

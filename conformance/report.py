@@ -11,6 +11,9 @@ Schema (``schema_version`` 2)::
                     "capabilities": {field: value, ...} | null},
       "torch_version": str, "device": str, "profile": str,
       "timeout_s": float | null, "isolate": bool,
+      "execution": "worker" | "isolate" | "in-process",
+      "max_consecutive_timeouts": int, "maxfail": int | null, "max_time_s": float | null,
+      "stopped": str | null,
       "summary": {"total": int, "ran": int, "passed": int, "failed": int, "error": int,
                   "skipped": int, "xfailed": int, "xpassed": int, "not_run": int},
       "not_run": [item id, ...],
@@ -34,6 +37,12 @@ disk is valid JSON: ``complete`` false with ``state`` ``"running"`` when the pro
 mid-run (a candidate's ``os._exit``, a kill), ``"interrupted"`` (with ``interruption``, e.g.
 ``"SIGINT"``) when it was stopped by a signal; ``not_run`` lists every planned item without a
 result, the one that was running included.
+
+``execution`` says where the checks ran: ``"worker"`` (a supervised worker process, the
+default), ``"isolate"`` (a forked child per check) or ``"in-process"`` (``--no-supervise``).
+``stopped`` is why a limit (``max_consecutive_timeouts``, ``maxfail``, ``max_time_s``; see
+:mod:`kfac_conformance.limits`) ended the run early, or null; the items it left then have
+``error`` results whose message starts with ``not run:``, so the report is still complete.
 """
 
 from __future__ import annotations
@@ -87,6 +96,11 @@ class Report:
     # the candidate's declared scale conventions (kfac_conformance.conventions)
     candidate_conventions: dict[str, str] = field(default_factory=TUTORIAL.describe)
     capabilities: dict | None = None
+    execution: str = "worker"
+    max_consecutive_timeouts: int = 3
+    maxfail: int | None = None
+    max_time_s: float | None = None
+    stopped: str | None = None
 
     @property
     def state(self) -> str:
@@ -130,6 +144,11 @@ class Report:
             "profile": self.profile,
             "timeout_s": self.timeout_s,
             "isolate": self.isolate,
+            "execution": self.execution,
+            "max_consecutive_timeouts": self.max_consecutive_timeouts,
+            "maxfail": self.maxfail,
+            "max_time_s": self.max_time_s,
+            "stopped": self.stopped,
             "summary": self.counts(),
             "not_run": self.not_run(),
             "unused_expected_failures": self.unused_expected_failures,

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,10 +21,14 @@ from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped
 from kfac_conformance.checks.robustness import BUILTIN_ENTRIES
 from kfac_conformance.expected_failures import ExpectedFailure, glob_matches, match
+from kfac_conformance.limits import Stopper
 from kfac_conformance.loading import load_case_factory
 from kfac_conformance.problem import Candidate
 from kfac_conformance.profiles import PROFILES
 from kfac_conformance.session import Session
+
+if TYPE_CHECKING:
+    from kfac_conformance.supervisor import Supervisor
 
 QUICK_CASE_IDS = frozenset(
     {
@@ -199,12 +204,12 @@ def _execute_in_thread(
     if outcome and isinstance(outcome[0], Result):
         return outcome[0]
     error = outcome[0] if outcome else None
-    return _error(
+    return error_result(
         item, f"the check's thread ended without a result: {type(error).__name__}: {error}", start
     )
 
 
-def _error(item: Item, message: str, start: float) -> Result:
+def error_result(item: Item, message: str, start: float) -> Result:
     """An ``error`` result for ``item``, timed from ``start``."""
     return Result(
         item.check.id, item.entry.id, "error", message, duration_s=time.perf_counter() - start
@@ -220,7 +225,7 @@ def _child(connection, session: Session, item: Item, baseline: GlobalState) -> N
     connection.close()
 
 
-def _death(exit_code: int | None) -> str:
+def describe_death(exit_code: int | None) -> str:
     if exit_code is not None and exit_code < 0:
         return f"killed by signal {signal.Signals(-exit_code).name}"
     return f"exit code {exit_code}"
@@ -228,8 +233,9 @@ def _death(exit_code: int | None) -> str:
 
 def _execute_in_process(
     session: Session, item: Item, timeout: float | None, baseline: GlobalState
-) -> Result:
-    """Run one item in a forked child: a crash, ``os._exit`` or hang costs only this item."""
+) -> Result | None:
+    """Run one item in a forked child: a crash, ``os._exit`` or hang costs only this item;
+    ``None`` when it timed out (the child is killed)."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(sender, session, item, baseline), daemon=True)
@@ -241,12 +247,12 @@ def _execute_in_process(
             result = receiver.recv()
             process.join(5)
             return result
-        return _error(item, f"timed out after {timeout:g} s (the child process was killed)", start)
+        return None
     except EOFError:
         process.join()
-        return _error(
+        return error_result(
             item,
-            f"the check's child process died ({_death(process.exitcode)}) before it finished",
+            f"the check's child process died ({describe_death(process.exitcode)}) before it finished",
             start,
         )
     finally:
@@ -281,50 +287,74 @@ def run_items(
     expected: Sequence[ExpectedFailure] = (),
     reproduce: Callable[[Item], dict] | None = None,
     used_expected: set[int] | None = None,
+    supervisor: Supervisor | None = None,
+    stopper: Stopper | None = None,
 ) -> Iterator[Result]:
     """Execute ``items`` one by one and yield their results as they come.
 
-    ``timeout`` (seconds per item; ``None`` or 0 for none) runs each item in a worker thread.
-    ``isolate`` runs each item in a forked child process instead. After the first timeout in
-    thread mode the abandoned call may still run, so the remaining items go to child
-    processes, which start from the run's initial global state (unless CUDA is initialised
-    here: CUDA does not survive ``fork``, so they stay in threads and say so).
+    With a ``supervisor``, each item runs in its worker process (the candidate object here is
+    then not called). Otherwise ``timeout`` (seconds per item; ``None`` or 0 for none) runs
+    each item in a worker thread, and ``isolate`` in a forked child process instead. After
+    the first timeout in thread mode the abandoned call may still run, so the remaining items
+    go to child processes, which start from the run's initial global state (unless CUDA is
+    initialised here: CUDA does not survive ``fork``, so they stay in threads and say so).
+
+    ``stopper`` (default: :class:`~kfac_conformance.limits.RunLimits`' defaults) ends the run
+    early; the items left then yield ``error`` results ``not run: <reason>``.
     """
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be positive (or 0 for none), got {timeout}")
     timeout = timeout or None
+    stopper = stopper if stopper is not None else Stopper()
     session = Session(candidate, PROFILES[profile], device)
     used = used_expected if used_expected is not None else set()
     baseline = GlobalState.take()
     isolated = isolate
     try:
         for item in items:
-            if isolated:
-                result = _execute_in_process(session, item, timeout, baseline)
-            elif timeout is not None:
-                result = _execute_in_thread(session, item, timeout, baseline)
-                if result is None:
-                    result = _timed_out_in_thread(item, timeout)
-                    isolated = not torch.cuda.is_initialized()
+            reason = stopper.stopped()
+            if reason is not None:
+                result = Result(item.check.id, item.entry.id, "error", f"not run: {reason}")
+                if reproduce is not None:
+                    result.reproduction = reproduce(item)
+                yield result
+                continue
+            item_timeout, deadline = stopper.item_timeout(timeout)
+            if supervisor is not None:
+                result = supervisor.execute(item, item_timeout)
+                killed = "the worker process was killed and replaced"
+            elif isolated:
+                result = _execute_in_process(session, item, item_timeout, baseline)
+                killed = "the child process was killed"
+            elif item_timeout is not None:
+                result = _execute_in_thread(session, item, item_timeout, baseline)
+                killed = _abandoned_in_thread()
+                isolated = result is None and not torch.cuda.is_initialized()
             else:
                 result = execute(session, item, baseline)
+            timed_out = result is None
+            if result is None:
+                limit = deadline or f"timed out after {item_timeout:g} s"
+                result = Result(
+                    item.check.id,
+                    item.entry.id,
+                    "error",
+                    f"{limit} ({killed})",
+                    duration_s=item_timeout,
+                )
             if reproduce is not None and result.status in ("failed", "error"):
                 result.reproduction = reproduce(item)
             baseline.restore_and_report()
-            yield apply_expected_failures(result, expected, used)
+            result = apply_expected_failures(result, expected, used)
+            stopper.record(result.status, timed_out, deadline)
+            yield result
     finally:
         baseline.restore_and_report()
 
 
-def _timed_out_in_thread(item: Item, timeout: float) -> Result:
+def _abandoned_in_thread() -> str:
     if torch.cuda.is_initialized():
         then = "CUDA is in use, so later checks still run in this process and may be disturbed"
     else:
         then = "later checks run in child processes"
-    return Result(
-        item.check.id,
-        item.entry.id,
-        "error",
-        f"timed out after {timeout:g} s (the call was abandoned in a background thread; {then})",
-        duration_s=timeout,
-    )
+    return f"the call was abandoned in a background thread; {then}"

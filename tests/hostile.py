@@ -7,7 +7,10 @@ calls, so that a run can show the checks after it still pass.
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Mapping
 
@@ -19,6 +22,7 @@ from kfac_ref.factors import KroneckerFactors
 
 HANG_SECONDS = 30  # bounded, so that a leaked thread ends on its own
 EXIT_CODE = 17
+CHILD_PID_FILE = "hostile-child.pid"
 
 
 class Hostile:
@@ -71,6 +75,35 @@ class ExitingProcess(Hostile):
         os._exit(EXIT_CODE)
 
 
+class Segfaulting(Hostile):
+    """Reads address 0, as a broken C extension might: the process dies of SIGSEGV."""
+
+    def misbehave(self, problem, request):
+        ctypes.string_at(0)
+
+
+class ForksThenExits(Hostile):
+    """Leaves a child process (which keeps every inherited file open, and whose pid it writes
+    to :data:`CHILD_PID_FILE` in the working directory) and ends its own."""
+
+    def misbehave(self, problem, request):
+        child = os.fork()
+        if child == 0:
+            time.sleep(HANG_SECONDS)
+            os._exit(0)
+        with open(CHILD_PID_FILE, "w") as file:
+            file.write(str(child))
+        os._exit(EXIT_CODE)
+
+
+def loads_only_in_the_main_process() -> Hostile:
+    """A candidate factory that fails in any child process, as one whose backend does not
+    survive a fork might: the supervised worker cannot load it."""
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("no backend in a child process")
+    return Correct()
+
+
 class ExitingOnSecondCall(Hostile):
     """Correct once, then kills its process: a run without isolation dies mid-way."""
 
@@ -78,6 +111,18 @@ class ExitingOnSecondCall(Hostile):
         if self.calls == 1:
             return reference(problem, request)
         os._exit(EXIT_CODE)
+
+
+class ExitingOnOneCase(Hostile):
+    """Correct except on :attr:`CASE`, where it kills its process: the checks of the other
+    cases, after the crash, must still pass."""
+
+    CASE = "mlp[tanh-ce-batch]"
+
+    def misbehave(self, problem, request):
+        if problem.case_id == self.CASE:
+            os._exit(EXIT_CODE)
+        return reference(problem, request)
 
 
 class MutatesThenRaises(Hostile):
@@ -196,6 +241,28 @@ class MutatesParameters(Hostile):
         return result
 
 
+class LeavesMutatingThread(Hostile):
+    """Returns a correct result but leaves a thread that keeps writing to the parameters (for
+    :data:`HANG_SECONDS`), as an asynchronous optimizer step might."""
+
+    def misbehave(self, problem, request):
+        result = reference(problem, request)
+        parameter = next(problem.model.parameters())
+        wrote = threading.Event()
+
+        def keep_writing() -> None:
+            deadline = time.monotonic() + HANG_SECONDS
+            while time.monotonic() < deadline:
+                with torch.no_grad():
+                    parameter.add_(1.0)
+                wrote.set()
+                time.sleep(0.001)
+
+        threading.Thread(target=keep_writing, daemon=True).start()
+        wrote.wait()  # so that the harness sees at least one write
+        return result
+
+
 class LeavesHook(Hostile):
     def misbehave(self, problem, request):
         problem.model.get_submodule(problem.layers[0]).register_forward_hook(
@@ -214,6 +281,12 @@ class ChangesDefaultDtype(Hostile):
 class UsesGlobalRNG(Hostile):
     def misbehave(self, problem, request):
         torch.rand(1)
+        return reference(problem, request)
+
+
+class ReseedsGlobalRNG(Hostile):
+    def misbehave(self, problem, request):
+        torch.manual_seed(1234)
         return reference(problem, request)
 
 

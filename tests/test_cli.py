@@ -135,9 +135,9 @@ def test_parity_checks_exist_and_skip_cleanly_without_cuda(tmp_path):
     assert by_check["parity/float32-float64"] == {("passed", "")}
 
 
-def test_a_candidate_that_kills_the_process_leaves_an_incomplete_report(tmp_path):
+def test_unsupervised_a_candidate_that_kills_the_process_leaves_an_incomplete_report(tmp_path):
     candidate = f"{HOSTILE}:ExitingOnSecondCall"
-    process, report_path = spawn(tmp_path, "--candidate", candidate, *TWO_ITEMS)
+    process, report_path = spawn(tmp_path, "--candidate", candidate, "--no-supervise", *TWO_ITEMS)
     process.communicate(timeout=120)
     assert process.returncode == hostile.EXIT_CODE
     report = json.loads(report_path.read_text())

@@ -12,7 +12,8 @@ from kfac_conformance.runner import Result
 PLANNED = ["a/x[c1]", "a/y[c1]", "b/z[c2]", "b/z[c3]"]
 TOP_LEVEL = {
     "schema_version", "suite_version", "complete", "state", "interruption", "candidate",
-    "torch_version", "device", "profile", "timeout_s", "isolate", "summary", "not_run",
+    "torch_version", "device", "profile", "timeout_s", "isolate", "execution",
+    "max_consecutive_timeouts", "maxfail", "max_time_s", "stopped", "summary", "not_run",
     "unused_expected_failures", "results",
 }  # fmt: skip
 RESULT_FIELDS = {
