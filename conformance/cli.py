@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 
+from kfac_conformance import fuzz_command
 from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.loading import SpecError, load_candidate, registered_names
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", "-v", action="store_true", help="also list every check[case] item"
     )
     commands.add_parser("list-candidates", help="list the registered candidates")
+    fuzz_command.add_parser(commands)
     return parser
 
 
@@ -250,9 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit:  # argparse's own usage errors (2) and --help (0)
         return exit.code if isinstance(exit.code, int) else 2
-    command = {"run": run, "list-checks": list_checks, "list-candidates": list_candidates}[
-        args.command
-    ]
+    command = {
+        "run": run,
+        "list-checks": list_checks,
+        "list-candidates": list_candidates,
+        "fuzz": fuzz_command.fuzz,
+    }[args.command]
     try:
         return command(args)
     except (SpecError, FileNotFoundError, UsageError) as error:
