@@ -72,11 +72,9 @@ def _statistical(case: Case, request: Request) -> bool:
     )
 
 
-def _seeds_can_differ(case: Case, request: Request) -> bool:
-    """Continuous labels (MSE), as the check requires, and float64: its threshold (1e3 times
-    round-off) is 0.1 in float32, within the spread of two honest draws on few data."""
-    dtype = case.dtype if isinstance(case, DrawnCase) else "float64"
-    return request.fisher_type == "mc" and case.loss == "mse" and dtype == "float64"
+def _continuous_labels(case: Case, request: Request) -> bool:
+    """MC labels of MSE: two seeds cannot draw the same (the check's own condition)."""
+    return request.fisher_type == "mc" and case.loss == "mse"
 
 
 def _always(case: Case, request: Request) -> bool:
@@ -87,29 +85,39 @@ def _several_data(case: Case, request: Request) -> bool:
     return _num_data(case) >= 2
 
 
+def _float64(applies: Callable[[Case, Request], bool]) -> Callable[[Case, Request], bool]:
+    """Numbers are compared on float64 problems only: a drawn float32 problem's conditioning is
+    unknown, and the reference itself missed the 1e-4 float32 tolerance by 1.5-3.6x on drawn
+    problems (cancellation in saturated loss Hessians and in gradients summed over positions).
+    float32 problems still run the structure, side-effect and reproducibility properties."""
+    return lambda case, request: (
+        getattr(case, "dtype", "float64") == "float64" and applies(case, request)
+    )
+
+
 # Property id (a catalogue check id) -> when it runs on a drawn (case, request); cheap and
 # most telling first, the statistical ones last.
 APPLICABILITY: dict[str, Callable[[Case, Request], bool]] = {
     **{
-        f"exactness/{key.replace('/', '-')}": _exact_for(key)
+        f"exactness/{key.replace('/', '-')}": _float64(_exact_for(key))
         for key in ("type-2/expand", "type-2/reduce", "empirical/expand", "empirical/reduce")
     },
     **{
-        f"agreement/{fisher_type}": _drawn(fisher_type)
+        f"agreement/{fisher_type}": _float64(_drawn(fisher_type))
         for fisher_type in ("type-2", "empirical", "forward-only")
     },
     "structure/symmetric-psd": _always,
-    "invariance/mean-vs-sum": _always,
-    "invariance/batch-splitting": _several_data,
-    "invariance/permutation": _several_data,
-    "invariance/flattened-output": lambda case, request: case.per_position,
-    "invariance/bias-joint-vs-separate": _always,
+    "invariance/mean-vs-sum": _float64(_always),
+    "invariance/batch-splitting": _float64(_several_data),
+    "invariance/permutation": _float64(_several_data),
+    "invariance/flattened-output": _float64(lambda case, request: case.per_position),
+    "invariance/bias-joint-vs-separate": _float64(_always),
     "side-effects/none": _always,
     "side-effects/repeatable": _always,
     "mc/seed-reproducible": _drawn("mc"),
-    "mc/seeds-differ": _seeds_can_differ,
-    "mc/unbiased": _statistical,
-    "mc/sqrt-m-convergence": _statistical,
+    "mc/seeds-differ": _float64(_continuous_labels),
+    "mc/unbiased": _float64(_statistical),
+    "mc/sqrt-m-convergence": _float64(_statistical),
 }
 _CHECKS = {check.id: check for check in ALL_CHECKS}
 PROPERTIES: list[Check] = [_CHECKS[check_id] for check_id in APPLICABILITY]
