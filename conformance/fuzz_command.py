@@ -30,7 +30,7 @@ from kfac_conformance.fuzzing import (
 from kfac_conformance.loading import load_candidate
 
 DEFAULT_MAX_EXAMPLES = 300
-DEFAULT_TIME_BUDGET = 240.0
+DEFAULT_TIME_BUDGET = 200.0
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -50,6 +50,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_TIME_BUDGET,
         help=f"seconds for drawing new examples (default {DEFAULT_TIME_BUDGET:g}); a failure "
         f"found in time is still shrunk, for at most {SHRINK_ALLOWANCE:g} s more",
+    )
+    fuzz.add_argument(
+        "--max-failures", type=int, help="stop after this many failures (default: search on)"
     )
     fuzz.add_argument("--report-json", help="write the JSON report here")
     fuzz.add_argument("--save-cases", help="write a --case file for every failure into this folder")
@@ -99,6 +102,8 @@ def _usage(args: argparse.Namespace) -> None:
 
     if args.max_examples < 1:
         raise UsageError(f"--max-examples must be at least 1, got {args.max_examples}")
+    if args.max_failures is not None and args.max_failures < 1:
+        raise UsageError(f"--max-failures must be at least 1, got {args.max_failures}")
     if args.time_budget <= 0:
         raise UsageError(f"--time-budget must be positive, got {args.time_budget:g}")
 
@@ -168,6 +173,7 @@ def fuzz(args: argparse.Namespace) -> int:
         expected=expected,
         properties=args.property,
         progress=_progress(args.quiet),
+        max_failures=args.max_failures,
     )
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)

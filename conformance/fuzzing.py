@@ -300,7 +300,7 @@ def search(
     candidate: Candidate,
     max_examples: int = 300,
     seed: int = 0,
-    time_budget: float = 240.0,
+    time_budget: float = 200.0,
     database: str | None = DEFAULT_DATABASE,
     expected: Sequence[ExpectedFailure] = (),
     properties: Sequence[str] | None = None,

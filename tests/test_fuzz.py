@@ -36,7 +36,7 @@ def test_the_reference_passes_a_seeded_search():
 
 
 def test_a_planted_bug_is_found_and_shrunk_to_one_layer():
-    outcome = search(ReductionFactorMissing(), max_examples=60, seed=0, database=None)
+    outcome = search(ReductionFactorMissing(), 60, seed=0, database=None, max_failures=1)
     assert outcome.failures, "the missing reduction factor was not found"
     failure = outcome.failures[0]
     assert failure.result.status == "failed"
@@ -61,6 +61,8 @@ def test_the_command_saves_replayable_cases_and_replays_its_database_first(tmp_p
                 "0",
                 "--max-examples",
                 "60",
+                "--max-failures",
+                "1",
                 "-q",
                 "--save-cases",
                 str(cases),
