@@ -413,6 +413,8 @@ def _property_failures(raised: BaseException):
 def case_file_text(failure: Failure, candidate_spec: str, path: str) -> str:
     """A standalone ``--case`` file that rebuilds the shrunk problem deterministically."""
     message = failure.result.message.strip().replace('"""', "'''")
+    if failure.result.status == "error":  # the exception, without the traceback's local paths
+        message = message.splitlines()[0]
     diagnosis = f"\nDiagnosis: {failure.result.diagnosis}\n" if failure.result.diagnosis else ""
     return f'''"""A failure found and shrunk by `kfac-conformance fuzz`: {failure.property} on {candidate_spec}.
 
