@@ -30,7 +30,7 @@ from kfac_conformance.fuzzing import (
 from kfac_conformance.loading import load_candidate
 
 DEFAULT_MAX_EXAMPLES = 300
-DEFAULT_TIME_BUDGET = 200.0
+DEFAULT_TIME_BUDGET = 210.0
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -48,8 +48,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--time-budget",
         type=float,
         default=DEFAULT_TIME_BUDGET,
-        help=f"seconds for drawing new examples (default {DEFAULT_TIME_BUDGET:g}); a failure "
-        f"found in time is still shrunk, for at most {SHRINK_ALLOWANCE:g} s more",
+        help=f"seconds for the whole search (default {DEFAULT_TIME_BUDGET:g}); the last "
+        f"{SHRINK_ALLOWANCE:g} s (at most a quarter) are kept for shrinking",
     )
     fuzz.add_argument(
         "--max-failures", type=int, help="stop after this many failures (default: search on)"
@@ -63,7 +63,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--property",
         action="append",
         choices=sorted(APPLICABILITY),
-        help="search only these properties (repeatable; default all)",
+        metavar="ID",
+        help="search only this property, a check id (repeatable; default all: "
+        + ", ".join(sorted(APPLICABILITY))
+        + ")",
     )
     fuzz.add_argument(
         "--database",

@@ -47,7 +47,8 @@ from kfac_conformance.runner import Item, Result, apply_expected_failures, execu
 from kfac_conformance.session import Session
 
 DEFAULT_DATABASE = ".kfac-conformance/fuzz-examples"
-# Seconds of shrinking allowed after the time budget; then the smallest failure so far stands.
+# The last part of the time budget is kept for shrinking (at most this many seconds, and at
+# most a quarter of the budget); then the smallest failure found so far stands.
 SHRINK_ALLOWANCE = 30.0
 # MC statistics on few Gaussian labels are far from normal (docs/statistics.md, "The excluded
 # case"); the statistical properties need at least this many data with MSE.
@@ -274,6 +275,11 @@ class SearchState:
 
     @property
     def out_of_time(self) -> bool:
+        """No new examples are drawn once the budget, less the time kept for shrinking, is spent."""
+        return self.elapsed > self.time_budget - min(SHRINK_ALLOWANCE, self.time_budget / 4)
+
+    @property
+    def shrinking_over(self) -> bool:
         return self.elapsed > self.time_budget
 
 
@@ -300,7 +306,7 @@ def search(
     candidate: Candidate,
     max_examples: int = 300,
     seed: int = 0,
-    time_budget: float = 200.0,
+    time_budget: float = 210.0,
     database: str | None = DEFAULT_DATABASE,
     expected: Sequence[ExpectedFailure] = (),
     properties: Sequence[str] | None = None,
@@ -313,9 +319,11 @@ def search(
     so each later round ignores the failures found so far (by :func:`signature`) and draws on,
     until ``max_examples`` examples (shrinking included) are spent, a round finds nothing, or
     ``max_failures`` are found.
-    ``time_budget`` (seconds) ends the drawing of new examples; a failure found in time is
-    still shrunk, for at most :data:`SHRINK_ALLOWANCE` more seconds. ``database`` is the folder of hypothesis' example database (``None``: none);
-    each round replays the failures it saved there before drawing anything new.
+    ``time_budget`` (seconds) bounds the whole search: drawing stops
+    :data:`SHRINK_ALLOWANCE` seconds before its end (a quarter of it if shorter), shrinking
+    at its end (the example running then, and the final replay, still finish). ``database``
+    is the folder of hypothesis' example database (``None``: none); each round replays the
+    failures it saved there before drawing anything new.
     """
     unknown = sorted(set(properties or ()) - set(APPLICABILITY))
     if unknown:
@@ -352,7 +360,7 @@ def _round(
             raise _OutOfTime  # not an Exception: hypothesis stops without shrinking it
         if (
             state.failed_properties
-            and state.elapsed > state.time_budget + SHRINK_ALLOWANCE
+            and state.shrinking_over
             and not current_build_context().is_final
         ):
             return  # shrinking past its allowance: no further candidate counts as smaller
