@@ -24,6 +24,7 @@ from kfac_conformance.fuzzing import (
     SearchOutcome,
     SearchState,
     case_file_text,
+    drawn_request,
     reproduction_command,
     search,
 )
@@ -154,7 +155,7 @@ def _summary(outcome: SearchOutcome, spec: str) -> str:
         lines.append(f"  {result.message.strip().splitlines()[0] if result.message else ''}")
         if result.diagnosis:
             lines.append(f"  diagnosis: {result.diagnosis}")
-        lines.append(f"  request: {failure.request.describe()}")
+        lines.append(f"  drawn: {drawn_request(failure.request)}")
         lines.append(f"  problem: {failure.case!r}")
         if failure.reproduction:
             lines.append(f"  reproduce: {failure.reproduction}")

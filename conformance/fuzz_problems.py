@@ -329,7 +329,9 @@ def _keeps_positions(architecture: list) -> bool:
 
 @st.composite
 def kfac_requests(draw, capabilities: Capabilities | None = None) -> Request:
-    """A request inside ``capabilities``: Fisher type, flavour, bias mode, MC samples and seed."""
+    """A request inside ``capabilities``. The fuzz properties use its Fisher type and flavour
+    and choose the rest themselves (every claimed bias mode; their own MC samples and seeds,
+    which their statistics need)."""
     capabilities = capabilities or Capabilities()
     fisher_type = draw(st.sampled_from([f for f in FISHER_TYPES if f in capabilities.fisher_types]))
     return Request(

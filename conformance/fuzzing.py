@@ -14,10 +14,10 @@ loop inside a check, covers the requests):
   (docs/statistics.md), when MC is drawn;
 - ``invariance/*``, ``structure/*`` and ``side-effects/*``.
 
-Every property that fails raises its own exception type, so hypothesis shrinks each failing
-property separately; after the first failure only the failed properties run, which keeps the
-shrinking cheap. Failing examples are saved in hypothesis' example database and replayed first
-on the next search.
+Each distinct failure (:func:`signature`) raises its own exception type, so hypothesis shrinks
+each separately; after the first failure only the failed properties run, which keeps the
+shrinking cheap, and later rounds search on for other failures (:func:`search`). Failing
+examples are saved in hypothesis' example database and replayed first on the next search.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ MIN_MSE_DATA_FOR_STATISTICS = 4
 
 
 def _num_data(case: Case) -> int:
-    return sum(case.batch_sizes) if isinstance(case, DrawnCase) else case.input_shape[0]
+    if isinstance(case, DrawnCase):
+        return sum(case.batch_sizes)
+    return case.input_shape[0] * case.num_batches
 
 
 def _exact_for(key: str) -> Callable[[Case, Request], bool]:
@@ -128,8 +130,6 @@ class PropertyFailure(AssertionError):
     """A property failed (or the candidate raised) on a drawn problem; subclassed per
     :func:`signature`, so that hypothesis shrinks each distinct failure on its own."""
 
-    property_id = ""
-
     def __init__(self, result: Result, case: Case, request: Request) -> None:
         self.result, self.case, self.request = result, case, request
         self.property_id = result.check_id
@@ -160,8 +160,12 @@ def failure_text(result: Result, case: Case, request: Request) -> str:
         lines.append(f"observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
     if result.diagnosis:
         lines.append(f"diagnosis: {result.diagnosis}")
-    lines += [f"request: {request!r}", f"case: {case!r}"]
+    lines += [f"drawn: {drawn_request(request)}", f"case: {case!r}"]
     return "\n".join(lines)
+
+
+def drawn_request(request: Request) -> str:
+    return f"fisher_type={request.fisher_type!r}, kfac_approx={request.kfac_approx!r}"
 
 
 class _Narrowed:
@@ -428,7 +432,7 @@ def case_file_text(failure: Failure, candidate_spec: str, path: str) -> str:
 
 {message}
 {diagnosis}
-Drawn request: {failure.request.describe()}
+Drawn: {drawn_request(failure.request)}
 
 Reproduce through the catalogue:
 
