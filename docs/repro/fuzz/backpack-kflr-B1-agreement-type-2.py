@@ -4,7 +4,7 @@ layer '0' (kfac_approx=expand, bias=separate): relative error 2.2 > tolerance 1e
 
 Diagnosis: off by a constant factor x 3.19766: a reduction or convention factor?; wrong only on layers ['0'] (right on ['2']): exactly the layers with shared axes (S=9); the weight-sharing treatment (expand/reduce) is suspect
 
-Drawn request: fisher_type='type-2', kfac_approx='expand', bias='separate'
+Drawn: fisher_type='type-2', kfac_approx='expand'
 
 Reproduce through the catalogue:
 

@@ -4,7 +4,7 @@ layer '0' (kfac_approx=expand, bias=separate): relative error 0.00721 > toleranc
 
 Diagnosis: off by a constant factor x 0.992789: a reduction or convention factor?; wrong only on layers ['0'] (right on ['2'])
 
-Drawn request: fisher_type='type-2', kfac_approx='expand', bias='separate'
+Drawn: fisher_type='type-2', kfac_approx='expand'
 
 Reproduce through the catalogue:
 

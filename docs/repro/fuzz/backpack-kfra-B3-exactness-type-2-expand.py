@@ -2,7 +2,7 @@
 
 the candidate raised RuntimeError: expected scalar type Double but found Float
 
-Drawn request: fisher_type='type-2', kfac_approx='expand', bias='separate'
+Drawn: fisher_type='type-2', kfac_approx='expand'
 
 Reproduce through the catalogue:
 
