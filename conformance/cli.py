@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import torch
 
-from kfac_conformance import conventions
+from kfac_conformance import conventions, fuzz_command
 from kfac_conformance.catalogue import ALL_CHECKS
 from kfac_conformance.expected_failures import read_expected_failures
 from kfac_conformance.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, RunLimits, Stopper
@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", "-v", action="store_true", help="also list every check[case] item"
     )
     commands.add_parser("list-candidates", help="list the registered candidates")
+    fuzz_command.add_parser(commands)
     return parser
 
 
@@ -385,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": convert_report,
         "list-checks": list_checks,
         "list-candidates": list_candidates,
+        "fuzz": fuzz_command.fuzz,
     }[args.command]
     try:
         return command(args)

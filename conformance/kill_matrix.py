@@ -4,8 +4,10 @@ Run from the repository root (the zoo lives in ``tests/zoo`` and is imported by 
 
     python -m kfac_conformance.kill_matrix            # writes docs/kill-matrix.md
 
-Every mutant runs against the whole default profile. A mutant no check kills is listed as
-surviving: that is a missing check, and the command exits with status 1.
+Every mutant runs against the whole default profile, and through the property-based search
+(``kfac-conformance fuzz``, :data:`FUZZ_EXAMPLES` examples, seed 0, no case file and no example
+database). A mutant no check kills is listed as surviving: that is a missing check, and the
+command exits with status 1.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from types import ModuleType
 
 import torch
 
+from kfac_conformance.fuzzing import search
 from kfac_conformance.runner import case_entries, plan, run_items
 
 ZOO_PATH = Path("tests") / "zoo"
 OUTPUT = Path("docs") / "kill-matrix.md"
 PROFILE = "default"
+FUZZ_EXAMPLES = 300
 _ZOO_MODULE = "kfac_conformance_zoo"
 
 
@@ -57,6 +61,7 @@ class Row:
     diagnoses: list[str]
     items: int
     seconds: float
+    fuzz: str = ""  # what the search found: "property (examples, seconds)", or "" if nothing
 
 
 def kill_row(mutant_name: str, zoo_path: str = str(ZOO_PATH)) -> Row:
@@ -71,9 +76,12 @@ def kill_row(mutant_name: str, zoo_path: str = str(ZOO_PATH)) -> Row:
             killers[result.check_id] += 1
             if result.diagnosis and result.diagnosis not in diagnoses:
                 diagnoses.append(result.diagnosis)
-    return Row(
-        mutant_name, mutant.pitfall(), killers, diagnoses, len(items), time.perf_counter() - start
-    )
+    seconds = time.perf_counter() - start
+    outcome = search(mutant(), FUZZ_EXAMPLES, seed=0, database=None, max_failures=1)
+    fuzz = ", ".join(failure.property for failure in outcome.failures)
+    if fuzz:
+        fuzz += f" ({outcome.examples} examples, {outcome.seconds:.0f} s)"
+    return Row(mutant_name, mutant.pitfall(), killers, diagnoses, len(items), seconds, fuzz)
 
 
 def _cell(text: str) -> str:
@@ -87,13 +95,16 @@ def markdown(rows: list[Row], command: str) -> str:
         "Each mutant of the bug zoo (`tests/zoo`) is the reference with one deliberate mistake. "
         "It is run against the whole default profile; *killed by* lists every check with at "
         "least one failing or erroring item (and how many items), *diagnosis* the distinct "
-        "diagnoses the failures carried (the first three).",
+        "diagnoses the failures carried (the first three). *fuzz* is what `kfac-conformance fuzz` "
+        f"found with no case file ({FUZZ_EXAMPLES} examples at most, seed 0, no example "
+        "database): the failing property of the shrunk problem, the examples tried (shrinking "
+        "included) and the time.",
         "",
         f"Generated {datetime.date.today().isoformat()} with `{command}` "
         f"(torch {torch.__version__}, {rows[0].items if rows else 0} items per mutant).",
         "",
-        "| mutant | pitfall | killed by | diagnosis |",
-        "|---|---|---|---|",
+        "| mutant | pitfall | killed by | diagnosis | fuzz |",
+        "|---|---|---|---|---|",
     ]
     for row in rows:
         killed = (
@@ -101,7 +112,10 @@ def markdown(rows: list[Row], command: str) -> str:
             or "**SURVIVED: missing check**"
         )
         diagnosis = "<br>".join(_cell(d) for d in row.diagnoses[:3]) or "-"
-        lines.append(f"| {row.mutant} | {_cell(row.pitfall)} | {killed} | {diagnosis} |")
+        fuzz = row.fuzz or "**SURVIVED**"
+        lines.append(f"| {row.mutant} | {_cell(row.pitfall)} | {killed} | {diagnosis} | {fuzz} |")
+    fuzzed = sum(bool(row.fuzz) for row in rows)
+    lines += ["", f"The fuzzer kills {fuzzed} of {len(rows)} mutants with no case file."]
     per_check: Counter = Counter(check for row in rows for check in row.killers)
     lines += ["", "## Mutants killed per check", "", "| check | mutants killed |", "|---|---|"]
     lines += [f"| {check} | {count} |" for check, count in sorted(per_check.items())]
@@ -126,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = [kill_row(*job) for job in work]
     for row in rows:
-        print(f"{row.mutant}: killed by {dict(row.killers) or 'nothing'} ({row.seconds:.1f} s)")
+        print(
+            f"{row.mutant}: killed by {dict(row.killers) or 'nothing'} ({row.seconds:.1f} s); "
+            f"fuzz: {row.fuzz or 'nothing'}"
+        )
     command = "python -m kfac_conformance.kill_matrix"
     Path(args.output).write_text(markdown(rows, command))
     print(f"wrote {args.output}")

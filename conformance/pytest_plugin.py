@@ -31,6 +31,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--kfac-case", action="append", default=[], metavar="SPEC", help="extra problems"
     )
     group.addoption("--kfac-xfail", metavar="FILE", help="expected-failures file of the candidate")
+    group.addoption(
+        "--kfac-fuzz",
+        action="store_true",
+        help="also run the fuzzer (kfac-conformance fuzz) as one test per property",
+    )
+    group.addoption("--kfac-fuzz-examples", type=int, default=100, metavar="N")
+    group.addoption("--kfac-fuzz-seed", type=int, default=0, metavar="N")
 
 
 def _active(config: pytest.Config) -> bool:
@@ -92,6 +99,16 @@ def pytest_collection_modifyitems(
         # with pytest-xdist's --dist loadgroup, a case's checks share one worker and its caches
         item.add_marker(pytest.mark.xdist_group(check.item.entry.id))
         catalogue.append(item)
+    if config.getoption("--kfac-fuzz"):
+        from kfac_conformance.pytest_fuzz import fuzz_tests
+
+        tests = fuzz_tests(
+            candidate,
+            config.getoption("--kfac-fuzz-examples"),
+            config.getoption("--kfac-fuzz-seed"),
+        )
+        for name, test in tests.items():
+            catalogue.append(ConformanceItem.from_parent(session, name=name, check=test))
     items.extend(catalogue)
     # counted as collected ("collected N items", --collect-only) like tests found in files
     config.hook.pytest_collectreport(

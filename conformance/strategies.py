@@ -23,6 +23,8 @@ Usage in a library's own tests::
             ...  # compare my KFAC of `layers` with kfac_conformance.oracle.exact_blocks
 
 A case's ``repr`` rebuilds it (``Case`` is a dataclass); :func:`reproduction` prints the lines.
+For whole problems beyond deep linear networks, compared by every property of the catalogue,
+see :func:`kfac_conformance.fuzzing.assert_conforms` and ``kfac-conformance fuzz``.
 """
 
 from __future__ import annotations

@@ -105,6 +105,8 @@ def _estimates(
         if target is None:
             target = _target(session, entry, request.bias, result)
         rows.append(_flat(result, problem.layers))
+    if not target.abs().max() > 0:  # e.g. every input a weight sees is zero padding
+        raise CheckSkipped("type-2 KFAC is zero on this problem: there is nothing to estimate")
     return torch.stack(rows), target
 
 
@@ -249,6 +251,12 @@ def _applies_to_seed_sensitivity(entry: CaseEntry) -> bool:
 
 def _seeds_differ(session: Session, entry: CaseEntry):
     problem = session.fresh(entry)
+    bias = _request(session, entry, SEED_SAMPLES, seed=0).bias
+    reference = _flat(
+        session.reference(entry, Request("type-2", "expand", bias=bias)), problem.layers
+    )
+    if not reference.abs().max() > 0:  # e.g. every ReLU dead: all seeds give zero
+        raise CheckSkipped("type-2 KFAC is zero on this problem: every seed gives zero")
     first = _flat(
         session.call(problem, _request(session, entry, SEED_SAMPLES, seed=0)), problem.layers
     )

@@ -1,0 +1,47 @@
+"""A failure found and shrunk by `kfac-conformance fuzz`: exactness/type-2-reduce on curvlinops.
+
+layer '0' (bias=separate): relative error 1 > tolerance 1e-10
+
+Drawn request: fisher_type='type-2', kfac_approx='reduce', bias='separate'
+
+Reproduce through the catalogue:
+
+    kfac-conformance run --candidate curvlinops --case docs/repro/fuzz/curvlinops-C1-exactness-type-2-reduce.py:problem --select '*[fuzz-5009da2878]'
+"""
+
+from kfac_conformance.fuzz_problems import DrawnCase
+from kfac_conformance.problem import Request
+
+CASE = DrawnCase(
+    id="fuzz-5009da2878",
+    architecture=[["conv2d", 1, 2, 1, 1, 0, 1, False]],
+    input_shape=(1, 1, 1, 1),
+    loss="mse",
+    reduction="mean",
+    num_batches=1,
+    seed=0,
+    exact={
+        "type-2/expand": ("0",),
+        "type-2/reduce": ("0",),
+        "empirical/expand": ("0",),
+        "empirical/reduce": ("0",),
+    },
+    per_position=False,
+    statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
+    source="KFAC tutorial (arXiv 2507.05127), exactness tests",
+    batch_sizes=(1,),
+    dtype="float64",
+)
+REQUEST = Request(
+    fisher_type="type-2",
+    kfac_approx="reduce",
+    mc_samples=1,
+    seed=0,
+    bias="separate",
+    approximation="kfac",
+)
+
+
+def problem():
+    """The shrunk problem, rebuilt from its seed (the same every call)."""
+    return CASE.make_problem()

@@ -1,0 +1,47 @@
+"""A failure found and shrunk by `kfac-conformance fuzz`: structure/symmetric-psd on nngeometry.
+
+the candidate raised RuntimeError: expected m1 and m2 to have the same dtype, but got: double != float
+
+Drawn request: fisher_type='type-2', kfac_approx='expand', bias='joint'
+
+Reproduce through the catalogue:
+
+    kfac-conformance run --candidate nngeometry --case docs/repro/fuzz/nngeometry-N1-structure-symmetric-psd.py:problem --select '*[fuzz-1cd4e2d39f]'
+"""
+
+from kfac_conformance.fuzz_problems import DrawnCase
+from kfac_conformance.problem import Request
+
+CASE = DrawnCase(
+    id="fuzz-1cd4e2d39f",
+    architecture=[["linear", 1, 2, False]],
+    input_shape=(1, 1),
+    loss="ce",
+    reduction="mean",
+    num_batches=1,
+    seed=0,
+    exact={
+        "type-2/expand": ("0",),
+        "type-2/reduce": ("0",),
+        "empirical/expand": ("0",),
+        "empirical/reduce": ("0",),
+    },
+    per_position=False,
+    statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
+    source="KFAC tutorial (arXiv 2507.05127), exactness tests",
+    batch_sizes=(1,),
+    dtype="float64",
+)
+REQUEST = Request(
+    fisher_type="type-2",
+    kfac_approx="expand",
+    mc_samples=1,
+    seed=0,
+    bias="joint",
+    approximation="kfac",
+)
+
+
+def problem():
+    """The shrunk problem, rebuilt from its seed (the same every call)."""
+    return CASE.make_problem()
