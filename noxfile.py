@@ -21,6 +21,7 @@ MATRIX_FLAG = "--for-matrix"
 CANDIDATES = {
     "kfac_ref": "",
     "curvlinops": "curvlinops",
+    "curvlinops-ekfac": "curvlinops",
     "backpack-kfac": "backpack",
     "backpack-kflr": "backpack",
     "backpack-kfra": "backpack",

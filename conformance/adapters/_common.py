@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kfac_conformance.oracle import reduction_factor
 from kfac_conformance.outcomes import NotSupported
 from kfac_conformance.problem import Problem, Request
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 REFUSAL_PREFIX = "unsupported by"
 
@@ -132,13 +132,21 @@ def has_bias(problem: Problem, layer: str) -> bool:
     return getattr(problem.model.get_submodule(layer), "bias", None) is not None
 
 
+def _clean(problem: Problem, tensor: Tensor) -> Tensor:
+    return tensor.detach().to(device=problem.device, dtype=problem.dtype).contiguous().clone()
+
+
 def package(problem: Problem, A: Tensor, B: Tensor, bias: str) -> KroneckerFactors:
     """Detached, contiguous factors in the problem's dtype and device."""
+    return KroneckerFactors(_clean(problem, A), _clean(problem, B), bias)
 
-    def clean(factor: Tensor) -> Tensor:
-        return factor.detach().to(device=problem.device, dtype=problem.dtype).contiguous().clone()
 
-    return KroneckerFactors(clean(A), clean(B), bias)
+def package_ekfac(
+    problem: Problem, QA: Tensor, QB: Tensor, S: Tensor, bias: str, S_bias: Tensor | None = None
+) -> EKFACFactors:
+    """:func:`package` for EKFAC: detached, contiguous, in the problem's dtype and device."""
+    cleaned = None if S_bias is None else _clean(problem, S_bias)
+    return EKFACFactors(_clean(problem, QA), _clean(problem, QB), _clean(problem, S), bias, cleaned)
 
 
 @contextlib.contextmanager

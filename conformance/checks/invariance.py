@@ -21,8 +21,10 @@ from kfac_conformance.session import (
 )
 
 
-def _compare_transformed(session, entry, transform, context, flavour="expand", scale=1.0):
-    request = session.first_claimed(entry, ("type-2", "empirical"), flavour)
+def _compare_transformed(
+    session, entry, transform, context, flavour="expand", scale=1.0, approximation="kfac"
+):
+    request = session.first_claimed(entry, ("type-2", "empirical"), flavour, approximation)
     problem = session.fresh(entry)
     original = session.call(problem, request)
     transformed_problem = transform(session.fresh(entry))
@@ -58,7 +60,7 @@ def _mean_reduction_factor(problem: Problem) -> float:
     return oracle.reduction_factor(with_reduction(problem, "mean").loss_func, output, y)
 
 
-def _mean_vs_sum(session: Session, entry: CaseEntry):
+def mean_vs_sum(session: Session, entry: CaseEntry, approximation: str = "kfac"):
     reduction = session.fresh(entry).loss_func.reduction
     other = "sum" if reduction == "mean" else "mean"
     R = _mean_reduction_factor(session.fresh(entry))
@@ -68,13 +70,20 @@ def _mean_vs_sum(session: Session, entry: CaseEntry):
         lambda problem: with_reduction(problem, other),
         f"reduction={other!r} scaled by R = {R:.6g}",
         scale=R if reduction == "mean" else 1 / R,
+        approximation=approximation,
     )
 
 
-def _batch_splitting(session: Session, entry: CaseEntry):
+def batch_splitting(session: Session, entry: CaseEntry, approximation: str = "kfac"):
     problem = session.fresh(entry)
     if len(problem.batches) > 1:
-        return _compare_transformed(session, entry, concatenated, "batches concatenated into one")
+        return _compare_transformed(
+            session,
+            entry,
+            concatenated,
+            "batches concatenated into one",
+            approximation=approximation,
+        )
     if _num_data(problem) < 2:
         raise CheckSkipped("needs at least two data to split")
 
@@ -84,7 +93,9 @@ def _batch_splitting(session: Session, entry: CaseEntry):
         problem.batches = [(X[:half], y[:half]), (X[half:], y[half:])]
         return problem
 
-    return _compare_transformed(session, entry, split, "one batch split into two")
+    return _compare_transformed(
+        session, entry, split, "one batch split into two", approximation=approximation
+    )
 
 
 def _permutation(session: Session, entry: CaseEntry):
@@ -146,7 +157,7 @@ def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
     return measurement
 
 
-def _several_data(entry: CaseEntry) -> bool:
+def several_data(entry: CaseEntry) -> bool:
     return entry.case is None or entry.case.input_shape[0] * entry.case.num_batches >= 2
 
 
@@ -161,20 +172,20 @@ CHECKS = [
         "KFAC with reduction='mean' is R times KFAC with reduction='sum'",
         "definition of the reduction factor R (KFAC tutorial)",
         lambda entry: True,
-        _mean_vs_sum,
+        mean_vs_sum,
     ),
     Check(
         "invariance/batch-splitting",
         "the same data as one batch or as several batches give the same KFAC",
         SOURCE,
-        _several_data,
-        _batch_splitting,
+        several_data,
+        batch_splitting,
     ),
     Check(
         "invariance/permutation",
         "permuting the data leaves KFAC unchanged",
         SOURCE,
-        _several_data,
+        several_data,
         _permutation,
     ),
     Check(
