@@ -27,6 +27,7 @@ CANDIDATES = {
     "backpack-kfra": "backpack",
     "asdl": "asdl",
     "nngeometry": "nngeometry",
+    "nngeometry-ekfac": "nngeometry",
 }
 
 

@@ -11,11 +11,12 @@ import importlib
 import pytest
 import torch
 
-from kfac_conformance import oracle
+from kfac_conformance import conventions, oracle
 from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
 from kfac_conformance.loading import load_candidate, registered_candidates
-from kfac_conformance.problem import Request
+from kfac_conformance.problem import Problem, Request
 
 LIBRARIES = {
     "curvlinops": "curvlinops",
@@ -24,6 +25,8 @@ LIBRARIES = {
     "backpack-kfra": "backpack",
     "asdl": "asdl",
     "nngeometry": "nngeometry",
+    "curvlinops-ekfac": "curvlinops",
+    "nngeometry-ekfac": "nngeometry",
 }
 
 # one-datum cases each candidate can run (KFRA and nngeometry's classif_logits fail in float64
@@ -90,3 +93,43 @@ def test_shared_axes_on_linear_are_refused(name):
     bias = sorted(candidate.capabilities.bias_modes)[0]
     with pytest.raises(NotImplementedError, match="unsupported by"):
         candidate.compute(problem, Request("type-2", "expand", bias=bias))
+
+
+# cases with several data where EKFAC differs from KFAC (nngeometry's CE fails in float64, N1)
+EKFAC_CASES = {
+    "curvlinops-ekfac": ["mlp[tanh-ce-batch]", "cnn[relu-ce]"],
+    "nngeometry-ekfac": ["deep-linear[mse-mean-3batches]", "cnn[tanh-mse-feature-map]"],
+}
+
+
+def declared_scale(candidate, problem: Problem, fisher_type: str) -> float:
+    """The factor the candidate's declared conventions put on the tutorial's block."""
+    X = torch.cat([X for X, _ in problem.batches])
+    with torch.no_grad():
+        output = problem.model(X)
+    loss = type(problem.loss_func).__name__
+    terms = output.shape[2:].numel() if loss == "CrossEntropyLoss" else output[0].numel()
+    R = conventions.reduction_factor(loss, problem.loss_func.reduction, X.shape[0], terms)
+    quantities = {"N": X.shape[0], "R": R, "loss": loss}
+    return conventions.scale(candidate.capabilities.conventions, fisher_type, quantities)
+
+
+@pytest.mark.parametrize(
+    ("name", "case_id"), [(name, case) for name, cases in EKFAC_CASES.items() for case in cases]
+)
+def test_ekfac_correction_is_the_exact_ggn_in_the_adapters_basis(name, case_id):
+    """S = diag(QᵀGQ) (ekfac/correction-exact-type-2), once the declared scale is divided out."""
+    candidate = load(name)
+    problem = ALL_CASES[case_id].make_problem()
+    bias = sorted(candidate.capabilities.bias_modes)[0]
+    request = Request("type-2", "expand", bias=bias, approximation="ekfac")
+    assert candidate.capabilities.unsupported(problem, request) is None
+    result = candidate.compute(problem, request)
+    exact = oracle.exact_blocks(
+        problem.model, problem.loss_func, problem.batches, problem.layers, "ggn"
+    )
+    scale = declared_scale(candidate, problem, "type-2")
+    for layer in problem.layers:
+        expected = corrected_eigenvalues(result[layer], exact[layer])
+        observed = flat_eigenvalues(result[layer]) / scale
+        assert relative_error(observed, expected) < 1e-10, (name, case_id, layer)

@@ -17,4 +17,6 @@ Candidates, registered under these names in the entry-point group
   :mod:`kfac_conformance.adapters.backpack` (``BackpackKFACCandidate`` etc.)
 - ``asdl``: :class:`kfac_conformance.adapters.asdl.AsdlCandidate`
 - ``nngeometry``: :class:`kfac_conformance.adapters.nngeometry.NngeometryCandidate`
+- ``nngeometry-ekfac``: :class:`kfac_conformance.adapters.nngeometry.NngeometryEKFACCandidate`
+  (EKFAC only)
 """

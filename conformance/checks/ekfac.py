@@ -22,17 +22,21 @@ basis, hence :math:`\|F - \mathrm{EKFAC}\|_F \le \|F - \mathrm{KFAC}\|_F`, and e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from kfac_conformance import oracle
-from kfac_conformance.checks import invariance
+from kfac_conformance.checks import invariance, monte_carlo
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.checks.diagnosis import compare_diagnosed, problem_counts
+from kfac_conformance.checks.monte_carlo import T_CRITICAL, UNBIASED_SAMPLES, t_statistic
 from kfac_conformance.compare import kfac_pattern, name_factor, relative_error, restrict
-from kfac_conformance.problem import FLAVOURS, Problem, Request
+from kfac_conformance.outcomes import CandidateRefused
+from kfac_conformance.problem import BIAS_MODES, FLAVOURS, Problem, Request
 from kfac_conformance.session import Session, tolerance_for
 from kfac_ref.factors import EKFACFactors, joint_order
 
@@ -85,10 +89,14 @@ def hold(measurement: Measurement, value: float, tolerance: float, message: str)
 
 
 def claimed_requests(
-    session: Session, entry: CaseEntry, fisher_type: str, first_bias_only: bool = False
+    session: Session,
+    entry: CaseEntry,
+    fisher_type: str,
+    first_bias_only: bool = False,
+    flavours: Sequence[str] = FLAVOURS,
 ) -> Iterator[Request]:
     """Every claimed EKFAC request of ``fisher_type`` (each flavour, each bias mode or the first)."""
-    for flavour in FLAVOURS:
+    for flavour in flavours:
         modes = session.supported_bias_modes(entry, fisher_type, flavour, "ekfac")
         for bias in modes[:1] if first_bias_only else modes:
             yield Request(
@@ -101,12 +109,53 @@ def claimed_requests(
             )
 
 
-def _skip_unclaimed(session: Session, entry: CaseEntry, fisher_type: str) -> CheckSkipped:
+def unclaimed_reason(session: Session, entry: CaseEntry, fisher_type: str) -> str:
+    """Why no EKFAC request of ``fisher_type`` is claimed (a reason beyond the bias mode first)."""
     problem = session.fresh(entry)
-    reason = session.candidate.capabilities.unsupported(
-        problem, Request(fisher_type, approximation="ekfac")
-    )
-    return CheckSkipped(reason or f"not supported: EKFAC {fisher_type} in any claimed flavour")
+    reasons = [
+        session.candidate.capabilities.unsupported(
+            problem, Request(fisher_type, flavour, bias=bias, approximation="ekfac")
+        )
+        for flavour in FLAVOURS
+        for bias in BIAS_MODES
+    ]
+    reasons = [reason for reason in reasons if reason]
+    beyond_bias = [reason for reason in reasons if not reason.startswith("not supported: bias")]
+    return (beyond_bias or reasons or [f"not supported: EKFAC {fisher_type}"])[0]
+
+
+@dataclass
+class Attempts:
+    """The claimed EKFAC calls of one check. A refusal by the candidate skips that request
+    only; the check is skipped (with the first reason) when no request ran at all."""
+
+    session: Session
+    entry: CaseEntry
+    refusals: list[str] = field(default_factory=list)
+    ran: bool = False
+
+    def results(
+        self, fisher_type: str, first_bias_only: bool = False, flavours: Sequence[str] = FLAVOURS
+    ) -> Iterator[tuple[Request, Problem, dict[str, EKFACFactors]]]:
+        requests = claimed_requests(
+            self.session, self.entry, fisher_type, first_bias_only, flavours
+        )
+        for request in requests:
+            problem = self.session.fresh(self.entry)
+            try:
+                result = self.session.call(problem, request)
+            except CandidateRefused as refusal:
+                self.refusals.append(str(refusal))
+                continue
+            self.ran = True
+            yield request, problem, result
+
+    def outcome(self, measurement: Measurement, fisher_type: str = "type-2") -> Measurement:
+        if self.ran:
+            return measurement
+        if self.refusals:
+            raise CheckSkipped(self.refusals[0])
+        raise CheckSkipped(unclaimed_reason(self.session, self.entry, fisher_type))
 
 
 def exact_curvature(
@@ -180,10 +229,8 @@ def _correction_check(fisher_type: str) -> Check:
     other = {"ggn": "empirical", "empirical": "ggn"}.get(curvature)
 
     def run(session: Session, entry: CaseEntry):
-        measurement, ran = Measurement(), False
-        for request in claimed_requests(session, entry, fisher_type):
-            problem = session.fresh(entry)
-            result = session.call(problem, request)
+        measurement, attempts = Measurement(), Attempts(session, entry)
+        for request, problem, result in attempts.results(fisher_type):
             exact = exact_curvature(session, entry, request, problem)
             tolerance = tolerance_for(problem)
             for layer in problem.layers:
@@ -216,10 +263,7 @@ def _correction_check(fisher_type: str) -> Check:
                             {**counts, "S": shared.get(layer, 1)},
                         ),
                     )
-            ran = True
-        if not ran:
-            raise _skip_unclaimed(session, entry, fisher_type)
-        return measurement
+        return attempts.outcome(measurement, fisher_type)
 
     return Check(
         id=f"ekfac/correction-exact-{fisher_type}",
@@ -233,9 +277,7 @@ def _correction_check(fisher_type: str) -> Check:
 def _kfac_to_compare(session: Session, entry: CaseEntry, request: Request):
     """The candidate's own KFAC for the request where it claims it, else the reference's
     (``None`` for MC, whose reference draws other labels)."""
-    kfac_request = Request(
-        request.fisher_type, request.kfac_approx, request.mc_samples, request.seed, request.bias
-    )
+    kfac_request = dataclasses.replace(request, approximation="kfac")
     problem = session.fresh(entry)
     if session.candidate.capabilities.unsupported(problem, kfac_request) is None:
         return session.call(problem, kfac_request), "the candidate's own KFAC"
@@ -262,21 +304,19 @@ def off_diagonal(basis: Tensor, factor: Tensor) -> float:
 
 def _eigenbasis(session: Session, entry: CaseEntry):
     _claims_ekfac(session)
-    measurement, ran = Measurement(), False
-    for fisher_type in EKFAC_FISHER_TYPES:
-        for request in claimed_requests(session, entry, fisher_type):
+    measurement, attempts = Measurement(), Attempts(session, entry)
+    # the reference's MC KFAC draws other labels: MC only against the candidate's own KFAC
+    with_mc = any(session.supported_bias_modes(entry, "mc", flavour) for flavour in FLAVOURS)
+    for fisher_type in EKFAC_FISHER_TYPES if with_mc else ("type-2", "empirical"):
+        for request, problem, result in attempts.results(fisher_type):
             kfac, whose = _kfac_to_compare(session, entry, request)
             if kfac is None:
                 continue
-            problem = session.fresh(entry)
-            result = session.call(problem, request)
             tolerance = tolerance_for(problem)
             for layer in problem.layers:
-                pairs = (("QA", "A"), ("QB", "B"))
-                for basis_name, factor_name in pairs:
+                where = f"layer {layer!r} ({request.describe()})"
+                for basis_name, factor_name in (("QA", "A"), ("QB", "B")):
                     basis = getattr(result[layer], basis_name)
-                    factor = getattr(kfac[layer], factor_name)
-                    where = f"layer {layer!r} ({request.describe()})"
                     hold(
                         measurement,
                         orthonormality_error(basis),
@@ -285,26 +325,18 @@ def _eigenbasis(session: Session, entry: CaseEntry):
                     )
                     hold(
                         measurement,
-                        off_diagonal(basis, factor),
+                        off_diagonal(basis, getattr(kfac[layer], factor_name)),
                         tolerance,
                         f"{where}: {basis_name} does not diagonalise {whose} {factor_name}: "
                         f"‖offdiag(Qᵀ{factor_name}Q)‖/‖{factor_name}‖",
                     )
-            ran = True
-    if not ran:
-        raise CheckSkipped(
-            "not supported: no claimed EKFAC request whose KFAC basis is known "
-            "(type-2 or empirical, or MC where the candidate claims KFAC MC too)"
-        )
-    return measurement
+    return attempts.outcome(measurement)
 
 
 def _frobenius_optimal(session: Session, entry: CaseEntry):
-    measurement, ran = Measurement(), False
+    measurement, attempts = Measurement(), Attempts(session, entry)
     for fisher_type in ("type-2", "empirical"):
-        for request in claimed_requests(session, entry, fisher_type, first_bias_only=True):
-            problem = session.fresh(entry)
-            ekfac = session.call(problem, request)
+        for request, problem, ekfac in attempts.results(fisher_type, first_bias_only=True):
             kfac, whose = _kfac_to_compare(session, entry, request)
             exact = exact_curvature(session, entry, request, problem)
             tolerance = tolerance_for(problem)
@@ -320,10 +352,7 @@ def _frobenius_optimal(session: Session, entry: CaseEntry):
                     f"‖F − KFAC‖ = {to_kfac:.6g} ({whose}), F the exact "
                     f"{_NAMES[_CURVATURE[fisher_type]]}; the excess over ‖F‖",
                 )
-            ran = True
-    if not ran:
-        raise _skip_unclaimed(session, entry, "type-2")
-    return measurement
+    return attempts.outcome(measurement)
 
 
 def _exact_pairs(entry: CaseEntry) -> list[tuple[str, str]]:
@@ -338,15 +367,11 @@ def _exact_pairs(entry: CaseEntry) -> list[tuple[str, str]]:
 
 
 def _equals_exact(session: Session, entry: CaseEntry):
-    measurement, ran = Measurement(), False
+    measurement, attempts = Measurement(), Attempts(session, entry)
     for fisher_type, flavour in _exact_pairs(entry):
         layers = entry.case.exact_layers(fisher_type, flavour)
         exact = session.exact(entry, _CURVATURE[fisher_type])
-        for request in claimed_requests(session, entry, fisher_type):
-            if request.kfac_approx != flavour:
-                continue
-            problem = session.fresh(entry)
-            result = session.call(problem, request)
+        for request, problem, result in attempts.results(fisher_type, flavours=(flavour,)):
             compare_diagnosed(
                 problem,
                 result,
@@ -356,20 +381,15 @@ def _equals_exact(session: Session, entry: CaseEntry):
                 measurement,
                 f"EKFAC {request.describe()}",
             )
-            ran = True
-    if not ran:
-        raise _skip_unclaimed(session, entry, "type-2")
-    return measurement
+    return attempts.outcome(measurement)
 
 
 def _structure(session: Session, entry: CaseEntry):
-    measurement, ran = Measurement(), False
+    measurement, attempts = Measurement(), Attempts(session, entry)
     for fisher_type in EKFAC_FISHER_TYPES:
-        for request in claimed_requests(session, entry, fisher_type, first_bias_only=True):
-            if request.kfac_approx != "expand":
-                continue
-            problem = session.fresh(entry)
-            result = session.call(problem, request)
+        for request, problem, result in attempts.results(
+            fisher_type, first_bias_only=True, flavours=("expand",)
+        ):
             tolerance = tolerance_for(problem)
             for layer, factors in result.items():
                 values = flat_eigenvalues(factors)
@@ -388,9 +408,48 @@ def _structure(session: Session, entry: CaseEntry):
                         tolerance,
                         f"{where}: {name} is not orthonormal: ‖QᵀQ − I‖/√d",
                     )
-            ran = True
-    if not ran:
-        raise _skip_unclaimed(session, entry, "type-2")
+    return attempts.outcome(measurement)
+
+
+def mc_trace_t(session: Session, entry: CaseEntry, seeds: range) -> tuple[float, float]:
+    r"""The t statistic of :math:`z_k = \mathrm{tr}(\mathrm{EKFAC}_k) / \mathrm{tr}(G) - 1` over
+    ``seeds`` (MC EKFAC with ``UNBIASED_SAMPLES`` labels per datum, ``G`` the exact GGN, traces
+    summed over the layers) and the mean ratio :math:`1 + \bar z`.
+
+    :math:`\mathrm{tr}(\mathrm{EKFAC}) = \sum S = \mathrm{tr}(Q^\top F Q) = \mathrm{tr}(F)`
+    for any orthonormal basis, so the estimate does not depend on the sampled basis, and
+    :math:`E[\mathrm{tr}\,F_{MC}] = \mathrm{tr}(G)` because the MC Fisher is unbiased: a
+    candidate that hides its labels is still held to its scale and normalisation.
+    """
+    modes = session.supported_bias_modes(entry, "mc", "expand", "ekfac")
+    if not modes:
+        raise CheckSkipped(unclaimed_reason(session, entry, "mc"))
+    ggn = session.exact(entry, "ggn")
+    target = sum(torch.trace(block.double().cpu()).item() for block in ggn.values())
+    ratios = []
+    for seed in seeds:
+        request = Request("mc", "expand", UNBIASED_SAMPLES, seed, modes[0], "ekfac")
+        problem = session.fresh(entry)
+        result = session.call(problem, request)
+        ratios.append(sum(flat_eigenvalues(result[layer]).sum().item() for layer in problem.layers))
+    z = torch.tensor(ratios, dtype=torch.float64) / target - 1
+    return t_statistic(z, 1.0), 1 + z.mean().item()
+
+
+def _mc_trace(session: Session, entry: CaseEntry):
+    _claims_ekfac(session)
+    seeds = range(session.profile.mc_seeds)
+    t, ratio = mc_trace_t(session, entry, seeds)
+    measurement = Measurement(details={"mean_trace_ratio": ratio})
+    measurement.record(abs(t), T_CRITICAL)
+    if not abs(t) <= T_CRITICAL:
+        raise CheckFailed(
+            f"the trace of MC EKFAC is biased: |t| = {abs(t):.3g} > {T_CRITICAL} over {len(seeds)} "
+            f"seeds with mc_samples={UNBIASED_SAMPLES}; mean tr(EKFAC) / tr(GGN) = {ratio:.4g}",
+            observed=abs(t),
+            tolerance=T_CRITICAL,
+            diagnosis=f"off by a constant factor x {ratio:.4g}?",
+        )
     return measurement
 
 
@@ -414,6 +473,14 @@ SOURCE = (
 )
 CHECKS = [
     *(_correction_check(fisher_type) for fisher_type in EKFAC_FISHER_TYPES),
+    Check(
+        "ekfac/mc-trace-unbiased",
+        "the trace of MC EKFAC is on average the GGN's, whatever labels were drawn (t-test, |t| > 8; false-positive rate in docs/statistics.md)",
+        "the MC Fisher is unbiased and a trace does not depend on the basis",
+        monte_carlo.applies_statistically,
+        _mc_trace,
+        profiles=frozenset({"default", "thorough"}),
+    ),
     Check(
         "ekfac/kfac-eigenbasis",
         "QA and QB are orthonormal and diagonalise KFAC's A and B (the candidate's own KFAC where it claims it, else kfac_ref's); signs and order within degenerate eigenspaces are free",
