@@ -159,10 +159,15 @@ class Attempts:
 
 
 def exact_curvature(
-    session: Session, entry: CaseEntry, request: Request, problem: Problem
+    session: Session,
+    entry: CaseEntry,
+    request: Request,
+    problem: Problem,
+    drawn: list[tuple[list[Tensor], dict[str, Tensor]]] | None = None,
 ) -> dict[str, Tensor]:
     """``F`` for ``request``: the stored or cached GGN / empirical Fisher, or the MC Fisher of the
-    labels the candidate says it drew for ``problem``."""
+    labels the candidate says it drew for ``problem``. ``drawn`` caches MC Fishers by their
+    labels across the requests of one check (flavours and bias modes draw the same labels)."""
     curvature = _CURVATURE[request.fisher_type]
     if curvature != "mc":
         return session.exact(entry, curvature)
@@ -176,8 +181,11 @@ def exact_curvature(
         label.detach().cpu().double() if label.is_floating_point() else label.detach().cpu()
         for label in labels_of(problem, request)
     ]
+    for seen, blocks in drawn or []:
+        if len(seen) == len(labels) and all(map(torch.equal, seen, labels)):
+            return blocks
     exact_problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
-    return oracle.exact_blocks(
+    blocks = oracle.exact_blocks(
         exact_problem.model,
         exact_problem.loss_func,
         exact_problem.batches,
@@ -185,6 +193,9 @@ def exact_curvature(
         "mc",
         sampled_labels=labels,
     )
+    if drawn is not None:
+        drawn.append((labels, blocks))
+    return blocks
 
 
 def diagnose_correction(
@@ -229,9 +240,9 @@ def _correction_check(fisher_type: str) -> Check:
     other = {"ggn": "empirical", "empirical": "ggn"}.get(curvature)
 
     def run(session: Session, entry: CaseEntry):
-        measurement, attempts = Measurement(), Attempts(session, entry)
+        measurement, attempts, drawn = Measurement(), Attempts(session, entry), []
         for request, problem, result in attempts.results(fisher_type):
-            exact = exact_curvature(session, entry, request, problem)
+            exact = exact_curvature(session, entry, request, problem, drawn)
             tolerance = tolerance_for(problem)
             for layer in problem.layers:
                 factors = result[layer]
@@ -308,7 +319,9 @@ def _eigenbasis(session: Session, entry: CaseEntry):
     # the reference's MC KFAC draws other labels: MC only against the candidate's own KFAC
     with_mc = any(session.supported_bias_modes(entry, "mc", flavour) for flavour in FLAVOURS)
     for fisher_type in EKFAC_FISHER_TYPES if with_mc else ("type-2", "empirical"):
-        for request, problem, result in attempts.results(fisher_type):
+        # the bias layouts are the same for every fisher type: all of them for type-2 only
+        first_bias_only = fisher_type != "type-2"
+        for request, problem, result in attempts.results(fisher_type, first_bias_only):
             kfac, whose = _kfac_to_compare(session, entry, request)
             if kfac is None:
                 continue
