@@ -36,11 +36,15 @@ def outputs(weight, x):
 (QA, QG), diag = ekfac.data[0]["0"], ekfac.data[1]["0"]
 # the regression Fisher is mean_n J_nᵀ J_n; its diagonal in the basis QG ⊗ QA
 jacobians = torch.stack(
-    [torch.autograd.functional.jacobian(lambda w: outputs(w, x), model[0].weight) for x in X]
+    [torch.autograd.functional.jacobian(lambda w, x=x: outputs(w, x), model[0].weight) for x in X]
 )  # (N, outputs, 3, 4): per datum and output, the gradient of the first layer's weight
 corrected = (torch.einsum("gi,nogj,jk->noik", QG, jacobians, QA) ** 2).sum(1).mean(0)
-print(f"FIM(PMatEKFAC) vs FIM(PMatKFAC), dense: relative gap {gap(ekfac.to_torch(), kfac.to_torch()):.1e}")
-print(f"diagonal before update_diag vs corrected: relative gap {gap(diag.view(3, 4), corrected):.2f}")
+print(
+    f"FIM(PMatEKFAC) vs FIM(PMatKFAC), dense: relative gap {gap(ekfac.to_torch(), kfac.to_torch()):.1e}"
+)
+print(
+    f"diagonal before update_diag vs corrected: relative gap {gap(diag.view(3, 4), corrected):.2f}"
+)
 ekfac.update_diag(loader)
 after = ekfac.data[1]["0"].view(3, 4)
 print(f"diagonal after update_diag vs corrected: relative gap {gap(after, corrected):.1e}")
