@@ -9,7 +9,8 @@ eigenvalues are the diagonal of the exact curvature block in that basis,
 where ``F`` is the block the per-datum vectors span: the GGN for ``"type-2"``, the empirical
 Fisher for ``"empirical"``, and for ``"mc"`` the MC Fisher of the labels the candidate drew
 (which it exposes by the optional method ``sampled_labels(problem, request)``, one
-``(mc_samples, *y.shape)`` tensor per batch; a candidate without it is skipped there). The
+``(mc_samples, *y.shape)`` tensor per batch; a candidate without it is skipped there, and
+only the statistical ``ekfac/mc-trace-unbiased`` holds its MC EKFAC to scale). The
 checks hold the candidate to this in its *own* basis, so eigenvector signs and the order
 within degenerate eigenspaces are free; that the basis is KFAC's is checked on its own, by
 :math:`Q_A^\top A Q_A` and :math:`Q_B^\top B Q_B` being diagonal for the candidate's own KFAC
