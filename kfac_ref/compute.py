@@ -54,6 +54,9 @@ def compute_kfac(
             input_sum, count = rules[name].input_sum(positions)
             _accumulate(input_sums, name, input_sum)
             input_counts[name] += count
+        # KFAC needs only their sums: free the positions (a convolution's patches) before the
+        # backward passes
+        batch.inputs.clear()
         for grad_positions in batch.gradients:
             for name, positions in grad_positions.items():
                 _accumulate(grad_sums, name, rules[name].grad_sum(positions))
