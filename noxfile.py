@@ -24,6 +24,7 @@ MATRIX_FLAG = "--for-matrix"
 CANDIDATES = {
     "kfac_ref": "",
     "curvlinops": "curvlinops",
+    "curvlinops-ekfac": "curvlinops",
     "backpack-kfac": "backpack",
     "backpack-kflr": "backpack",
     "backpack-kfra": "backpack",
@@ -35,6 +36,7 @@ CANDIDATES = {
     "laplace-curvlinops": "laplace",
     "laplace-asdl": "laplace",
     "laplace-backpack": "laplace",
+    "nngeometry-ekfac": "nngeometry",
 }
 
 # packages an extra pulls in that must go again: laplace-torch's torchmetrics imports

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from kfac_conformance.outcomes import CandidateRefused, CheckFailed, CheckSkipped, NotSupported
 from kfac_conformance.problem import Candidate, Problem, Request
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -312,15 +312,15 @@ def expected_shapes(problem: Problem, layer: str, bias: str) -> tuple[int, int, 
     return d_in + (bias == "joint"), d_out, bias
 
 
-def _validate_factor(where: str, factor: object, size: int, problem: Problem) -> None:
+def _validate_factor(where: str, factor: object, shape: tuple[int, ...], problem: Problem) -> None:
     if not isinstance(factor, Tensor):
         raise CheckFailed(f"{where}: expected a torch.Tensor, got {type(factor).__name__}")
     if factor.layout != torch.strided:
         raise CheckFailed(f"{where}: layout {factor.layout}, expected a dense (strided) tensor")
     if factor.is_complex() or not factor.is_floating_point():
         raise CheckFailed(f"{where}: dtype {factor.dtype} is not a real floating dtype")
-    if tuple(factor.shape) != (size, size):
-        raise CheckFailed(f"{where}: shape expected {(size, size)}, got {tuple(factor.shape)}")
+    if tuple(factor.shape) != shape:
+        raise CheckFailed(f"{where}: shape expected {shape}, got {tuple(factor.shape)}")
     if factor.dtype != problem.dtype:
         raise CheckFailed(
             f"{where}: dtype expected the problem's {problem.dtype}, got {factor.dtype}"
@@ -348,21 +348,28 @@ def validate_result(
         raise CheckFailed(
             f"invalid result: layers missing {missing}, unexpected {extra} (asked for {problem.layers})"
         )
+    expected_type = EKFACFactors if request.approximation == "ekfac" else KroneckerFactors
     validated = {}
     for layer in problem.layers:
         factors = result[layer]
-        if not isinstance(factors, KroneckerFactors):
+        if not isinstance(factors, expected_type):
             raise CheckFailed(
-                f"invalid result for layer {layer!r}: expected KroneckerFactors, got {type(factors).__name__}"
+                f"invalid result for layer {layer!r}: expected {expected_type.__name__}, got {type(factors).__name__}"
             )
         size_A, size_B, bias = expected_shapes(problem, layer, request.bias)
         if factors.bias != bias:
             raise CheckFailed(
                 f"invalid result for layer {layer!r}: bias mode expected {bias!r}, got {factors.bias!r}"
             )
-        for name, size in (("A", size_A), ("B", size_B)):
+        if expected_type is EKFACFactors:
+            shapes = {"QA": (size_A, size_A), "QB": (size_B, size_B), "S": (size_B, size_A)}
+            if bias == "separate":
+                shapes["S_bias"] = (size_B,)
+        else:
+            shapes = {"A": (size_A, size_A), "B": (size_B, size_B)}
+        for name, shape in shapes.items():
             where = f"invalid result for layer {layer!r}, factor {name}"
-            _validate_factor(where, getattr(factors, name), size, problem)
+            _validate_factor(where, getattr(factors, name), shape, problem)
         validated[layer] = factors
     return validated
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kfac_conformance.checks import (
     agreement,
+    ekfac,
     exactness,
     invariance,
     monte_carlo,
@@ -26,6 +27,7 @@ ALL_CHECKS: list[Check] = [
     *side_effects.CHECKS,
     *robustness.CHECKS,
     *agreement.CHECKS,
+    *ekfac.CHECKS,
     *parity.CHECKS,
 ]
 if len({check.id for check in ALL_CHECKS}) != len(ALL_CHECKS):

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kfac_conformance import tolerances
 from kfac_conformance.tolerances import FLOAT32_ROUND_OFF, name_factor
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 
 def round_off_tolerance(dtype: torch.dtype) -> float:
@@ -26,12 +26,20 @@ def relative_error(candidate: Tensor, exact: Tensor) -> float:
     return difference / scale if scale > 0 else difference
 
 
-def kfac_pattern(factors: KroneckerFactors) -> Tensor | None:
+def factor_sizes(factors: KroneckerFactors | EKFACFactors) -> tuple[int, int]:
+    """``(size of A, size of B)``: the input and output sides of either kind of result."""
+    if isinstance(factors, EKFACFactors):
+        return factors.QA.shape[0], factors.QB.shape[0]
+    return factors.A.shape[0], factors.B.shape[0]
+
+
+def kfac_pattern(factors: KroneckerFactors | EKFACFactors) -> Tensor | None:
     """Entries KFAC is meant to approximate: all, or without cross terms for a separate bias."""
     if factors.bias != "separate":
         return None
-    size = factors.A.shape[0] * factors.B.shape[0] + factors.B.shape[0]
-    weight = size - factors.B.shape[0]
+    size_A, size_B = factor_sizes(factors)
+    size = size_A * size_B + size_B
+    weight = size - size_B
     pattern = torch.zeros(size, size, dtype=torch.bool)
     pattern[:weight, :weight] = True
     pattern[weight:, weight:] = True
@@ -87,7 +95,12 @@ def diagnose(
         named = name_factor(scale.item(), quantities or {})
         explanation = f" = {named}" if named else ""
         return f"off by a constant factor x {scale.item():.6g}{explanation}: a reduction or convention factor?"
-    swapped = KroneckerFactors(factors.B, factors.A, "none") if factors.bias == "none" else None
+    kronecker = isinstance(factors, KroneckerFactors)
+    swapped = (
+        KroneckerFactors(factors.B, factors.A, "none")
+        if kronecker and factors.bias == "none"
+        else None
+    )
     if swapped is not None and swapped.A.shape[0] * swapped.B.shape[0] == target.shape[0]:
         swapped_dense = torch.kron(factors.A, factors.B).double().cpu()
         if relative_error(swapped_dense, target) <= tolerance:
@@ -99,7 +112,7 @@ def diagnose(
         ratio = (candidate * other).sum() / (other * other).sum().clamp_min(1e-300)
         if ratio.abs() > 0 and relative_error(candidate / ratio, other) <= tolerance:
             return f"equals the {name} block times {ratio.item():.6g} instead"
-    if factors.bias == "joint":
+    if kronecker and factors.bias == "joint":
         joint = _diagnose_joint_bias(factors, candidate, exact, tolerance)
         if joint is not None:
             return joint

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(OUTPUT), help="the markdown file to write")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run in parallel")
     args = parser.parse_args(argv)
+    # tiny problems: a second thread only waits for a busy core (docs/performance.md)
+    torch.set_num_threads(1)
     names = [mutant.__name__ for mutant in load_zoo(Path(args.zoo)).MUTANTS]
     work = [(name, args.zoo) for name in names]
     if args.jobs > 1:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from torch import Tensor
+
+import kfac_ref
 from kfac_conformance.loading import suite_version
 from kfac_conformance.problem import Capabilities, Problem, Request
 from kfac_conformance.session import reference_compute
@@ -13,7 +16,18 @@ from kfac_ref.factors import KroneckerFactors
 class ReferenceCandidate:
     name = "kfac_ref"
     version = suite_version()
-    capabilities = Capabilities()
+    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         return reference_compute(problem, request)
+
+    def sampled_labels(self, problem: Problem, request: Request) -> list[Tensor]:
+        """The labels its MC Fisher draws for ``request`` (optional contract, see
+        :mod:`kfac_conformance.checks.ekfac`)."""
+        return kfac_ref.sampled_labels(
+            problem.model,
+            problem.loss_func,
+            problem.batches,
+            mc_samples=request.mc_samples,
+            seed=request.seed,
+        )

@@ -23,7 +23,7 @@ from kfac_conformance.compare import (
 from kfac_conformance.evidence import block_evidence
 from kfac_conformance.problem import BIAS_MODES, Candidate, Problem, Request
 from kfac_conformance.profiles import PROFILES, Profile
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 
 @dataclass
@@ -65,25 +65,31 @@ class Session:
             problem.scale_quantities(),
         )
 
-    def supported_bias_modes(self, entry: CaseEntry, fisher_type: str, flavour: str) -> list[str]:
+    def supported_bias_modes(
+        self, entry: CaseEntry, fisher_type: str, flavour: str, approximation: str = "kfac"
+    ) -> list[str]:
         problem = self.fresh(entry)
         return [
             bias
             for bias in BIAS_MODES
             if self.candidate.capabilities.unsupported(
-                problem, Request(fisher_type, flavour, bias=bias)
+                problem, Request(fisher_type, flavour, bias=bias, approximation=approximation)
             )
             is None
         ]
 
     def first_claimed(
-        self, entry: CaseEntry, fisher_types: Sequence[str], flavour: str = "expand"
+        self,
+        entry: CaseEntry,
+        fisher_types: Sequence[str],
+        flavour: str = "expand",
+        approximation: str = "kfac",
     ) -> Request:
         """The first of ``fisher_types`` the candidate claims for the entry, with a claimed bias."""
         for fisher_type in fisher_types:
-            modes = self.supported_bias_modes(entry, fisher_type, flavour)
+            modes = self.supported_bias_modes(entry, fisher_type, flavour, approximation)
             if modes:
-                return Request(fisher_type, flavour, bias=modes[0])
+                return Request(fisher_type, flavour, bias=modes[0], approximation=approximation)
         raise CheckSkipped(
             f"not supported: none of the fisher types {list(fisher_types)} is claimed"
         )
@@ -112,8 +118,11 @@ class Session:
         return self._reference_cache[key]
 
 
-def reference_compute(problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
-    return kfac_ref.compute_kfac(
+def reference_compute(
+    problem: Problem, request: Request
+) -> dict[str, KroneckerFactors] | dict[str, EKFACFactors]:
+    compute = kfac_ref.compute_ekfac if request.approximation == "ekfac" else kfac_ref.compute_kfac
+    return compute(
         problem.model,
         problem.loss_func,
         problem.batches,

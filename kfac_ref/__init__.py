@@ -3,10 +3,13 @@
 Read in this order: :mod:`kfac_ref.factors` (the result), :mod:`kfac_ref.losses` (``R``, the
 criterion and its Hessian factorisation), :mod:`kfac_ref.backpropagated` (the vectors per
 Fisher type), :mod:`kfac_ref.layers` (factor sums per layer type and flavour) and
-:mod:`kfac_ref.compute` (the scaffold).
+:mod:`kfac_ref.compute` (the scaffold); then :mod:`kfac_ref.ekfac` (EKFAC's corrected
+eigenvalues) and :mod:`kfac_ref.labels` (the labels MC draws).
 """
 
 from kfac_ref.compute import compute_kfac
+from kfac_ref.ekfac import compute_ekfac
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.labels import sampled_labels
 
-__all__ = ["EKFACFactors", "KroneckerFactors", "compute_kfac"]
+__all__ = ["EKFACFactors", "KroneckerFactors", "compute_ekfac", "compute_kfac", "sampled_labels"]

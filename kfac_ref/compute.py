@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,47 +39,27 @@ def compute_kfac(
     holds parameters of its own, each of which must be supported. MC labels come from a
     generator seeded with ``seed``; the global RNG is neither used nor changed.
     """
-    if fisher_type not in FISHER_TYPES:
-        raise ValueError(f"fisher_type must be one of {FISHER_TYPES}, got {fisher_type!r}")
-    if bias not in BIAS_CHOICES:
-        raise ValueError(f"bias must be one of {BIAS_CHOICES}, got {bias!r}")
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-    losses.check_loss_supported(loss_func)
-    selected = _select_layers(model, layers)
-    rules = {name: layer_rules.rule_for(module, kfac_approx) for name, module in selected.items()}
-
-    generator = torch.Generator().manual_seed(seed)
+    selected, rules = prepare(model, loss_func, fisher_type, kfac_approx, mc_samples, bias, layers)
     input_sums: dict[str, Tensor] = {}
     grad_sums: dict[str, Tensor] = {}
     input_counts = dict.fromkeys(selected, 0)
     num_data, num_terms = 0, None
 
-    for X, y in _batches(data):
-        # a model that draws random numbers (dropout) must not advance the caller's RNG
-        devices = [X.device] if X.is_cuda else []
-        with torch.random.fork_rng(devices), torch.enable_grad(), _recording(selected) as recorded:
-            output = model(X)
-        losses.check_labels(loss_func, output, y)
-        num_data += output.shape[0]
-        num_terms = losses.terms_per_datum(loss_func, output)
-        vectors = backpropagated_vectors(loss_func, output, y, fisher_type, mc_samples, generator)
-        for name, module in selected.items():
-            rule, layer_input = rules[name], recorded[name][0]
-            positions = rule.input_positions(module, layer_input)
-            if bias == "joint" and module.bias is not None:
-                positions = layer_rules.with_ones(positions)
-            input_sum, count = rule.input_sum(positions)
+    for batch in forward_backward(
+        model, loss_func, data, selected, rules, fisher_type, mc_samples, seed, bias
+    ):
+        num_data += batch.num_data
+        num_terms = batch.num_terms
+        for name, positions in batch.inputs.items():
+            input_sum, count = rules[name].input_sum(positions)
             _accumulate(input_sums, name, input_sum)
             input_counts[name] += count
-        layer_outputs = [recorded[name][1] for name in selected]
-        # B is a sum over vectors: accumulating one vector at a time keeps a single set of
-        # layer gradients alive instead of V of them (and measured faster on convolutions)
-        for vector in vectors:
-            grads = torch.autograd.grad(output, layer_outputs, vector, retain_graph=True)
-            for (name, module), grad in zip(selected.items(), grads, strict=True):
-                grad_positions = rules[name].output_positions(module, grad.unsqueeze(0))
-                _accumulate(grad_sums, name, rules[name].grad_sum(grad_positions))
+        # KFAC needs only their sums: free the positions (a convolution's patches) before the
+        # backward passes
+        batch.inputs.clear()
+        for grad_positions in batch.gradients:
+            for name, positions in grad_positions.items():
+                _accumulate(grad_sums, name, rules[name].grad_sum(positions))
 
     if num_data == 0:
         raise ValueError("data holds no batches (or only empty ones): nothing to compute KFAC on")
@@ -93,6 +74,89 @@ def compute_kfac(
         mode = "none" if module.bias is None else bias
         result[name] = KroneckerFactors(A.detach(), B.detach(), mode)
     return result
+
+
+def prepare(
+    model: nn.Module,
+    loss_func: nn.Module,
+    fisher_type: str,
+    kfac_approx: str,
+    mc_samples: int,
+    bias: str,
+    layers: Sequence[str] | None,
+) -> tuple[dict[str, nn.Module], dict[str, layer_rules.LayerRule]]:
+    """Validate the arguments; the selected layers by name and their rules."""
+    if fisher_type not in FISHER_TYPES:
+        raise ValueError(f"fisher_type must be one of {FISHER_TYPES}, got {fisher_type!r}")
+    if bias not in BIAS_CHOICES:
+        raise ValueError(f"bias must be one of {BIAS_CHOICES}, got {bias!r}")
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    losses.check_loss_supported(loss_func)
+    selected = _select_layers(model, layers)
+    rules = {name: layer_rules.rule_for(module, kfac_approx) for name, module in selected.items()}
+    return selected, rules
+
+
+class BatchPass(NamedTuple):
+    """One batch's forward and backward pass, per layer.
+
+    ``inputs[name]`` are the layer's input positions ``(N, S, d_in)`` (a joint bias's one
+    appended); ``gradients`` yields, for each backpropagated vector ``v`` in turn, the output
+    gradients ``(1, N, S, d_out)`` of every layer (lazily: one set alive at a time).
+    """
+
+    num_data: int
+    num_terms: int
+    inputs: dict[str, Tensor]
+    gradients: Iterator[dict[str, Tensor]]
+
+
+def forward_backward(
+    model: nn.Module,
+    loss_func: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    selected: dict[str, nn.Module],
+    rules: dict[str, layer_rules.LayerRule],
+    fisher_type: str,
+    mc_samples: int,
+    seed: int,
+    bias: str,
+) -> Iterator[BatchPass]:
+    """Every non-empty batch's :class:`BatchPass`; MC labels from a generator seeded with
+    ``seed``, so that two runs over the same data see the same vectors."""
+    generator = torch.Generator().manual_seed(seed)
+    for X, y in _batches(data):
+        # a model that draws random numbers (dropout) must not advance the caller's RNG
+        devices = [X.device] if X.is_cuda else []
+        with torch.random.fork_rng(devices), torch.enable_grad(), _recording(selected) as recorded:
+            output = model(X)
+        losses.check_labels(loss_func, output, y)
+        vectors = backpropagated_vectors(loss_func, output, y, fisher_type, mc_samples, generator)
+        inputs = {}
+        for name, module in selected.items():
+            positions = rules[name].input_positions(module, recorded[name][0])
+            if bias == "joint" and module.bias is not None:
+                positions = layer_rules.with_ones(positions)
+            inputs[name] = positions
+        yield BatchPass(
+            output.shape[0],
+            losses.terms_per_datum(loss_func, output),
+            inputs,
+            _gradients(output, vectors, selected, rules, recorded),
+        )
+
+
+def _gradients(output, vectors, selected, rules, recorded) -> Iterator[dict[str, Tensor]]:
+    layer_outputs = [recorded[name][1] for name in selected]
+    # B is a sum over vectors: one vector at a time keeps a single set of layer gradients
+    # alive instead of V of them (and measured faster on convolutions)
+    for vector in vectors:
+        grads = torch.autograd.grad(output, layer_outputs, vector, retain_graph=True)
+        yield {
+            name: rules[name].output_positions(module, grad.unsqueeze(0))
+            for (name, module), grad in zip(selected.items(), grads, strict=True)
+        }
 
 
 def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor) -> None:

@@ -12,6 +12,13 @@ BiasMode = Literal["none", "separate", "joint"]
 BIAS_MODES: tuple[str, ...] = ("none", "separate", "joint")
 
 
+def joint_order(d_out: int, d_in_plus_one: int, device: torch.device | None = None) -> Tensor:
+    """Indices that take the row-major flattening of ``[W | b]`` (rows ``(out, in + 1)``, the
+    bias in column ``in`` of each row) to ``[W.flatten(), b]``."""
+    index = torch.arange(d_out * d_in_plus_one, device=device).reshape(d_out, -1)
+    return torch.cat([index[:, :-1].flatten(), index[:, -1]])
+
+
 @dataclass(frozen=True)
 class KroneckerFactors:
     """KFAC's block of one layer: ``A`` (input-based) and ``B`` (grad-output-based).
@@ -54,10 +61,7 @@ class KroneckerFactors:
             return weight_and_maybe_bias
         if self.bias == "separate":
             return torch.block_diag(weight_and_maybe_bias, self.B)
-        # joint: rows of [W | b] are (out, in + 1); the bias is column `in` of each row.
-        d_out, d_in_plus_one = self.B.shape[0], self.A.shape[0]
-        index = torch.arange(d_out * d_in_plus_one, device=self.A.device).reshape(d_out, -1)
-        order = torch.cat([index[:, :-1].flatten(), index[:, -1]])
+        order = joint_order(self.B.shape[0], self.A.shape[0], self.A.device)
         return weight_and_maybe_bias[order][:, order]
 
     def to(self, *args, **kwargs) -> KroneckerFactors:
@@ -77,10 +81,10 @@ class EKFACFactors:
     the corrected eigenvalues, so that over the row-major weight (or ``[W | b]`` for a joint
     bias) the block is
 
-    .. math::  (Q_B \otimes Q_A)\,\mathrm{diag}(\mathrm{vec}_{	ext{row}}(S))\,
-               (Q_B \otimes Q_A)^	op .
+    .. math::  (Q_B \otimes Q_A)\,\mathrm{diag}(\mathrm{vec}_{\text{row}}(S))\,
+               (Q_B \otimes Q_A)^\top .
 
-    For ``bias="separate"`` the bias block is :math:`Q_B\,\mathrm{diag}(s_b)\,Q_B^	op` with
+    For ``bias="separate"`` the bias block is :math:`Q_B\,\mathrm{diag}(s_b)\,Q_B^\top` with
     ``S_bias`` = :math:`s_b` (``dim B``), and the weight-bias cross terms are zero.
     """
 
@@ -118,9 +122,7 @@ class EKFACFactors:
         if self.bias == "separate":
             bias_block = self.QB @ torch.diag(self.S_bias) @ self.QB.T
             return torch.block_diag(weight_and_maybe_bias, bias_block)
-        d_out, d_in_plus_one = self.QB.shape[0], self.QA.shape[0]
-        index = torch.arange(d_out * d_in_plus_one, device=self.QA.device).reshape(d_out, -1)
-        order = torch.cat([index[:, :-1].flatten(), index[:, -1]])
+        order = joint_order(self.QB.shape[0], self.QA.shape[0], self.QA.device)
         return weight_and_maybe_bias[order][:, order]
 
     def to(self, *args, **kwargs) -> EKFACFactors:

@@ -98,6 +98,15 @@ def labels_to_terms(loss_func: nn.Module, labels: Tensor) -> Tensor:
     return labels.reshape(labels.shape[0], -1, 1)
 
 
+def labels_from_terms(loss_func: nn.Module, labels: Tensor, output_shape: torch.Size) -> Tensor:
+    """Inverse of :func:`labels_to_terms` for labels with extra leading axes ``(..., N, T[, 1])``:
+    the layout of ``y`` for outputs of shape ``output_shape``."""
+    if isinstance(loss_func, nn.CrossEntropyLoss):
+        lead = labels.shape[:-2]
+        return labels.reshape(*lead, output_shape[0], *output_shape[2:])
+    return labels.reshape(*labels.shape[:-3], *output_shape)
+
+
 def terms_per_datum(loss_func: nn.Module, output: Tensor) -> int:
     return to_terms(loss_func, output).shape[1]
 

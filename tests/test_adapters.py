@@ -14,6 +14,7 @@ import torch
 
 from kfac_conformance import conventions, oracle
 from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
 from kfac_conformance.loading import load_candidate, registered_candidates
 from kfac_conformance.problem import Request
@@ -32,6 +33,8 @@ LIBRARIES = {
     "laplace-curvlinops": "laplace",
     "laplace-asdl": "laplace",
     "laplace-backpack": "laplace",
+    "curvlinops-ekfac": "curvlinops",
+    "nngeometry-ekfac": "nngeometry",
 }
 
 # one-datum cases each candidate can run (KFRA and nngeometry's classif_logits fail in float64
@@ -215,3 +218,31 @@ def test_kronfluence_averages_g_over_positions_too():
     for layer, factors in result.items():
         expand = reference[layer].to_dense()
         assert relative_error(positions * factors.to_dense(), expand) < 1e-10, layer
+
+
+# cases with several data where EKFAC differs from KFAC (nngeometry's CE fails in float64, N1)
+EKFAC_CASES = {
+    "curvlinops-ekfac": ["mlp[tanh-ce-batch]", "cnn[relu-ce]"],
+    "nngeometry-ekfac": ["deep-linear[mse-mean-3batches]", "cnn[tanh-mse-feature-map]"],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "case_id"), [(name, case) for name, cases in EKFAC_CASES.items() for case in cases]
+)
+def test_ekfac_correction_is_the_exact_ggn_in_the_adapters_basis(name, case_id):
+    """S = diag(QᵀGQ) (ekfac/correction-exact-type-2), once the declared scale is divided out."""
+    candidate = load(name)
+    problem = ALL_CASES[case_id].make_problem()
+    bias = sorted(candidate.capabilities.bias_modes)[0]
+    request = Request("type-2", "expand", bias=bias, approximation="ekfac")
+    assert candidate.capabilities.unsupported(problem, request) is None
+    result = candidate.compute(problem, request)
+    exact = oracle.exact_blocks(
+        problem.model, problem.loss_func, problem.batches, problem.layers, "ggn"
+    )
+    scale = tutorial_scale(candidate, problem, request)
+    for layer in problem.layers:
+        expected = corrected_eigenvalues(result[layer], exact[layer])
+        observed = flat_eigenvalues(result[layer]) / scale
+        assert relative_error(observed, expected) < 1e-10, (name, case_id, layer)

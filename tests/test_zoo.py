@@ -20,7 +20,7 @@ from kfac_conformance.conventions import Conventions
 from kfac_conformance.problem import Request
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_conformance.runner import Item, case_entries, plan, run_items
-from kfac_ref import compute, layers, losses
+from kfac_ref import compute, ekfac, layers, losses
 
 PROFILE = "default"
 DEFAULT_PLAN = plan(PROFILE, case_entries(PROFILE))
@@ -92,6 +92,8 @@ def _kfac_ref_state() -> dict:
         "backpropagated_vectors": compute.backpropagated_vectors,
         "with_ones": layers.with_ones,
         "registry": dict(layers.REGISTRY),
+        "rotated_squares": ekfac.rotated_squares,
+        "kfac_eigenbasis": ekfac.kfac_eigenbasis,
     }
 
 
@@ -100,7 +102,10 @@ def test_mutants_leave_kfac_ref_as_they_found_it():
     before = _kfac_ref_state()
     answer = kfac_ref.compute_kfac(*_arguments(case))
     for mutant in MUTANTS:
-        for request in (Request("type-2", "reduce", bias="joint"), Request("mc", mc_samples=2)):
+        requests = [Request("type-2", "reduce", bias="joint"), Request("mc", mc_samples=2)]
+        if "ekfac" in mutant.capabilities.approximations:
+            requests.append(Request("empirical", approximation="ekfac"))
+        for request in requests:
             mutant().compute(case.make_problem(), request)
     assert _kfac_ref_state() == before
     again = kfac_ref.compute_kfac(*_arguments(case))

@@ -11,6 +11,8 @@ Candidates, registered under these names in the entry-point group
 ``kfac_conformance.candidates`` (``pyproject.toml``):
 
 - ``curvlinops``: :class:`kfac_conformance.adapters.curvlinops.CurvlinopsCandidate`
+- ``curvlinops-ekfac``: :class:`kfac_conformance.adapters.curvlinops.CurvlinopsEKFACCandidate`
+  (EKFAC only)
 - ``backpack-kfac``, ``backpack-kflr``, ``backpack-kfra``:
   :mod:`kfac_conformance.adapters.backpack` (``BackpackKFACCandidate`` etc.)
 - ``asdl``: :class:`kfac_conformance.adapters.asdl.AsdlCandidate`
@@ -19,4 +21,6 @@ Candidates, registered under these names in the entry-point group
   (``KronfluenceKFACCandidate``, ``KronfluenceEKFACCandidate``)
 - ``laplace-curvlinops``, ``laplace-asdl``, ``laplace-backpack``:
   :mod:`kfac_conformance.adapters.laplace` (laplace-torch's ``KronLaplace`` per backend)
+- ``nngeometry-ekfac``: :class:`kfac_conformance.adapters.nngeometry.NngeometryEKFACCandidate`
+  (EKFAC only)
 """

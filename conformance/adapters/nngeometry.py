@@ -32,6 +32,7 @@ Conventions (nngeometry 0.4, verified numerically):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from torch import nn
@@ -42,6 +43,7 @@ from kfac_conformance.adapters._common import (
     has_bias,
     library_version,
     package,
+    package_ekfac,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     require,
@@ -49,7 +51,7 @@ from kfac_conformance.adapters._common import (
 )
 from kfac_conformance.conventions import Conventions
 from kfac_conformance.problem import Capabilities, Problem, Request
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 LIBRARY = "nngeometry"
 LAYER_TYPES = frozenset({"Linear", "Conv2d"})
@@ -95,37 +97,83 @@ class NngeometryCandidate:
         return self._factors(problem, request)
 
     def _factors(self, problem: Problem, request: Request) -> dict[str, KroneckerFactors]:
-        from nngeometry.layercollection import LayerCollection
-        from nngeometry.metrics import FIM, FIM_MonteCarlo
         from nngeometry.object import PMatKFAC
 
-        loader = batch_loader(problem)
-        layers = LayerCollection()
-        for layer in problem.layers:
-            layers.add_layer_from_model(problem.model, problem.model.get_submodule(layer))
-        variant = VARIANTS[type(problem.loss_func).__name__]
-        if request.fisher_type == "mc":
-            F = FIM_MonteCarlo(
-                problem.model,
-                loader,
-                PMatKFAC,
-                variant=variant,
-                trials=request.mc_samples,
-                device=str(problem.device),
-                layer_collection=layers,
-            )
-        else:
-            F = FIM(
-                problem.model,
-                loader,
-                PMatKFAC,
-                variant=variant,
-                device=str(problem.device),
-                layer_collection=layers,
-            )
+        F, _ = _fisher(problem, request, PMatKFAC)
         result = {}
         for layer in problem.layers:
             A, G = F.data[layer]
             bias = "joint" if has_bias(problem, layer) else "none"
             result[layer] = package(problem, A, G, bias)
         return result
+
+
+class NngeometryEKFACCandidate(NngeometryCandidate):
+    """nngeometry's ``PMatEKFAC`` (EKFAC only; its KFAC is the candidate above).
+
+    ``FIM(..., PMatEKFAC)`` builds the Kronecker eigenbasis from the KFAC factors and holds
+    *KFAC's* eigenvalues (``kronecker(evals_g, evals_a)``) until ``F.update_diag(loader)``
+    replaces them with the corrected ones (George et al. 2018), as nngeometry's EKFAC example
+    does; the adapter calls it. ``F.data == (evecs, diags)``: ``evecs[layer] == (QA, QG)``
+    (columns, from ``torch.linalg.eigh``; ``QA`` with the bias's ones last, the suite's
+    ``"joint"``) and ``diags[layer]`` the ``(d_out * d_in [+ 1])`` corrected eigenvalues in
+    row-major ``(d_out, d_in [+ 1])`` order, from per-example gradients summed over a
+    convolution's positions. Scale: ``(1/N) Σ_n`` of the per-datum NLL Fisher, declared as
+    ``Conventions(curvature="mean-nll")`` and converted by the harness (no factor applied
+    here). For MC, ``update_diag`` draws labels again from the global RNG (seeded by the
+    adapter), so the correction uses other samples than the basis: still unbiased.
+    """
+
+    name = "nngeometry-ekfac"
+    capabilities = dataclasses.replace(
+        NngeometryCandidate.capabilities,
+        approximations=frozenset({"ekfac"}),
+        conventions=Conventions(curvature="mean-nll"),
+    )
+
+    def _factors(self, problem: Problem, request: Request) -> dict[str, EKFACFactors]:
+        from nngeometry.object import PMatEKFAC
+
+        F, loader = _fisher(problem, request, PMatEKFAC)
+        F.update_diag(loader)
+        bases, corrected = F.data
+        result = {}
+        for layer in problem.layers:
+            QA, QG = bases[layer]
+            S = corrected[layer].reshape(QG.shape[0], QA.shape[0])
+            bias = "joint" if has_bias(problem, layer) else "none"
+            result[layer] = package_ekfac(problem, QA, QG, S, bias)
+        return result
+
+
+def _fisher(problem: Problem, request: Request, representation):
+    """nngeometry's Fisher of ``problem`` in ``representation`` (``PMatKFAC``,
+    ``PMatEKFAC``), and the loader it was computed on."""
+    from nngeometry.layercollection import LayerCollection
+    from nngeometry.metrics import FIM, FIM_MonteCarlo
+
+    loader = batch_loader(problem)
+    layers = LayerCollection()
+    for layer in problem.layers:
+        layers.add_layer_from_model(problem.model, problem.model.get_submodule(layer))
+    variant = VARIANTS[type(problem.loss_func).__name__]
+    if request.fisher_type == "mc":
+        F = FIM_MonteCarlo(
+            problem.model,
+            loader,
+            representation,
+            variant=variant,
+            trials=request.mc_samples,
+            device=str(problem.device),
+            layer_collection=layers,
+        )
+    else:
+        F = FIM(
+            problem.model,
+            loader,
+            representation,
+            variant=variant,
+            device=str(problem.device),
+            layer_collection=layers,
+        )
+    return F, loader

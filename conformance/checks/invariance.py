@@ -21,8 +21,10 @@ from kfac_conformance.session import (
 )
 
 
-def _compare_transformed(session, entry, transform, context, flavour="expand", scale=1.0):
-    request = session.first_claimed(entry, ("type-2", "empirical"), flavour)
+def _compare_transformed(
+    session, entry, transform, context, flavour="expand", scale=1.0, approximation="kfac"
+):
+    request = session.first_claimed(entry, ("type-2", "empirical"), flavour, approximation)
     problem = session.fresh(entry)
     original = session.call(problem, request)
     transformed_problem = transform(session.fresh(entry))
@@ -61,7 +63,7 @@ def _mean_over_sum(problem: Problem) -> float:
     return mean / summed
 
 
-def _mean_vs_sum(session: Session, entry: CaseEntry):
+def mean_vs_sum(session: Session, entry: CaseEntry, approximation: str = "kfac"):
     reduction = session.fresh(entry).loss_func.reduction
     other = "sum" if reduction == "mean" else "mean"
     ratio = _mean_over_sum(session.fresh(entry))
@@ -71,13 +73,20 @@ def _mean_vs_sum(session: Session, entry: CaseEntry):
         lambda problem: with_reduction(problem, other),
         f"reduction={other!r} scaled by R_mean / R_sum = {ratio:.6g}",
         scale=ratio if reduction == "mean" else 1 / ratio,
+        approximation=approximation,
     )
 
 
-def _batch_splitting(session: Session, entry: CaseEntry):
+def batch_splitting(session: Session, entry: CaseEntry, approximation: str = "kfac"):
     problem = session.fresh(entry)
     if len(problem.batches) > 1:
-        return _compare_transformed(session, entry, concatenated, "batches concatenated into one")
+        return _compare_transformed(
+            session,
+            entry,
+            concatenated,
+            "batches concatenated into one",
+            approximation=approximation,
+        )
     if _num_data(problem) < 2:
         raise CheckSkipped("needs at least two data to split")
 
@@ -87,7 +96,9 @@ def _batch_splitting(session: Session, entry: CaseEntry):
         problem.batches = [(X[:half], y[:half]), (X[half:], y[half:])]
         return problem
 
-    return _compare_transformed(session, entry, split, "one batch split into two")
+    return _compare_transformed(
+        session, entry, split, "one batch split into two", approximation=approximation
+    )
 
 
 def _permutation(session: Session, entry: CaseEntry):
@@ -149,7 +160,7 @@ def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
     return measurement
 
 
-def _several_data(entry: CaseEntry) -> bool:
+def several_data(entry: CaseEntry) -> bool:
     return entry.case is None or entry.case.input_shape[0] * entry.case.num_batches >= 2
 
 
@@ -164,20 +175,20 @@ CHECKS = [
         "KFAC with reduction='mean' is R times KFAC with reduction='sum'",
         "definition of the reduction factor R (KFAC tutorial)",
         lambda entry: True,
-        _mean_vs_sum,
+        mean_vs_sum,
     ),
     Check(
         "invariance/batch-splitting",
         "the same data as one batch or as several batches give the same KFAC",
         SOURCE,
-        _several_data,
-        _batch_splitting,
+        several_data,
+        batch_splitting,
     ),
     Check(
         "invariance/permutation",
         "permuting the data leaves KFAC unchanged",
         SOURCE,
-        _several_data,
+        several_data,
         _permutation,
     ),
     Check(

@@ -62,7 +62,7 @@ def _applies(entry: CaseEntry) -> bool:
     return entry.case is None or entry.id in MC_CASE_IDS
 
 
-def _applies_statistically(entry: CaseEntry) -> bool:
+def applies_statistically(entry: CaseEntry) -> bool:
     return entry.case is None or entry.id in STATISTICAL_CASE_IDS
 
 
@@ -284,14 +284,14 @@ CHECKS = [
         "mc/unbiased",
         "the mean of MC KFAC over seeds is type-2 KFAC (t-tests, |t| > 8; measured false-positive rate in docs/statistics.md)",
         SOURCE,
-        _applies_statistically,
+        applies_statistically,
         _unbiased,
     ),
     Check(
         "mc/sqrt-m-convergence",
         "the error of MC KFAC shrinks like 1/sqrt(mc_samples)",
         SOURCE,
-        _applies_statistically,
+        applies_statistically,
         _convergence,
         profiles=frozenset({"default", "thorough"}),
     ),

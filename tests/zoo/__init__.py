@@ -14,6 +14,13 @@ from __future__ import annotations
 
 from .base import Mutant
 from .curvature import CeSqrtWithoutRankOne, EmpiricalFromBatchGradient, Type2AnswersEmpirical
+from .ekfac import (
+    EkfacBasisFromWrongFactor,
+    EkfacFromBatchGradient,
+    EkfacReductionFactorMissing,
+    EkfacTransposedS,
+    EkfacUncorrected,
+)
 from .layout import (
     AccumulatesState,
     Float32Internally,
@@ -63,6 +70,11 @@ MUTANTS: list[type[Mutant]] = [
     ConvPatchesIgnoreGeometry,
     AccumulatesState,
     Float32Internally,
+    EkfacUncorrected,
+    EkfacFromBatchGradient,
+    EkfacTransposedS,
+    EkfacBasisFromWrongFactor,
+    EkfacReductionFactorMissing,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 

@@ -1,0 +1,122 @@
+"""Pitfalls of EKFAC: the corrected eigenvalues and the eigenbasis they live in."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from kfac_conformance.adapters._common import problem_reduction_factor
+from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.reference_candidate import ReferenceCandidate
+from kfac_ref import ekfac
+from kfac_ref.factors import EKFACFactors
+
+from .base import Mutant, reference_compute, replace
+
+_original_eigenbasis = ekfac.kfac_eigenbasis
+
+
+class EkfacMutant(Mutant):
+    """An EKFAC mutant claims EKFAC and exposes its MC labels, as the reference does."""
+
+    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
+    sampled_labels = ReferenceCandidate.sampled_labels
+
+    def compute(self, problem: Problem, request: Request):
+        result = super().compute(problem, request)
+        if request.approximation != "ekfac":
+            return result
+        return {layer: self.mistake(problem, factors) for layer, factors in result.items()}
+
+    def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
+        """The bug applied to one layer's result (the identity where it is planted instead)."""
+        return factors
+
+
+class EkfacUncorrected(EkfacMutant):
+    """EKFAC's eigenvalues left uncorrected: S = λ_B λ_Aᵀ (KFAC's own eigenvalues), i.e. KFAC
+    written in its eigenbasis.
+
+    Equal to EKFAC wherever KFAC is exact; killed by ekfac/correction-exact on the many-data
+    agreement cases, where the diagnosis names the outer product.
+    """
+
+    killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+
+    def compute(self, problem: Problem, request: Request):
+        if request.approximation != "ekfac":
+            return reference_compute(problem, request)
+        kfac = reference_compute(problem, dataclasses.replace(request, approximation="kfac"))
+        result = {}
+        for layer, factors in kfac.items():
+            eigenvalues_A, QA = torch.linalg.eigh(factors.A)
+            eigenvalues_B, QB = torch.linalg.eigh(factors.B)
+            S = torch.outer(eigenvalues_B, eigenvalues_A)
+            S_bias = eigenvalues_B if factors.bias == "separate" else None
+            result[layer] = EKFACFactors(QA, QB, S, factors.bias, S_bias)
+        return result
+
+
+class EkfacFromBatchGradient(EkfacMutant):
+    """The correction squares the batch's gradient (per-datum gradients summed first) instead
+    of summing the squares of the per-datum gradients.
+
+    Identical on one datum; killed by ekfac/correction-exact on the many-data cases.
+    """
+
+    killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+
+    def patches(self, request: Request):
+        def batch_squared(rotated_grads, rotated_inputs):
+            batch = torch.einsum("nso,nsi->oi", rotated_grads, rotated_inputs)
+            return batch.square()
+
+        return [replace(ekfac, "rotated_squares", batch_squared)]
+
+
+class EkfacTransposedS(EkfacMutant):
+    """S stored (dim A, dim B) and read back as (dim B, dim A): the corrected eigenvalue of
+    QB's column i and QA's column j lands elsewhere.
+
+    Killed by ekfac/correction-exact on every layer with more than one corrected eigenvalue
+    that is not constant; the diagnosis names the transposition.
+    """
+
+    killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+
+    def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
+        S = factors.S.T.contiguous().reshape(factors.S.shape)
+        return EKFACFactors(factors.QA, factors.QB, S, factors.bias, factors.S_bias)
+
+
+class EkfacBasisFromWrongFactor(EkfacMutant):
+    """The eigenbases of A and B exchanged (QA from B, QB from A), with the eigenvalues
+    corrected consistently in that wrong basis.
+
+    The result keeps valid shapes only where A and B have the same size, so only such layers
+    are affected. The correction is exact in the candidate's own basis, so only the basis
+    check can see it: killed by ekfac/kfac-eigenbasis on the one-datum MLP's 3x3 layer.
+    """
+
+    killers = ("ekfac/kfac-eigenbasis[one-datum-mlp[tanh-mse-mean]]",)
+
+    def patches(self, request: Request):
+        def exchanged(factors):
+            QA, QB = _original_eigenbasis(factors)
+            return (QB, QA) if QA.shape == QB.shape else (QA, QB)
+
+        return [replace(ekfac, "kfac_eigenbasis", exchanged)]
+
+
+class EkfacReductionFactorMissing(EkfacMutant):
+    """The corrected eigenvalues are not multiplied by R (KFAC's B is): with reduction='mean'
+    S is that of the summed loss.
+
+    Killed by ekfac/correction-exact on mean-reduced cases; the diagnosis names N*T.
+    """
+
+    killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+
+    def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
+        return factors.scaled(1 / problem_reduction_factor(problem))
