@@ -43,10 +43,12 @@ Quantities = Mapping[str, object]
 
 @dataclass(frozen=True)
 class Convention:
-    """One known way to scale a curvature block, relative to the tutorial's."""
+    """One known way to scale a curvature block, relative to the tutorial's: its formula, the
+    factor on the tutorial's block, and where the libraries that use it define it."""
 
     formula: str
     scale: Callable[[Quantities], float]
+    source: str = ""
 
 
 def _mse(quantities: Quantities) -> bool:
@@ -57,57 +59,66 @@ def _per_datum_mean(quantities: Quantities) -> float:
     return 1.0 / (float(quantities["N"]) * float(quantities["R"]))
 
 
+def _per_datum_sum(quantities: Quantities) -> float:
+    return 1.0 / float(quantities["R"])
+
+
 # type-2 and MC Fisher (the MC labels are drawn from the same predictive distribution)
 CURVATURE_CONVENTIONS: dict[str, Convention] = {
     "tutorial": Convention(
-        "R Σ_n J_nᵀ ∇²c_n J_n (the tutorial's split; the suite's default)",
+        "R Σ_n J_nᵀ ∇²c_n J_n, the tutorial's split",
         lambda q: 1.0,
+        "arXiv 2507.05127; kfac_ref, curvlinops, BackPACK",
     ),
     "mean-nll": Convention(
-        "(1/N) Σ_n J_nᵀ ∇²c_n J_n: the Fisher of the per-datum negative log-likelihood "
-        "(unit-variance Gaussian, categorical or Bernoulli), averaged over data",
+        "(1/N) Σ_n J_nᵀ ∇²c_n J_n, the Fisher of the per-datum negative log-likelihood "
+        "(unit-variance Gaussian, categorical, Bernoulli) averaged over data",
         _per_datum_mean,
+        "ASDL 0.1a5 (FisherConfig data_size), nngeometry 0.4 (FIM averages over the loader)",
     ),
     "mean-squared-error": Convention(
-        "(1/N) Σ_n J_nᵀ ∇²c'_n J_n with MSE c' = ‖f − y‖², the negative log-likelihood of a "
-        "Gaussian with variance ½ (kronfluence 1.0.1: the mean over examples of its Task's "
-        "summed loss, examples/uci samples y ~ N(f, ½); kfac-jax 0.0.8: register_squared_error_loss, variance=0.5 in kfac_jax/_src/loss_functions.py, with its factors divided by the batch size)",
+        "(1/N) Σ_n J_nᵀ ∇²c'_n J_n with MSE c' = ‖f − y‖² (a Gaussian of variance ½)",
         lambda q: (2.0 if _mse(q) else 1.0) * _per_datum_mean(q),
+        "kronfluence 1.0.1 (the mean over examples of the Task's summed loss; its examples "
+        "sample y ~ N(f, ½)); kfac-jax 0.0.8 (register_squared_error_loss, variance=0.5 in "
+        "kfac_jax/_src/loss_functions.py, factors divided by the batch size)",
     ),
     "sum-nll": Convention(
-        "Σ_n J_nᵀ ∇²c_n J_n: the Fisher of the per-datum negative log-likelihood, summed over "
-        "data (laplace-torch 0.3: KronLaplace.H_facs, the loss Hessian at σ = 1 without prior "
-        "or temperature; laplace/baselaplace.py ParametricLaplace.fit sums over the loader)",
-        lambda q: 1.0 / float(q["R"]),
+        "Σ_n J_nᵀ ∇²c_n J_n, the Fisher of the per-datum negative log-likelihood summed over data",
+        _per_datum_sum,
+        "laplace-torch 0.3 (KronLaplace.H_facs at σ = 1 without prior or temperature; "
+        "laplace/baselaplace.py ParametricLaplace.fit sums over the loader)",
     ),
 }
 
 EMPIRICAL_FISHER_CONVENTIONS: dict[str, Convention] = {
     "tutorial": Convention(
-        "R Σ_n ∇c_n ∇c_nᵀ with the tutorial's split (MSE c = ½‖f − y‖²); the suite's default",
+        "R Σ_n ∇c_n ∇c_nᵀ with the tutorial's split (MSE c = ½‖f − y‖²)",
         lambda q: 1.0,
+        "arXiv 2507.05127; kfac_ref",
     ),
     "squared-error": Convention(
         "R' Σ_n ∇c'_n ∇c'_nᵀ with MSE split as c' = ‖f − y‖², R' = R/2 (as nn.MSELoss reads)",
         lambda q: 2.0 if _mse(q) else 1.0,
+        "curvlinops 3.0.1 (KFACLinearOperator differentiates the loss as given)",
     ),
     "loss-gradients": Convention(
-        "Σ_n ∇ℓ_n ∇ℓ_nᵀ with ℓ_n = R c_n the per-datum terms of L (per-example gradients of "
-        "the loss as reduced)",
+        "Σ_n ∇ℓ_n ∇ℓ_nᵀ with ℓ_n = R c_n, per-example gradients of the loss as reduced",
         lambda q: float(q["R"]),
     ),
     "mean-nll": Convention(
-        "(1/N) Σ_n ∇c_n ∇c_nᵀ with c the tutorial's criterion (the negative log-likelihood)",
+        "(1/N) Σ_n ∇c_n ∇c_nᵀ with the tutorial's criterion (the negative log-likelihood)",
         _per_datum_mean,
     ),
     "mean-squared-error": Convention(
         "(1/N) Σ_n ∇c'_n ∇c'_nᵀ with MSE c' = ‖f − y‖² (the criterion nn.MSELoss sums)",
         lambda q: (4.0 if _mse(q) else 1.0) * _per_datum_mean(q),
+        "ASDL 0.1a5 (FISHER_EMP), kronfluence 1.0.1, kfac-jax 0.0.8",
     ),
     "sum-nll": Convention(
-        "Σ_n ∇c_n ∇c_nᵀ with c the tutorial's criterion (the negative log-likelihood), summed "
-        "over data (laplace-torch 0.3's EF backends, as its GGN)",
-        lambda q: 1.0 / float(q["R"]),
+        "Σ_n ∇c_n ∇c_nᵀ with the tutorial's criterion, summed over data",
+        _per_datum_sum,
+        "laplace-torch 0.3 (its empirical-Fisher backends, summed as its GGN)",
     ),
 }
 
@@ -182,7 +193,7 @@ def convention_hints(
         ratio = convention.scale(quantities) / declared
         if name != getattr(conventions, field) and abs(ratio - 1.0) > 1e-12:
             hints[
-                f"matches the {fisher_type} block under the convention {convention.formula}; "
+                f"matches the convention {name!r}, {convention.formula}; "
                 f"declare Conventions({field}={name!r})"
             ] = ratio
     return hints
@@ -210,7 +221,8 @@ def statement() -> str:
     ]
     for field, registry in _REGISTRY.items():
         for name, convention in registry.items():
-            lines.append(f"  {field}={name!r}: {convention.formula}")
+            used = f"  [{convention.source}]" if convention.source else ""
+            lines.append(f"  {field}={name!r}: {convention.formula}{used}")
     return "\n".join(lines)
 
 

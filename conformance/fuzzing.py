@@ -117,6 +117,11 @@ APPLICABILITY: dict[str, Callable[[Case, Request], bool]] = {
     "invariance/bias-joint-vs-separate": _float64(_always),
     "side-effects/none": _always,
     "side-effects/repeatable": _always,
+    # EKFAC (George et al. 2018), for candidates that claim it: exact on every drawn problem
+    "ekfac/correction-exact-type-2": _float64(_drawn("type-2")),
+    "ekfac/correction-exact-empirical": _float64(_drawn("empirical")),
+    "ekfac/kfac-eigenbasis": _float64(_always),
+    "ekfac/frobenius-optimal": _float64(_always),
     "mc/seed-reproducible": _drawn("mc"),
     "mc/seeds-differ": _float64(_continuous_labels),
     "mc/unbiased": _float64(_statistical),
