@@ -57,8 +57,9 @@ class McTrueLabels(Mutant):
 
 
 class McGaussianUnitVariance(Mutant):
-    """MSE labels sampled from N(f, I), the likelihood of 0.5*||f - y||^2, while the criterion
-    is ||f - y||^2 whose likelihood is N(f, I/2): the MC Fisher is twice type-2.
+    """MSE labels sampled from N(f, 2I) instead of N(f, I), the likelihood of the criterion
+    0.5*||f - y||^2 (the noise scaled by sqrt(2), a slip between the two ways of splitting
+    MSE): the MC Fisher is twice type-2.
 
     Killed by mc/unbiased on MSE cases (mean ratio 2).
     """
