@@ -7,17 +7,19 @@ adapter that claims type-2 must reproduce the oracle there, in its own bias mode
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from kfac_conformance import conventions, oracle
+from kfac_conformance import NotSupported, conventions, oracle
 from kfac_conformance.cases import ALL_CASES
 from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.compare import kfac_pattern, relative_error, restrict
 from kfac_conformance.loading import load_candidate, registered_candidates
-from kfac_conformance.problem import Request
+from kfac_conformance.problem import Problem, Request
 from kfac_conformance.session import Session, reference_compute
 from kfac_ref.factors import EKFACFactors
 
@@ -246,3 +248,39 @@ def test_ekfac_correction_is_the_exact_ggn_in_the_adapters_basis(name, case_id):
         expected = corrected_eigenvalues(result[layer], exact[layer])
         observed = flat_eigenvalues(result[layer]) / scale
         assert relative_error(observed, expected) < 1e-10, (name, case_id, layer)
+
+
+def _one_conv_problem(dilation: int, loss_func: nn.Module, labels: torch.Tensor) -> Problem:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, dilation=dilation)).double()
+    X = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    return Problem(model, loss_func, [(X, labels)], ["0"], "one-conv")
+
+
+@pytest.mark.parametrize(
+    ("name", "problem", "reason"),
+    [
+        (
+            "asdl",
+            lambda: _one_conv_problem(
+                2, nn.MSELoss(), torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+            ),
+            "dilated Conv2d layers ['0']",
+        ),
+        (
+            "nngeometry",
+            lambda: _one_conv_problem(
+                1, nn.CrossEntropyLoss(), torch.zeros(2, 3, 3, dtype=torch.long)
+            ),
+            "only (N, C) outputs are supported",
+        ),
+    ],
+)
+def test_inputs_the_fuzzer_found_crashing_are_refused(name, problem, reason):
+    """A dilated convolution crashed inside ASDL, CE on (N, C, H, W) logits inside nngeometry."""
+    candidate = load(name)
+    with pytest.raises(NotSupported, match=re.escape(reason)):
+        candidate.compute(
+            problem(),
+            Request("type-2", "expand", bias=sorted(candidate.capabilities.bias_modes)[0]),
+        )

@@ -98,6 +98,18 @@ def refuse_shared_outputs(problem: Problem, library: str) -> Tensor:
     return output
 
 
+def refuse_dilated_conv2d(problem: Problem, library: str) -> None:
+    """Refuse ``nn.Conv2d`` layers with a dilation, which the library does not implement."""
+    dilated = [
+        layer
+        for layer in problem.layers
+        if isinstance(module := problem.model.get_submodule(layer), nn.Conv2d)
+        and tuple(module.dilation) != (1, 1)
+    ]
+    if dilated:
+        raise Unsupported(library, f"dilated Conv2d layers {dilated}")
+
+
 def refuse_reduce_on_conv2d(problem: Problem, request: Request, library: str) -> None:
     """Refuse ``kfac_approx="reduce"`` for ``nn.Conv2d`` layers, which the library
     approximates as in KFC (expand) only."""

@@ -48,6 +48,7 @@ from kfac_conformance.adapters._common import (
     has_bias,
     library_version,
     package,
+    refuse_dilated_conv2d,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
@@ -86,6 +87,8 @@ class AsdlCandidate:
         if request.bias != "separate":
             raise Unsupported(LIBRARY, "only a separate bias block is computed")
         refuse_reduce_on_conv2d(problem, request, LIBRARY)
+        # its conv2d Fisher raises "conv2d.dilation has to be (1, 1)" (found by the fuzzer)
+        refuse_dilated_conv2d(problem, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)
         refuse_shared_outputs(problem, LIBRARY)
 

@@ -46,6 +46,7 @@ from kfac_conformance.adapters._common import (
     package_ekfac,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
+    refuse_shared_outputs,
     require,
     seeded_global_rng,
 )
@@ -88,6 +89,9 @@ class NngeometryCandidate:
             raise Unsupported(LIBRARY, "only a joint bias (ones column appended) is computed")
         refuse_reduce_on_conv2d(problem, request, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)
+        if isinstance(problem.loss_func, nn.CrossEntropyLoss):
+            # classif_logits raises on (N, C, H, W) logits (found by the fuzzer)
+            refuse_shared_outputs(problem, LIBRARY)
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         self._check(problem, request)
