@@ -123,19 +123,6 @@ def total_data(problem: Problem) -> int:
     return sum(X.shape[0] for X, _ in problem.batches)
 
 
-def concatenated_output(problem: Problem) -> tuple[Tensor, Tensor]:
-    """The model output and labels over all batches (no grad)."""
-    with torch.no_grad():
-        outputs = [problem.model(X) for X, _ in problem.batches]
-    return torch.cat(outputs), torch.cat([y for _, y in problem.batches])
-
-
-def problem_reduction_factor(problem: Problem) -> float:
-    """``R`` over all batches as one data set (the suite's convention, see ``oracle``)."""
-    output, labels = concatenated_output(problem)
-    return reduction_factor(problem.loss_func, output, labels)
-
-
 def batch_reduction_factor(loss_func: nn.Module, output: Tensor, labels: Tensor) -> float:
     return reduction_factor(loss_func, output.detach(), labels)
 

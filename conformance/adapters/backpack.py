@@ -55,7 +55,6 @@ from kfac_conformance.adapters._common import (
     has_bias,
     library_version,
     package,
-    problem_reduction_factor,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
@@ -106,7 +105,7 @@ class _BackpackCandidate:
 
         model = extend(copy.deepcopy(problem.model))
         loss_func = extend(copy.deepcopy(problem.loss_func))
-        N, R = total_data(problem), problem_reduction_factor(problem)
+        N, R = total_data(problem), problem.scale_quantities()["R"]
         sums: dict[str, list] = {}
         for X, y in problem.batches:
             output = model(X)
