@@ -6,7 +6,6 @@ import dataclasses
 
 import torch
 
-from kfac_conformance.adapters._common import problem_reduction_factor
 from kfac_conformance.problem import Capabilities, Problem, Request
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref import ekfac
@@ -119,4 +118,4 @@ class EkfacReductionFactorMissing(EkfacMutant):
     killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
 
     def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
-        return factors.scaled(1 / problem_reduction_factor(problem))
+        return factors.scaled(1 / problem.scale_quantities()["R"])
