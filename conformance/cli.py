@@ -284,7 +284,6 @@ def run(args: argparse.Namespace) -> int:
         [item.id for item in items],
         timeout_s=args.timeout or None,
         isolate=args.isolate,
-        candidate_conventions=candidate.capabilities.conventions.describe(),
         capabilities=describe_capabilities(getattr(candidate, "capabilities", None)),
         execution=_execution(args),
         max_consecutive_timeouts=args.max_consecutive_timeouts,

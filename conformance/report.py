@@ -93,8 +93,6 @@ class Report:
     interruption: str | None = None
     timeout_s: float | None = None
     isolate: bool = False
-    # the candidate's declared scale conventions (kfac_conformance.conventions)
-    candidate_conventions: dict[str, str] = field(default_factory=TUTORIAL.describe)
     capabilities: dict | None = None
     execution: str = "worker"
     max_consecutive_timeouts: int = 3
@@ -136,7 +134,8 @@ class Report:
                 "spec": self.candidate_spec,
                 "name": self.candidate_name,
                 "version": self.candidate_version,
-                "conventions": self.candidate_conventions,
+                # declared in the capabilities; a candidate without them follows the tutorial's
+                "conventions": (self.capabilities or {}).get("conventions", TUTORIAL.describe()),
                 "capabilities": self.capabilities,
             },
             "torch_version": torch.__version__,

@@ -7,7 +7,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from kfac_conformance import oracle
 from kfac_conformance.architectures import MoveDim
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
 from kfac_conformance.checks.diagnosis import compare_diagnosed
@@ -55,12 +54,8 @@ def _num_data(problem: Problem) -> int:
 
 def _mean_over_sum(problem: Problem) -> float:
     """``R_mean / R_sum``: one over the number of averaged elements, whatever the split."""
-    X, y = concatenated(problem).batches[0]
-    with torch.no_grad():
-        output = problem.model(X)
-    mean = oracle.reduction_factor(with_reduction(problem, "mean").loss_func, output, y)
-    summed = oracle.reduction_factor(with_reduction(problem, "sum").loss_func, output, y)
-    return mean / summed
+    mean = with_reduction(problem, "mean").scale_quantities()["R"]
+    return mean / with_reduction(problem, "sum").scale_quantities()["R"]
 
 
 def mean_vs_sum(session: Session, entry: CaseEntry, approximation: str = "kfac"):
