@@ -15,7 +15,7 @@ loop. Two ways to multiply:
 - ``"linearised"``: the same three products, but the pullbacks are built once with
   ``torch.func.vjp`` and only applied per column (the cheapest column-by-column variant).
 
-Neither shares a shortcut with :mod:`kfac_conformance.oracle` (no per-datum ``vmap``, no
+Neither shares a shortcut with :mod:`kfac_conformance.oracle.blocks` (no per-datum ``vmap``, no
 factorisation of the loss Hessian, no block-diagonality over data), which makes them both the
 baseline of the oracle's speed-up and an independent check of its result.
 """
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp
 
-from kfac_conformance.oracle import layer_parameter_names
+from kfac_conformance.oracle.blocks import layer_parameter_names
 
 METHODS = ("tutorial", "linearised")
 
@@ -44,7 +44,7 @@ def naive_ggn_block(
     """The GGN block of ``layer`` over all ``batches`` as one data set, column by column.
 
     Parameters are those of ``layer`` in ``named_parameters`` order, each flattened row-major,
-    as in :func:`kfac_conformance.oracle.exact_blocks`. ``columns`` restricts the result to
+    as in :func:`kfac_conformance.oracle.blocks.exact_blocks`. ``columns`` restricts the result to
     those columns of the block (every column costs the same, which lets a benchmark time a
     sample of a big layer's columns).
     """

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 import kfac_ref
-from kfac_conformance.oracle import exact_blocks
+from kfac_conformance.oracle.blocks import exact_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from naive_oracle import METHODS, naive_ggn_block  # noqa: E402
@@ -393,7 +393,11 @@ def _timed_subprocess(command: list[str], cwd: str | Path = ROOT) -> dict:
 
 def _cli() -> list[str]:
     script = Path(sys.executable).with_name("kfac-conformance")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kfac_conformance.cli"]
+    return (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-m", "kfac_conformance.frontends.cli"]
+    )
 
 
 def _has_xdist() -> bool:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import importlib
 
 _PUBLIC = {
-    "Candidate": "kfac_conformance.problem",
-    "Capabilities": "kfac_conformance.problem",
-    "Conventions": "kfac_conformance.conventions",
+    "Candidate": "kfac_conformance.contract.problem",
+    "Capabilities": "kfac_conformance.contract.problem",
+    "Conventions": "kfac_conformance.contract.conventions",
     "KroneckerFactors": "kfac_ref.factors",
-    "NotSupported": "kfac_conformance.outcomes",
-    "Problem": "kfac_conformance.problem",
-    "Request": "kfac_conformance.problem",
-    "load_candidate": "kfac_conformance.loading",
+    "NotSupported": "kfac_conformance.contract.outcomes",
+    "Problem": "kfac_conformance.contract.problem",
+    "Request": "kfac_conformance.contract.problem",
+    "load_candidate": "kfac_conformance.contract.loading",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from torch import Tensor
 
 import kfac_ref
-from kfac_conformance.loading import suite_version
-from kfac_conformance.problem import Capabilities, Problem, Request
-from kfac_conformance.session import reference_compute
+from kfac_conformance.contract.loading import suite_version
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
+from kfac_conformance.execution.session import reference_compute
 from kfac_ref.factors import KroneckerFactors
 
 

@@ -6,7 +6,7 @@ Usage::
                                    [--html docs/conformance-matrix.html]
 
 Every ``<reports>/*.json`` is one candidate's report (schema version 1 or 2, see
-``kfac_conformance.report``). With ``--html``, the same matrix is also written as a page whose
+``kfac_conformance.reports.report``). With ``--html``, the same matrix is also written as a page whose
 cells link to each candidate's HTML report, ``<reports>/<name>.html`` next to its JSON (written
 by ``kfac-conformance run --report-html``; ``nox -s matrix`` does). Rows are the check families, each followed by its checks;
 columns are the candidates (``kfac_ref`` first). A cell counts the items of that row by

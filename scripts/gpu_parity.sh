@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 output="${1:-${OUT:-gpu-parity}}"
 mkdir -p "$output"
 if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python; fi
-kfac_conformance=("$python" -m kfac_conformance.cli)
+kfac_conformance=("$python" -m kfac_conformance.frontends.cli)
 
 "$python" - <<'PY' | tee "$output/environment.txt"
 import torch

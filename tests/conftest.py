@@ -52,7 +52,7 @@ FAILING_SELECT = "exactness/type-2-*[conv-*]"
 @pytest.fixture(scope="session")
 def failing_report(tmp_path_factory) -> Path:
     """The JSON report of a run with two failures (with stored blocks) and one pass."""
-    from kfac_conformance.cli import main
+    from kfac_conformance.frontends.cli import main
 
     path = tmp_path_factory.mktemp("failing") / "report.json"
     arguments = ["run", "--candidate", FAILING_CANDIDATE, "--profile", "quick", "-q"]

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 import torch
 
-from kfac_conformance.problem import Capabilities, Problem, Request
-from kfac_conformance.session import reference_compute as reference
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
+from kfac_conformance.execution.session import reference_compute as reference
 from kfac_ref.factors import KroneckerFactors
 
 HANG_SECONDS = 30  # bounded, so that a leaked thread ends on its own

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import kfac_jax
 
-from kfac_conformance import conventions
+from kfac_conformance.contract import conventions
 from kfac_conformance.jax import kfac_jax_candidate
 from kfac_conformance.jax.candidate import Factors
 from kfac_conformance.jax.kfac_jax_candidate import KfacJaxCandidate

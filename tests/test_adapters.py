@@ -14,13 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from kfac_conformance import NotSupported, conventions, oracle
-from kfac_conformance.cases import ALL_CASES
+from kfac_conformance import NotSupported
+from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
-from kfac_conformance.compare import kfac_pattern, relative_error, restrict
-from kfac_conformance.loading import load_candidate, registered_candidates
-from kfac_conformance.problem import Problem, Request
-from kfac_conformance.session import Session, reference_compute
+from kfac_conformance.comparison.blocks import kfac_pattern, relative_error, restrict
+from kfac_conformance.contract import conventions
+from kfac_conformance.contract.loading import load_candidate, registered_candidates
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.execution.session import Session, reference_compute
+from kfac_conformance.oracle import blocks as oracle
 from kfac_ref.factors import EKFACFactors
 
 LIBRARIES = {

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kfac_conformance import heatmaps, html_report
+from kfac_conformance.reports import heatmaps
+from kfac_conformance.reports import html as html_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("KFAC_CONFORMANCE_REQUIRE_BROWSER") == "1"

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 
-from kfac_conformance.ci_output import github_annotations, junit_xml
-from kfac_conformance.cli import main
+from kfac_conformance.frontends.cli import main
+from kfac_conformance.reports.ci import github_annotations, junit_xml
 
 ANNOTATION = "::error title=kfac-conformance "
 

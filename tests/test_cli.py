@@ -14,7 +14,7 @@ import hostile
 import pytest
 import torch
 
-from kfac_conformance.cli import main
+from kfac_conformance.frontends.cli import main
 
 HOSTILE = str(Path(hostile.__file__))
 MLP = "mlp[tanh-ce-batch]"
@@ -30,7 +30,15 @@ def run_cli(tmp_path: Path, *args: str) -> tuple[int, dict | None]:
 
 def spawn(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     report = tmp_path / "report.json"
-    command = [sys.executable, "-m", "kfac_conformance.cli", "run", "--profile", "quick", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "kfac_conformance.frontends.cli",
+        "run",
+        "--profile",
+        "quick",
+        "-q",
+    ]
     process = subprocess.Popen(
         [*command, "--report-json", str(report), *args],
         stdout=subprocess.PIPE,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from tutorial_kfac import TutorialKFAC
 
-from kfac_conformance import conventions
-from kfac_conformance.conventions import Conventions
-from kfac_conformance.runner import case_entries, plan, run_items
+from kfac_conformance.contract import conventions
+from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.execution.runner import case_entries, plan, run_items
 
 PROFILE = "default"
 DEFAULT_PLAN = plan(PROFILE, case_entries(PROFILE))

@@ -17,10 +17,10 @@ from zoo import (
     Type2AnswersEmpirical,
 )
 
-from kfac_conformance import cli
-from kfac_conformance.compare import diagnose
-from kfac_conformance.runner import case_entries, plan, run_items
-from kfac_conformance.tolerances import layer_pattern, name_factor
+from kfac_conformance.comparison.blocks import diagnose
+from kfac_conformance.comparison.tolerances import layer_pattern, name_factor
+from kfac_conformance.execution.runner import case_entries, plan, run_items
+from kfac_conformance.frontends import cli
 from kfac_ref.factors import KroneckerFactors
 
 DEEP_LINEAR = "exactness/type-2-expand[deep-linear[mse-sum-1batch]]"

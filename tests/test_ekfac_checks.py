@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
-from kfac_conformance.problem import Capabilities
+from kfac_conformance.contract.problem import Capabilities
+from kfac_conformance.execution.runner import case_entries, plan, run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
-from kfac_conformance.runner import case_entries, plan, run_items
 from kfac_ref.factors import EKFACFactors
 
 CASE = "mlp[tanh-ce-batch]"

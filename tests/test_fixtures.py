@@ -9,10 +9,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from kfac_conformance import fixtures
-from kfac_conformance.architectures import parameter_layers
-from kfac_conformance.cases import AGREEMENT_CASES, ALL_CASES, CANONICAL_CASES
-from kfac_conformance.oracle import exact_blocks
+from kfac_conformance.cases import stored as fixtures
+from kfac_conformance.cases.architectures import parameter_layers
+from kfac_conformance.cases.canonical import AGREEMENT_CASES, ALL_CASES, CANONICAL_CASES
+from kfac_conformance.oracle.blocks import exact_blocks
 
 TOL = 1e-10
 STALE = f"the stored fixtures are out of date: regenerate them with `{fixtures.REGENERATE_COMMAND}`"

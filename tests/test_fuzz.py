@@ -10,12 +10,12 @@ import pytest
 from hypothesis import Phase, given, settings
 from zoo import ReductionFactorMissing
 
-from kfac_conformance.cli import main
-from kfac_conformance.fuzz_problems import exactness_map, kfac_problems, kfac_requests
-from kfac_conformance.fuzzing import PropertyFailure, assert_conforms, search
-from kfac_conformance.problem import Capabilities
+from kfac_conformance.cases.strategies import deep_linear_cases
+from kfac_conformance.contract.problem import Capabilities
+from kfac_conformance.frontends.cli import main
+from kfac_conformance.fuzzing.problems import exactness_map, kfac_problems, kfac_requests
+from kfac_conformance.fuzzing.search import PropertyFailure, assert_conforms, search
 from kfac_conformance.reference_candidate import ReferenceCandidate
-from kfac_conformance.strategies import deep_linear_cases
 
 pytest_plugins = ["pytester"]
 

@@ -10,9 +10,9 @@ import hostile
 import pytest
 import torch
 
-from kfac_conformance.calling import CallAbandoned, abandon, call_candidate
-from kfac_conformance.problem import Request
-from kfac_conformance.runner import case_entries, plan, run_items
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.execution.calling import CallAbandoned, abandon, call_candidate
+from kfac_conformance.execution.runner import case_entries, plan, run_items
 
 MLP = "mlp[tanh-ce-batch]"  # Linear(5, 4), Tanh, Linear(4, 3): layers '0' and '2'
 ITEM_IDS = [
@@ -75,7 +75,9 @@ def test_an_exception_is_an_error_with_type_message_and_traceback(items, candida
     assert message.startswith(f"the candidate raised {exception}\n")
     assert 'tests/hostile.py", line' in message and "in misbehave" in message
     assert message.endswith(f"{exception}\n")
-    assert "conformance/calling.py" not in message  # the candidate's frames, not the harness's
+    assert (
+        "conformance/execution/calling.py" not in message
+    )  # the candidate's frames, not the harness's
     assert rest == [("passed", ""), ("passed", "")]
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kfac_conformance import heatmaps, html_report
-from kfac_conformance.cli import main
-from kfac_conformance.evidence import MAX_STORED, block_evidence
+from kfac_conformance.comparison.evidence import MAX_STORED, block_evidence
+from kfac_conformance.frontends.cli import main
+from kfac_conformance.reports import heatmaps
+from kfac_conformance.reports import html as html_report
 from kfac_ref.factors import KroneckerFactors
 
 HEATMAP = re.compile(r'<img class="heatmap" alt="[^"]*" src="data:image/png;base64,')

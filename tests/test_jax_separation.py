@@ -70,18 +70,18 @@ def test_the_core_install_pulls_no_jax_and_the_extra_pins_working_versions():
 def test_the_jax_mc_check_is_the_pytorch_one():
     """``mc/unbiased`` of the JAX runner (numpy only: importable here) uses the PyTorch check's
     constants, on its statistical cases whose stored blocks are exact on every layer."""
-    from kfac_conformance import fixtures
-    from kfac_conformance.checks import monte_carlo
+    from kfac_conformance.cases import stored as fixtures
+    from kfac_conformance.checks import mc
+    from kfac_conformance.execution.profiles import PROFILES
     from kfac_conformance.jax import checks
-    from kfac_conformance.profiles import PROFILES
 
     assert checks.MC_SEEDS == PROFILES["default"].mc_seeds
-    assert checks.UNBIASED_SAMPLES == monte_carlo.UNBIASED_SAMPLES
-    assert checks.T_CRITICAL == monte_carlo.T_CRITICAL
+    assert checks.UNBIASED_SAMPLES == mc.UNBIASED_SAMPLES
+    assert checks.T_CRITICAL == mc.T_CRITICAL
     index = fixtures.load_index()["cases"]
     all_exact = {
         case_id
         for case_id, record in index.items()
         if set(record["exact"].get("type-2/expand", [])) == set(record["layers"])
     }
-    assert set(checks.MC_CASE_IDS) == monte_carlo.STATISTICAL_CASE_IDS & all_exact
+    assert set(checks.MC_CASE_IDS) == mc.STATISTICAL_CASE_IDS & all_exact

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kfac_conformance.limits import RunLimits, Stopper
+from kfac_conformance.execution.limits import RunLimits, Stopper
 
 
 class Clock:

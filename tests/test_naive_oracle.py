@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfac_conformance.cases import ALL_CASES
-from kfac_conformance.oracle import exact_blocks
+from kfac_conformance.cases.canonical import ALL_CASES
+from kfac_conformance.oracle.blocks import exact_blocks
 
 NAIVE_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "naive_oracle.py"
 _spec = importlib.util.spec_from_file_location("naive_oracle", NAIVE_PATH)

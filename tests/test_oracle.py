@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from kfac_conformance import oracle
-from kfac_conformance.architectures import MoveDim
-from kfac_conformance.cases import ALL_CASES, CANONICAL_CASES
-from kfac_conformance.oracle import exact_blocks, layer_parameter_names
+from kfac_conformance.cases.architectures import MoveDim
+from kfac_conformance.cases.canonical import ALL_CASES, CANONICAL_CASES
+from kfac_conformance.oracle import blocks as oracle
+from kfac_conformance.oracle.blocks import exact_blocks, layer_parameter_names
 
 TOL = 1e-10
 # torch.func.hessian's forward mode loads torch's jit-scripted decompositions once

@@ -1,4 +1,4 @@
-"""Properties of kfac_ref on drawn deep linear networks (kfac_conformance.strategies).
+"""Properties of kfac_ref on drawn deep linear networks (kfac_conformance.cases.strategies).
 
 Every failure prints the shrunk case and the lines that rebuild it (``hypothesis.note``), and,
 under the "ci" profile, the ``@reproduce_failure`` blob.
@@ -13,11 +13,16 @@ from hypothesis import strategies as st
 from zoo import KroneckerOrderSwapped
 
 import kfac_ref
-from kfac_conformance import oracle
-from kfac_conformance.cases import Case
-from kfac_conformance.compare import kfac_pattern, relative_error, restrict, round_off_tolerance
-from kfac_conformance.problem import Problem, Request
-from kfac_conformance.strategies import deep_linear_cases, network_size, reproduction
+from kfac_conformance.cases.canonical import Case
+from kfac_conformance.cases.strategies import deep_linear_cases, network_size, reproduction
+from kfac_conformance.comparison.blocks import (
+    kfac_pattern,
+    relative_error,
+    restrict,
+    round_off_tolerance,
+)
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.oracle import blocks as oracle
 
 TOLERANCE = round_off_tolerance(torch.float64)
 BIAS_MODES = st.sampled_from(["separate", "joint"])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
 
-from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_ref import KroneckerFactors, compute_kfac
 
 

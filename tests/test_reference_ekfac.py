@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import kfac_ref
-from kfac_conformance import oracle
-from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.cases.canonical import ALL_CASES
+from kfac_conformance.oracle import blocks as oracle
 from kfac_ref.factors import EKFACFactors, joint_order
 
 TOLERANCE = 1e-10  # float64 round-off on these small problems

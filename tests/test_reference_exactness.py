@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from kfac_conformance.cases import ALL_CASES, CANONICAL_CASES, LOSSES, Case
-from kfac_conformance.oracle import exact_blocks
+from kfac_conformance.cases.canonical import ALL_CASES, CANONICAL_CASES, LOSSES, Case
+from kfac_conformance.oracle.blocks import exact_blocks
 from kfac_ref import KroneckerFactors, compute_kfac
 
 EXACT_TOL = 1e-10

@@ -10,18 +10,18 @@ from __future__ import annotations
 import pytest
 from zoo import McGaussianUnitVariance, McNormalisedByM, McOneSampleRepeated, McTrueLabels
 
-from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.checks.base import CaseEntry
-from kfac_conformance.checks.mc_calibration import calibrate, upper_bound_95
-from kfac_conformance.checks.monte_carlo import (
+from kfac_conformance.checks.mc import (
     CONVERGENCE_BOUNDS,
     STATISTICAL_CASE_IDS,
     T_CRITICAL,
     convergence_statistics,
     unbiased_statistics,
 )
-from kfac_conformance.profiles import PROFILES
-from kfac_conformance.session import Session
+from kfac_conformance.checks.mc_calibration import calibrate, upper_bound_95
+from kfac_conformance.execution.profiles import PROFILES
+from kfac_conformance.execution.session import Session
 
 FIRST_TRIAL = 1000  # seeds 32000 and up: disjoint from the checks' own seeds 0..31
 TRIALS = 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import hostile
 import pytest
 
-from kfac_conformance.cli import main
+from kfac_conformance.frontends.cli import main
 
 HOSTILE = str(Path(hostile.__file__))
 MLP = "mlp[tanh-ce-batch]"
@@ -39,9 +39,17 @@ def selected(items: list[str]) -> list[str]:
 
 
 def run_subprocess(tmp_path: Path, candidate: str, *args: str, items=ITEMS) -> tuple[int, dict]:
-    """``python -m kfac_conformance.cli run`` as a user starts it; its exit code and report."""
+    """``python -m kfac_conformance.frontends.cli run`` as a user starts it; its exit code and report."""
     report = tmp_path / "report.json"
-    command = [sys.executable, "-m", "kfac_conformance.cli", "run", "--profile", "quick", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "kfac_conformance.frontends.cli",
+        "run",
+        "--profile",
+        "quick",
+        "-q",
+    ]
     command += ["--candidate", f"{HOSTILE}:{candidate}", "--report-json", str(report)]
     completed = subprocess.run(
         [*command, *args, *selected(items)],

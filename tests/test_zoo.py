@@ -2,7 +2,7 @@
 
 Each mutant is run on the items of the default plan it names as its killers (the full default
 run takes seconds per candidate; the whole zoo against everything is what
-``python -m kfac_conformance.kill_matrix`` does). A mutant that survives is a missing check.
+``python -m kfac_conformance.reports.kill_matrix`` does). A mutant that survives is a missing check.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 from zoo import MUTANTS, Mutant
 
 import kfac_ref
-from kfac_conformance import conventions
-from kfac_conformance.cases import ALL_CASES
-from kfac_conformance.conventions import Conventions
-from kfac_conformance.problem import Request
+from kfac_conformance.cases.canonical import ALL_CASES
+from kfac_conformance.contract import conventions
+from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.execution.runner import Item, case_entries, plan, run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
-from kfac_conformance.runner import Item, case_entries, plan, run_items
 from kfac_ref import compute, ekfac, layers, losses
 
 PROFILE = "default"

@@ -9,9 +9,9 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from torch import Tensor, nn
 
-from kfac_conformance.oracle import reduction_factor
-from kfac_conformance.outcomes import NotSupported
-from kfac_conformance.problem import Problem, Request
+from kfac_conformance.contract.outcomes import NotSupported
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.oracle.blocks import reduction_factor
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 REFUSAL_PREFIX = "unsupported by"

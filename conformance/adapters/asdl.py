@@ -18,7 +18,7 @@ Conventions (asdfghjkl 0.1a5, from its source and verified numerically):
 
 - ``FISHER_EXACT`` is type-2, ``FISHER_MC`` Monte Carlo, ``FISHER_EMP`` empirical. ASDL has
   no forward-only KFAC.
-- Normalisation, declared as conventions (``kfac_conformance.conventions``) and converted by
+- Normalisation, declared as conventions (``kfac_conformance.contract.conventions``) and converted by
   the harness: ASDL averages over the ``data_size`` data, ``(1/N) sum_n``, the Fisher of the
   per-datum negative log-likelihood; for ``LOSS_MSE`` that is the Gaussian NLL
   ``1/2 ||f - y||^2`` (output Hessian ``I``; MC labels ``y ~ N(f, I)``), for
@@ -56,8 +56,8 @@ from kfac_conformance.adapters._common import (
     seeded_global_rng,
     total_data,
 )
-from kfac_conformance.conventions import Conventions
-from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
 LIBRARY = "ASDL"

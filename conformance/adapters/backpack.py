@@ -62,7 +62,7 @@ from kfac_conformance.adapters._common import (
     seeded_global_rng,
     total_data,
 )
-from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
 LIBRARY = "BackPACK"

@@ -40,8 +40,8 @@ from kfac_conformance.adapters._common import (
     refuse_shared_outputs,
     require,
 )
-from kfac_conformance.conventions import Conventions
-from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 LIBRARY = "curvlinops"

@@ -50,8 +50,8 @@ from kfac_conformance.adapters._common import (
     require,
     seeded_global_rng,
 )
-from kfac_conformance.conventions import Conventions
-from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
 LIBRARY = "laplace-torch"

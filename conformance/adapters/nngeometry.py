@@ -14,7 +14,7 @@ Conventions (nngeometry 0.4, verified numerically):
   sigmoids, one per output) for MSE, CE and BCE-with-logits.
 - Normalisation: an average over the ``N`` examples of the loader, ``(1/N) sum_n``, of the
   Fisher of the per-datum NLL, declared as ``Conventions(curvature="mean-nll")`` and
-  converted by the harness (``kfac_conformance.conventions``); the adapter returns
+  converted by the harness (``kfac_conformance.contract.conventions``); the adapter returns
   nngeometry's factors unscaled. A legitimate alternative normalisation, not a different
   approximation.
 - nngeometry distributes scale between the factors differently (``A`` carries a per-factor
@@ -50,8 +50,8 @@ from kfac_conformance.adapters._common import (
     require,
     seeded_global_rng,
 )
-from kfac_conformance.conventions import Conventions
-from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 LIBRARY = "nngeometry"

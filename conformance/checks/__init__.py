@@ -1,1 +1,1 @@
-"""The check families, one module each; ``kfac_conformance.catalogue`` collects them."""
+"""The check families, one module each; ``kfac_conformance.checks.catalogue`` collects them."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
-from kfac_conformance.checks.diagnosis import compare_diagnosed
-from kfac_conformance.problem import FLAVOURS, Request
-from kfac_conformance.session import Session, dense_blocks, tolerance_for
+from kfac_conformance.comparison.diagnosis import compare_diagnosed
+from kfac_conformance.contract.problem import FLAVOURS, Request
+from kfac_conformance.execution.session import Session, dense_blocks, tolerance_for
 
 
 def _not_exact(entry: CaseEntry) -> bool:

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import Tensor
 
-from kfac_conformance.cases import Case
-from kfac_conformance.outcomes import STATUSES, CheckFailed, CheckSkipped
-from kfac_conformance.problem import Problem
+from kfac_conformance.cases.canonical import Case
+from kfac_conformance.contract.outcomes import STATUSES, CheckFailed, CheckSkipped
+from kfac_conformance.contract.problem import Problem
 
 
 @dataclass

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from kfac_conformance import oracle
-from kfac_conformance.checks import invariance, monte_carlo
+from kfac_conformance.checks import invariance, mc
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
-from kfac_conformance.checks.diagnosis import compare_diagnosed, problem_counts
-from kfac_conformance.checks.monte_carlo import T_CRITICAL, UNBIASED_SAMPLES, t_statistic
-from kfac_conformance.compare import kfac_pattern, name_factor, relative_error, restrict
-from kfac_conformance.outcomes import CandidateRefused
-from kfac_conformance.problem import BIAS_MODES, FLAVOURS, Problem, Request
-from kfac_conformance.session import Session, tolerance_for
+from kfac_conformance.checks.mc import T_CRITICAL, UNBIASED_SAMPLES, t_statistic
+from kfac_conformance.comparison.blocks import kfac_pattern, name_factor, relative_error, restrict
+from kfac_conformance.comparison.diagnosis import compare_diagnosed, problem_counts
+from kfac_conformance.contract.outcomes import CandidateRefused
+from kfac_conformance.contract.problem import BIAS_MODES, FLAVOURS, Problem, Request
+from kfac_conformance.execution.session import Session, tolerance_for
+from kfac_conformance.oracle import blocks as oracle
 from kfac_ref.factors import EKFACFactors, joint_order
 
 EKFAC_FISHER_TYPES = ("type-2", "empirical", "mc")
@@ -491,7 +491,7 @@ CHECKS = [
         "ekfac/mc-trace-unbiased",
         "the trace of MC EKFAC is on average the GGN's, whatever labels were drawn (t-test, |t| > 8; false-positive rate in docs/statistics.md)",
         "the MC Fisher is unbiased and a trace does not depend on the basis",
-        monte_carlo.applies_statistically,
+        mc.applies_statistically,
         _mc_trace,
         profiles=frozenset({"default", "thorough"}),
     ),

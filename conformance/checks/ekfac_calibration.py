@@ -17,14 +17,14 @@ import time
 
 import torch
 
-from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.checks.base import CaseEntry
 from kfac_conformance.checks.ekfac import mc_trace_t
+from kfac_conformance.checks.mc import STATISTICAL_CASE_IDS, T_CRITICAL
 from kfac_conformance.checks.mc_calibration import upper_bound_95
-from kfac_conformance.checks.monte_carlo import STATISTICAL_CASE_IDS, T_CRITICAL
-from kfac_conformance.profiles import PROFILES
+from kfac_conformance.execution.profiles import PROFILES
+from kfac_conformance.execution.session import Session
 from kfac_conformance.reference_candidate import ReferenceCandidate
-from kfac_conformance.session import Session
 
 
 def calibrate(trials: int, profile: str = "default") -> dict[str, list[float]]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kfac_conformance.checks.base import CaseEntry, Check
-from kfac_conformance.checks.diagnosis import compare_diagnosed
-from kfac_conformance.problem import Request
-from kfac_conformance.session import Session, run_for_bias_modes, tolerance_for
+from kfac_conformance.comparison.diagnosis import compare_diagnosed
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.execution.session import Session, run_for_bias_modes, tolerance_for
 
 _CURVATURE = {"type-2": ("ggn", "empirical"), "empirical": ("empirical", "ggn")}
 _NAMES = {"ggn": "GGN", "empirical": "empirical Fisher"}

@@ -7,11 +7,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from kfac_conformance.architectures import MoveDim
+from kfac_conformance.cases.architectures import MoveDim
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
-from kfac_conformance.checks.diagnosis import compare_diagnosed
-from kfac_conformance.problem import Problem, Request
-from kfac_conformance.session import (
+from kfac_conformance.comparison.diagnosis import compare_diagnosed
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.execution.session import (
     Session,
     compare_blocks,
     dense_blocks,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kfac_conformance.cases import ALL_CASES
+from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.checks.base import CaseEntry
-from kfac_conformance.checks.monte_carlo import (
+from kfac_conformance.checks.mc import (
     CONVERGENCE_BOUNDS,
     MC_CASE_IDS,
     STATISTICAL_CASE_IDS,
@@ -31,10 +31,10 @@ from kfac_conformance.checks.monte_carlo import (
     convergence_statistics,
     unbiased_statistics,
 )
-from kfac_conformance.problem import Candidate
-from kfac_conformance.profiles import PROFILES
+from kfac_conformance.contract.problem import Candidate
+from kfac_conformance.execution.profiles import PROFILES
+from kfac_conformance.execution.session import Session
 from kfac_conformance.reference_candidate import ReferenceCandidate
-from kfac_conformance.session import Session
 
 
 @dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
-from kfac_conformance.compare import round_off_tolerance
-from kfac_conformance.problem import Problem, Request
-from kfac_conformance.session import Session, compare_blocks
+from kfac_conformance.comparison.blocks import round_off_tolerance
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.execution.session import Session, compare_blocks
 
 # CUDA float64 reductions sum in another order than the CPU's; 1e3 round-offs leaves room
 # for that and for ill-conditioned sums, while a real device bug is off by far more.

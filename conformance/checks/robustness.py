@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kfac_conformance.calling import CandidateError, call_candidate
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
-from kfac_conformance.outcomes import CandidateRefused
-from kfac_conformance.problem import Problem, Request
-from kfac_conformance.session import Session, compare_blocks, tolerance_for
+from kfac_conformance.contract.outcomes import CandidateRefused
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.execution.calling import CandidateError, call_candidate
+from kfac_conformance.execution.session import Session, compare_blocks, tolerance_for
 
 
 class TiedTwice(nn.Module):

@@ -7,7 +7,7 @@ check, everywhere else it is restored and noted in the result's message.
 from __future__ import annotations
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, Measurement
-from kfac_conformance.session import Session, compare_blocks, dense_blocks, tolerance_for
+from kfac_conformance.execution.session import Session, compare_blocks, dense_blocks, tolerance_for
 
 # the first claimed of these is the request both checks make
 FISHER_TYPE_PREFERENCE = ("type-2", "empirical", "mc", "forward-only")

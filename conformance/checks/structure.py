@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
-from kfac_conformance.problem import FISHER_TYPES, Request
-from kfac_conformance.session import Session, tolerance_for
+from kfac_conformance.contract.problem import FISHER_TYPES, Request
+from kfac_conformance.execution.session import Session, tolerance_for
 
 
 def _run(session: Session, entry: CaseEntry):

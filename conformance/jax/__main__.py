@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kfac_conformance.expected_failures import read_expected_failures
+from kfac_conformance.contract.expected_failures import read_expected_failures
 from kfac_conformance.jax import runner
 
 

@@ -8,8 +8,8 @@ is :math:`B \otimes A` with ``A`` over the inputs and ``B`` over the outputs, an
   ``[weight.flatten(), bias]`` (see :func:`dense_block`);
 - ``"none"``: the layer has no bias.
 
-A candidate declares its scale :class:`~kfac_conformance.conventions.Conventions`; the runner
-converts its blocks to the tutorial's scale with :func:`kfac_conformance.conventions.scale`.
+A candidate declares its scale :class:`~kfac_conformance.contract.conventions.Conventions`; the runner
+converts its blocks to the tutorial's scale with :func:`kfac_conformance.contract.conventions.scale`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from kfac_conformance.conventions import Conventions
+from kfac_conformance.contract.conventions import Conventions
 from kfac_conformance.jax.stored import StoredCase
 
 BIAS_MODES = ("joint", "none")

@@ -1,8 +1,8 @@
 r"""The checks on stored cases, in numpy: exactness (compare, diagnose a mismatch) and the
 statistics of ``mc/unbiased``.
 
-Same check ids, tolerances (:mod:`kfac_conformance.tolerances`) and scale conversion
-(:func:`kfac_conformance.conventions.scale`) as the PyTorch suite's
+Same check ids, tolerances (:mod:`kfac_conformance.comparison.tolerances`) and scale conversion
+(:func:`kfac_conformance.contract.conventions.scale`) as the PyTorch suite's
 ``kfac_conformance.checks.exactness``: where a case's ``exact`` says KFAC of a kind equals the
 exact block, the candidate's block divided by its declared scale must match the stored block
 to round-off, :math:`\|K/s - E\|_F / \|E\|_F \le` tol (``1e-10`` in float64). With a joint bias
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kfac_conformance.comparison.tolerances import layer_pattern, name_factor
 from kfac_conformance.jax.candidate import Factors, dense_block
-from kfac_conformance.tolerances import layer_pattern, name_factor
 
 # exactness/<fisher type>-<flavour> compares with this stored block; the other is a hypothesis
 CURVATURE = {"type-2": ("ggn", "empirical"), "empirical": ("empirical", "ggn")}
@@ -52,7 +52,7 @@ def diagnose(
     alternative: tuple[str, np.ndarray] | None,
     quantities: Mapping[str, float],
 ) -> str | None:
-    """The hypotheses of ``kfac_conformance.compare.diagnose`` that apply to a joint or absent
+    """The hypotheses of ``kfac_conformance.comparison.blocks.diagnose`` that apply to a joint or absent
     bias: a constant factor (named through the problem's counts), swapped Kronecker order
     (where A and B have one shape, also with a joint bias), the other curvature, NaNs."""
     candidate = dense_block(factors) / scale
@@ -109,7 +109,7 @@ def compare_layers(
     return worst, Mismatch(layer, errors[layer], diagnosis), pattern
 
 
-# mc/unbiased as kfac_conformance.checks.monte_carlo runs it (tests/test_jax_separation.py keeps
+# mc/unbiased as kfac_conformance.checks.mc runs it (tests/test_jax_separation.py keeps
 # these equal to its constants): 32 seeds (the default profile), 4 samples each, |t| <= 8
 MC_SEEDS = 32
 UNBIASED_SAMPLES = 4
@@ -135,7 +135,7 @@ def t_statistic(z: np.ndarray, scale: float) -> float:
 def unbiased_statistics(estimates: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:
     r"""The scale and direction t statistics of MC estimates (one flattened result per row)
     and the mean estimate along the target over the target (see
-    ``kfac_conformance.checks.monte_carlo``): :math:`z_k = \langle X_k - T, T\rangle/\|T\|^2`;
+    ``kfac_conformance.checks.mc``): :math:`z_k = \langle X_k - T, T\rangle/\|T\|^2`;
     the first half of the seeds estimates the bias direction, the second is tested along it."""
     errors = estimates - target
     norm2 = float(target @ target)

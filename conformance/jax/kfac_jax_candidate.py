@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import kfac_jax
 import numpy as np
 
-from kfac_conformance.conventions import Conventions
+from kfac_conformance.contract.conventions import Conventions
 from kfac_conformance.jax import network
 from kfac_conformance.jax.candidate import Factors, Refused
 from kfac_conformance.jax.stored import StoredCase

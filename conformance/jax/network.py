@@ -1,4 +1,4 @@
-r"""The architecture language of :mod:`kfac_conformance.architectures`, in JAX.
+r"""The architecture language of :mod:`kfac_conformance.cases.architectures`, in JAX.
 
 The network computes what the PyTorch ``nn.Sequential`` computes, on the same NCHW tensors,
 with parameters in JAX's own layouts so that graph-matching libraries see the usual patterns:

@@ -1,6 +1,6 @@
 """Run the exactness checks of stored cases against a JAX candidate; write the suite's report.
 
-The report follows ``kfac_conformance.report`` (schema version 1) so that
+The report follows ``kfac_conformance.reports.report`` (schema version 1) so that
 ``docs/generate_matrix.py`` reads it like any other; ``torch_version`` is ``"not used"`` and
 ``jax_version`` and the declared ``conventions`` are added. Statuses, messages of refusals and
 expected failures are worded as the PyTorch runner words them.
@@ -21,8 +21,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_conformance import conventions
-from kfac_conformance.expected_failures import ExpectedFailure, match
+from kfac_conformance.comparison.tolerances import round_off_tolerance
+from kfac_conformance.contract import conventions
+from kfac_conformance.contract.expected_failures import ExpectedFailure, match
 from kfac_conformance.jax import network, stored
 from kfac_conformance.jax.candidate import JaxCandidate, Refused, dense_block
 from kfac_conformance.jax.checks import (
@@ -36,7 +37,6 @@ from kfac_conformance.jax.checks import (
     compare_layers,
     unbiased_statistics,
 )
-from kfac_conformance.tolerances import round_off_tolerance
 
 SCHEMA_VERSION = 1
 STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
@@ -90,7 +90,7 @@ def plan(
 
 
 def problem_counts(case: stored.StoredCase) -> tuple[dict[str, float], dict[str, int]]:
-    """``({"N", "T", "K"}, {layer: S})`` as ``kfac_conformance.checks.diagnosis`` counts them:
+    """``({"N", "T", "K"}, {layer: S})`` as ``kfac_conformance.comparison.diagnosis`` counts them:
     data, loss terms per datum, batches; shared positions per datum of each layer."""
     params = network.jax_params(case)
     x = jnp.asarray(case.batches[0][0])
@@ -108,7 +108,7 @@ def problem_counts(case: stored.StoredCase) -> tuple[dict[str, float], dict[str,
 
 
 def quantities(case: stored.StoredCase, counts: dict[str, float]) -> dict[str, object]:
-    """What :func:`kfac_conformance.conventions.scale` reads: ``N``, the tutorial's ``R``,
+    """What :func:`kfac_conformance.contract.conventions.scale` reads: ``N``, the tutorial's ``R``,
     the loss's PyTorch class name."""
     loss = LOSS_CLASSES[case.loss]
     R = conventions.reduction_factor(loss, case.reduction, int(counts["N"]), int(counts["T"]))
@@ -272,7 +272,7 @@ def report(spec: str, candidate: JaxCandidate, items: Sequence[Item], results: l
 
 
 def write(path: Path, document: dict) -> None:
-    """Atomically, as ``kfac_conformance.report.Report.write`` does."""
+    """Atomically, as ``kfac_conformance.reports.report.Report.write`` does."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(document, indent=1, default=str))

@@ -7,7 +7,7 @@ as ``check_id`` or ``check_id[case_id]`` of the default profile. A mutant that s
 killers is a missing check, not a bad mutant.
 
 Importable as ``zoo`` from ``tests/`` (pytest puts that folder on the path) and by path from
-the repository root (``kfac_conformance.kill_matrix`` does that).
+the repository root (``kfac_conformance.reports.kill_matrix`` does that).
 """
 
 from __future__ import annotations

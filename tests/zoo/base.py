@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from unittest import mock
 
-from kfac_conformance.problem import Capabilities, Problem, Request
-from kfac_conformance.session import reference_compute
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
+from kfac_conformance.execution.session import reference_compute
 from kfac_ref import layers
 from kfac_ref.factors import KroneckerFactors
 from kfac_ref.layers import LayerRule

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
 from kfac_ref import compute, losses
 
 from .base import Mutant, replace, rules_replaced

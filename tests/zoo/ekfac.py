@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from kfac_conformance.problem import Capabilities, Problem, Request
+from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref import ekfac
 from kfac_ref.factors import EKFACFactors

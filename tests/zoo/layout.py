@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from kfac_conformance.problem import Problem, Request
+from kfac_conformance.contract.problem import Problem, Request
 from kfac_ref import layers
 from kfac_ref.factors import KroneckerFactors
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
 from kfac_ref import compute, losses
 
 from .base import Mutant, replace

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kfac_conformance.problem import Problem, Request
+from kfac_conformance.contract.problem import Problem, Request
 from kfac_ref import losses
 from kfac_ref.factors import KroneckerFactors
 

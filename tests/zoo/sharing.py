@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
 from kfac_ref.layers import LayerRule
 
 from .base import Mutant, rules_replaced

@@ -11,8 +11,8 @@ Reproduce through the catalogue:
     kfac-conformance run --candidate asdl --case docs/repro/fuzz/asdl-A1-mc-unbiased.py:problem --select '*[fuzz-1cd4e2d39f]'
 """
 
-from kfac_conformance.fuzz_problems import DrawnCase
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
     id="fuzz-1cd4e2d39f",

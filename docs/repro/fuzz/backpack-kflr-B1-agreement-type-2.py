@@ -11,8 +11,8 @@ Reproduce through the catalogue:
     kfac-conformance run --candidate backpack-kflr --case docs/repro/fuzz/backpack-kflr-B1-agreement-type-2.py:problem --select '*[fuzz-5c68a3765b]'
 """
 
-from kfac_conformance.fuzz_problems import DrawnCase
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
     id="fuzz-5c68a3765b",

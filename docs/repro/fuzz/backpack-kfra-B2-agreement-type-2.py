@@ -11,8 +11,8 @@ Reproduce through the catalogue:
     kfac-conformance run --candidate backpack-kfra --case docs/repro/fuzz/backpack-kfra-B2-agreement-type-2.py:problem --select '*[fuzz-97cd153f4d]'
 """
 
-from kfac_conformance.fuzz_problems import DrawnCase
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
     id="fuzz-97cd153f4d",

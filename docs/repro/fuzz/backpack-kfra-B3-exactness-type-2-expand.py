@@ -9,8 +9,8 @@ Reproduce through the catalogue:
     kfac-conformance run --candidate backpack-kfra --case docs/repro/fuzz/backpack-kfra-B3-exactness-type-2-expand.py:problem --select '*[fuzz-2de3ea1d52]'
 """
 
-from kfac_conformance.fuzz_problems import DrawnCase
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
     id="fuzz-2de3ea1d52",

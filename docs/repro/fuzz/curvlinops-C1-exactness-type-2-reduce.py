@@ -9,8 +9,8 @@ Reproduce through the catalogue:
     kfac-conformance run --candidate curvlinops --case docs/repro/fuzz/curvlinops-C1-exactness-type-2-reduce.py:problem --select '*[fuzz-5009da2878]'
 """
 
-from kfac_conformance.fuzz_problems import DrawnCase
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
     id="fuzz-5009da2878",

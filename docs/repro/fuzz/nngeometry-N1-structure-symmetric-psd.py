@@ -9,8 +9,8 @@ Reproduce through the catalogue:
     kfac-conformance run --candidate nngeometry --case docs/repro/fuzz/nngeometry-N1-structure-symmetric-psd.py:problem --select '*[fuzz-1cd4e2d39f]'
 """
 
-from kfac_conformance.fuzz_problems import DrawnCase
-from kfac_conformance.problem import Request
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
     id="fuzz-1cd4e2d39f",

@@ -1,0 +1,2 @@
+"""The problems checks run on: architectures as data, the canonical cases with their exactness
+facts, the stored fixtures, and hypothesis strategies."""

@@ -1,0 +1,332 @@
+"""The canonical cases, defined once: architecture, data, loss, and where KFAC is exact.
+
+``exact`` maps ``"<fisher type>/<flavour>"`` to the layers whose KFAC block equals the exact
+block of the same curvature (type-2 -> GGN, empirical -> empirical Fisher), by the theorems of
+the KFAC tutorial (Mucsanyi et al. 2025, arXiv 2507.05127) and of Eschenhagen et al. 2023.
+A separate bias has no weight-bias cross terms by definition, so for it only the weight and
+bias blocks count; a joint bias is exact in the whole block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from kfac_conformance.cases.architectures import build_model, parameter_layers
+from kfac_conformance.contract.problem import Problem
+
+LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A problem described as data; ``make_problem`` builds it the same way every time."""
+
+    id: str
+    architecture: list
+    input_shape: tuple[int, ...]
+    loss: str
+    reduction: str = "mean"
+    num_batches: int = 1
+    seed: int = 0
+    exact: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    per_position: bool = False  # the network acts on each shared position alone
+    statement: str = ""
+    source: str = ""
+
+    def make_problem(self, dtype: torch.dtype = torch.float64) -> Problem:
+        generator = torch.Generator().manual_seed(self.seed)
+        model = build_model(self.architecture, dtype, generator)
+        batches = []
+        for _ in range(self.num_batches):
+            X = torch.randn(self.input_shape, generator=generator, dtype=dtype)
+            with torch.no_grad():
+                output = model(X)
+            batches.append((X, draw_labels(self.loss, output, generator)))
+        loss_func = LOSSES[self.loss](reduction=self.reduction)
+        return Problem(model, loss_func, batches, parameter_layers(model), self.id)
+
+    def exact_layers(self, fisher_type: str, flavour: str) -> tuple[str, ...]:
+        return self.exact.get(f"{fisher_type}/{flavour}", ())
+
+
+def draw_labels(loss: str, output: Tensor, generator: torch.Generator) -> Tensor:
+    if loss == "mse":
+        return torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    if loss == "bce":
+        return (torch.rand(output.shape, generator=generator) < 0.5).to(output.dtype)
+    shape = (output.shape[0], *output.shape[2:])
+    return torch.randint(output.shape[1], shape, generator=generator)
+
+
+def _all(architecture: list) -> tuple[str, ...]:
+    return tuple(str(i) for i, spec in enumerate(architecture) if spec[0] in ("linear", "conv2d"))
+
+
+def _exact_everywhere(architecture: list, *keys: str) -> dict[str, tuple[str, ...]]:
+    return dict.fromkeys(keys, _all(architecture))
+
+
+BOTH_TYPE2 = ("type-2/expand", "type-2/reduce")
+TUTORIAL = "KFAC tutorial (arXiv 2507.05127), exactness tests"
+ESCHENHAGEN = "Eschenhagen et al. 2023, KFAC-expand and KFAC-reduce"
+
+
+# Seeds for which every ReLU unit is active on the datum: a dead unit zeroes whole rows of the
+# blocks, and with all units dead a KFAC of zeros would pass.
+_LIVE_RELU_SEEDS = {
+    ("mse", "mean"): 1242,
+    ("mse", "sum"): 1500,
+    ("ce", "mean"): 1500,
+    ("ce", "sum"): 1500,
+    ("bce", "mean"): 1664,
+    ("bce", "sum"): 1740,
+}
+
+
+def _one_datum_cases() -> list[Case]:
+    cases = []
+    for activation in ("tanh", "sigmoid", "relu"):
+        for loss in ("mse", "ce", "bce"):
+            for reduction in ("mean", "sum"):
+                architecture = [
+                    ["linear", 4, 3, True],
+                    [activation],
+                    ["linear", 3, 3, True],
+                    [activation],
+                    ["linear", 3, 2, False],
+                ]
+                cases.append(
+                    Case(
+                        id=f"one-datum-mlp[{activation}-{loss}-{reduction}]",
+                        architecture=architecture,
+                        input_shape=(1, 4),
+                        loss=loss,
+                        reduction=reduction,
+                        seed=_LIVE_RELU_SEEDS.get((loss, reduction), len(cases))
+                        if activation == "relu"
+                        else len(cases),
+                        exact=_exact_everywhere(
+                            architecture, *BOTH_TYPE2, "empirical/expand", "empirical/reduce"
+                        ),
+                        statement="on one datum KFAC type-2 is the GGN block and KFAC-empirical the EF block",
+                        source=TUTORIAL,
+                    )
+                )
+    return cases
+
+
+_DEEP_LINEAR = [["linear", 4, 5, True], ["linear", 5, 5, False], ["linear", 5, 3, True]]
+_SHARED_LINEAR = [["linear", 3, 4, True], ["linear", 4, 4, False], ["linear", 4, 2, True]]
+_POOLED_LINEAR = [["linear", 3, 4, True], ["linear", 4, 4, False]]
+_AFTER_POOL = [["linear", 4, 4, True], ["linear", 4, 2, False]]
+
+
+def _deep_linear_cases() -> list[Case]:
+    statement = "deep linear network with MSE: KFAC type-2 is the GGN block on a whole data set"
+    return [
+        Case(
+            id="deep-linear[mse-sum-1batch]",
+            architecture=_DEEP_LINEAR,
+            input_shape=(6, 4),
+            loss="mse",
+            reduction="sum",
+            seed=100,
+            exact=_exact_everywhere(_DEEP_LINEAR, *BOTH_TYPE2),
+            statement=statement,
+            source=TUTORIAL,
+        ),
+        Case(
+            id="deep-linear[mse-mean-3batches]",
+            architecture=_DEEP_LINEAR,
+            input_shape=(4, 4),
+            loss="mse",
+            reduction="mean",
+            num_batches=3,
+            seed=101,
+            exact=_exact_everywhere(_DEEP_LINEAR, *BOTH_TYPE2),
+            statement=statement,
+            source=TUTORIAL,
+        ),
+    ]
+
+
+def _expand_cases() -> list[Case]:
+    statement = (
+        "deep linear network with MSE on every shared position: KFAC-expand is the GGN block"
+    )
+    return [
+        Case(
+            id=f"expand-deep-linear[{name}]",
+            architecture=_SHARED_LINEAR,
+            input_shape=shape,
+            loss="mse",
+            reduction=reduction,
+            seed=200 + index,
+            exact={"type-2/expand": _all(_SHARED_LINEAR)},
+            per_position=True,
+            statement=statement,
+            source=ESCHENHAGEN,
+        )
+        for index, (name, shape, reduction) in enumerate(
+            [("1-axis", (3, 4, 3), "mean"), ("2-axes", (2, 3, 2, 3), "sum")]
+        )
+    ]
+
+
+def _reduce_cases() -> list[Case]:
+    cases = []
+    for how in ("sum", "mean"):
+        at_end = [*_POOLED_LINEAR, [how, [1]], ["linear", 4, 2, True]]
+        cases.append(
+            Case(
+                id=f"reduce-deep-linear[{how}-pool]",
+                architecture=at_end,
+                input_shape=(4, 5, 3),
+                loss="mse",
+                reduction="mean",
+                seed=300 + len(cases),
+                exact={"type-2/reduce": _all(at_end), "type-2/expand": ("3",)},
+                statement=f"deep linear network, shared axis {how}-pooled before the loss: KFAC-reduce is the GGN block",
+                source=ESCHENHAGEN,
+            )
+        )
+    middle = [*_POOLED_LINEAR, ["mean", [1]], *_AFTER_POOL]
+    cases.append(
+        Case(
+            id="reduce-deep-linear[pool-in-middle]",
+            architecture=middle,
+            input_shape=(3, 4, 3),
+            loss="mse",
+            reduction="sum",
+            seed=310,
+            exact={"type-2/reduce": _all(middle), "type-2/expand": ("3", "4")},
+            statement="pooling in the middle: layers after it are exact in both flavours, layers before only with reduce",
+            source=ESCHENHAGEN,
+        )
+    )
+    return cases
+
+
+def _conv_cases() -> list[Case]:
+    reduce_net = [
+        ["conv2d", 2, 3, 3, 2, 1, 1, True],
+        ["conv2d", 3, 3, 1, 1, 0, 1, False],
+        ["mean", [2, 3]],
+        ["linear", 3, 2, True],
+    ]
+    pointwise_net = [["conv2d", 2, 3, 1, 1, 0, 1, True], ["conv2d", 3, 2, 1, 1, 0, 1, True]]
+    last_strided_net = [["conv2d", 2, 3, 1, 1, 0, 1, False], ["conv2d", 3, 2, 3, 2, 1, 2, True]]
+    return [
+        Case(
+            id="conv-reduce[stride2-pad1-mean-pool]",
+            architecture=reduce_net,
+            input_shape=(3, 2, 6, 6),
+            loss="mse",
+            reduction="sum",
+            seed=400,
+            exact={"type-2/reduce": _all(reduce_net), "type-2/expand": ("3",)},
+            statement="linear CNN (3x3 stride 2, then 1x1) mean-pooled before the loss: KFAC-reduce is exact",
+            source=ESCHENHAGEN,
+        ),
+        Case(
+            id="conv-expand[1x1-per-pixel-mse]",
+            architecture=pointwise_net,
+            input_shape=(2, 2, 3, 3),
+            loss="mse",
+            reduction="mean",
+            seed=401,
+            exact={"type-2/expand": _all(pointwise_net)},
+            statement="linear 1x1-convolution network with MSE on every pixel: KFAC-expand is exact",
+            source=ESCHENHAGEN,
+        ),
+        Case(
+            id="conv-expand[last-layer-stride2-pad1-dil2]",
+            architecture=last_strided_net,
+            input_shape=(2, 2, 6, 6),
+            loss="mse",
+            reduction="sum",
+            seed=402,
+            exact={"type-2/expand": ("1",)},
+            statement="the last convolution (any stride/padding/dilation) with MSE on every pixel: KFAC-expand is exact",
+            source=ESCHENHAGEN,
+        ),
+    ]
+
+
+def _agreement_cases() -> list[Case]:
+    """Problems where KFAC is not exact: candidates are compared with the reference."""
+    return [
+        Case(
+            id="mlp[tanh-ce-batch]",
+            architecture=[["linear", 5, 4, True], ["tanh"], ["linear", 4, 3, True]],
+            input_shape=(8, 5),
+            loss="ce",
+            num_batches=2,
+            seed=500,
+        ),
+        Case(
+            id="cnn[relu-ce]",
+            architecture=[
+                ["conv2d", 2, 3, 3, 1, 1, 1, True],
+                ["relu"],
+                ["conv2d", 3, 2, 2, 2, 0, 1, True],
+                ["flatten"],
+                ["linear", 8, 3, True],
+            ],
+            input_shape=(4, 2, 4, 4),
+            loss="ce",
+            reduction="sum",
+            seed=501,
+        ),
+        Case(
+            id="cnn[tanh-mse-feature-map]",
+            architecture=[
+                ["conv2d", 2, 3, 3, 1, 1, 1, True],
+                ["tanh"],
+                ["conv2d", 3, 2, 1, 1, 0, 1, False],
+            ],
+            input_shape=(3, 2, 3, 3),
+            loss="mse",
+            seed=502,
+        ),
+        Case(
+            id="sequence[tanh-ce-per-position]",
+            architecture=[
+                ["linear", 3, 4, True],
+                ["tanh"],
+                ["linear", 4, 3, True],
+                ["movedim", -1, 1],
+            ],
+            input_shape=(3, 4, 3),
+            loss="ce",
+            seed=503,
+            per_position=True,
+        ),
+        Case(
+            id="sequence[sigmoid-bce-mean-pool]",
+            architecture=[
+                ["linear", 3, 4, True],
+                ["sigmoid"],
+                ["mean", [1]],
+                ["linear", 4, 2, True],
+            ],
+            input_shape=(3, 5, 3),
+            loss="bce",
+            reduction="sum",
+            seed=504,
+        ),
+    ]
+
+
+CANONICAL_CASES: list[Case] = [
+    *_one_datum_cases(),
+    *_deep_linear_cases(),
+    *_expand_cases(),
+    *_reduce_cases(),
+    *_conv_cases(),
+]
+AGREEMENT_CASES: list[Case] = _agreement_cases()
+ALL_CASES: dict[str, Case] = {case.id: case for case in [*CANONICAL_CASES, *AGREEMENT_CASES]}

@@ -1,0 +1,34 @@
+"""The check catalogue: every family's ``CHECKS``, in the order runs and reports list them.
+
+It lives outside the ``checks`` package so that importing one check module (or
+``checks.base``) does not import every other one.
+"""
+
+from __future__ import annotations
+
+from kfac_conformance.checks import (
+    agreement,
+    ekfac,
+    exactness,
+    invariance,
+    mc,
+    parity,
+    robustness,
+    side_effects,
+    structure,
+)
+from kfac_conformance.checks.base import Check
+
+ALL_CHECKS: list[Check] = [
+    *exactness.CHECKS,
+    *mc.CHECKS,
+    *invariance.CHECKS,
+    *structure.CHECKS,
+    *side_effects.CHECKS,
+    *robustness.CHECKS,
+    *agreement.CHECKS,
+    *ekfac.CHECKS,
+    *parity.CHECKS,
+]
+if len({check.id for check in ALL_CHECKS}) != len(ALL_CHECKS):
+    raise RuntimeError("check ids must be unique: users' expected-failure files name them")

@@ -1,0 +1,146 @@
+"""Comparing blocks: dtype-aware tolerances, the error measure, and a diagnosis of mismatches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from kfac_conformance.comparison import tolerances
+from kfac_conformance.comparison.tolerances import FLOAT32_ROUND_OFF, name_factor
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
+
+
+def round_off_tolerance(dtype: torch.dtype) -> float:
+    """The table lives in the torch-free :mod:`kfac_conformance.comparison.tolerances` (shared with the
+    JAX runner)."""
+    return tolerances.round_off_tolerance(dtype)
+
+
+def relative_error(candidate: Tensor, exact: Tensor) -> float:
+    """``||candidate - exact||_F / ||exact||_F`` (absolute when ``exact`` is zero), in float64."""
+    candidate, exact = candidate.detach().double().cpu(), exact.detach().double().cpu()
+    scale = exact.norm().item()
+    difference = (candidate - exact).norm().item()
+    return difference / scale if scale > 0 else difference
+
+
+def factor_sizes(factors: KroneckerFactors | EKFACFactors) -> tuple[int, int]:
+    """``(size of A, size of B)``: the input and output sides of either kind of result."""
+    if isinstance(factors, EKFACFactors):
+        return factors.QA.shape[0], factors.QB.shape[0]
+    return factors.A.shape[0], factors.B.shape[0]
+
+
+def kfac_pattern(factors: KroneckerFactors | EKFACFactors) -> Tensor | None:
+    """Entries KFAC is meant to approximate: all, or without cross terms for a separate bias."""
+    if factors.bias != "separate":
+        return None
+    size_A, size_B = factor_sizes(factors)
+    size = size_A * size_B + size_B
+    weight = size - size_B
+    pattern = torch.zeros(size, size, dtype=torch.bool)
+    pattern[:weight, :weight] = True
+    pattern[weight:, weight:] = True
+    return pattern
+
+
+def restrict(block: Tensor, pattern: Tensor | None) -> Tensor:
+    if pattern is None:
+        return block
+    return torch.where(
+        pattern.to(block.device), block, torch.zeros((), dtype=block.dtype, device=block.device)
+    )
+
+
+def _ones_moved_last(A: Tensor) -> Tensor:
+    order = torch.cat([torch.arange(1, A.shape[0]), torch.zeros(1, dtype=torch.long)])
+    return A[order][:, order]
+
+
+def diagnose(
+    factors: KroneckerFactors,
+    exact: Tensor,
+    tolerance: float,
+    alternatives: Mapping[str, Tensor] | None = None,
+    quantities: Mapping[str, float] | None = None,
+    convention_hints: Mapping[str, float] | None = None,
+) -> str | None:
+    """Name the most likely cause of a mismatch, testing hypotheses against the exact block.
+
+    ``alternatives`` are other exact blocks of the same layer (e.g. the empirical Fisher when
+    the GGN was asked for); a candidate equal to one of them is named after it. A constant
+    factor is named first as a known scale convention (``convention_hints``, hint -> factor,
+    see :func:`kfac_conformance.contract.conventions.convention_hints`), and only then through the
+    problem's counts (``quantities``, see :func:`name_factor`).
+    """
+    candidate = factors.to_dense().detach().double().cpu()
+    exact = exact.detach().double().cpu()
+    pattern = kfac_pattern(factors)
+    target = restrict(exact, pattern)
+    if not torch.isfinite(candidate).all():
+        return "the block has NaN or inf entries"
+    if candidate.shape != target.shape:
+        return f"block shape {tuple(candidate.shape)} differs from the exact {tuple(target.shape)}"
+    scale = (candidate * target).sum() / (target * target).sum().clamp_min(1e-300)
+    if scale.abs() > 0 and relative_error(candidate / scale, target) <= tolerance:
+        conventions = [
+            hint
+            for hint, factor in (convention_hints or {}).items()
+            if abs(scale.item() - factor) <= 1e-6 * abs(factor)
+        ]
+        if conventions:
+            return f"off by a constant factor x {scale.item():.6g}: " + "; or ".join(conventions)
+        named = name_factor(scale.item(), quantities or {})
+        explanation = f" = {named}" if named else ""
+        return f"off by a constant factor x {scale.item():.6g}{explanation}: a reduction or convention factor?"
+    kronecker = isinstance(factors, KroneckerFactors)
+    swapped = (
+        KroneckerFactors(factors.B, factors.A, "none")
+        if kronecker and factors.bias == "none"
+        else None
+    )
+    if swapped is not None and swapped.A.shape[0] * swapped.B.shape[0] == target.shape[0]:
+        swapped_dense = torch.kron(factors.A, factors.B).double().cpu()
+        if relative_error(swapped_dense, target) <= tolerance:
+            return "Kronecker order swapped: kron(A, B) matches, i.e. column-major flattening or A and B exchanged"
+    for name, block in (alternatives or {}).items():
+        other = restrict(block.detach().double().cpu(), pattern)
+        if relative_error(candidate, other) <= tolerance:
+            return f"equals the {name} block instead"
+        ratio = (candidate * other).sum() / (other * other).sum().clamp_min(1e-300)
+        if ratio.abs() > 0 and relative_error(candidate / ratio, other) <= tolerance:
+            return f"equals the {name} block times {ratio.item():.6g} instead"
+    if kronecker and factors.bias == "joint":
+        joint = _diagnose_joint_bias(factors, candidate, exact, tolerance)
+        if joint is not None:
+            return joint
+    error = relative_error(candidate, target)
+    low, high = FLOAT32_ROUND_OFF
+    if tolerance < low and low <= error <= high:
+        return (
+            f"relative error {error:.2g} is at float32 round-off level although the problem's "
+            "tolerance is far tighter: computed in single precision and cast back?"
+        )
+    return None
+
+
+def _diagnose_joint_bias(
+    factors: KroneckerFactors, candidate: Tensor, exact: Tensor, tolerance: float
+) -> str | None:
+    rolled = KroneckerFactors(_ones_moved_last(factors.A), factors.B, "joint")
+    if relative_error(rolled.to_dense(), exact) <= tolerance:
+        return (
+            "ones row misplaced: A matches once its first row and column are moved last "
+            "(bias='joint' appends the constant one as the last input, not the first)"
+        )
+    weight = factors.A.shape[0] * factors.B.shape[0] - factors.B.shape[0]
+    cross = candidate[:weight, weight:]
+    if cross.abs().max() == 0 and exact[:weight, weight:].abs().max() > 0:
+        return "weight-bias cross terms are zero although bias='joint' was asked for"
+    if relative_error(candidate[weight:, weight:], exact[weight:, weight:]) > tolerance and (
+        relative_error(candidate[:weight, :weight], exact[:weight, :weight]) <= tolerance
+    ):
+        return "the weight block is right but the bias entries are wrong (ones row misplaced?)"
+    return None

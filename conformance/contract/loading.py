@@ -1,0 +1,131 @@
+"""Resolving ``SPEC`` strings: a registered name, ``module:attr`` or ``path/to/file.py:attr``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from pathlib import Path
+
+import torch
+
+from kfac_conformance.contract.problem import Candidate, Problem
+
+CANDIDATE_GROUP = "kfac_conformance.candidates"
+
+
+class SpecError(ValueError):
+    """A ``SPEC`` that names nothing usable; the message says why."""
+
+
+def registered_candidates() -> dict[str, Callable[[], Candidate]]:
+    return {ep.name: ep for ep in entry_points(group=CANDIDATE_GROUP)}
+
+
+def _resolve(spec: str, what: str) -> object:
+    if ":" not in spec:
+        raise SpecError(
+            f"{what} {spec!r} is neither a registered name nor of the form module:attr or file.py:attr"
+        )
+    location, _, attr = spec.rpartition(":")
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise SpecError(f"{what} file {location!r} does not exist")
+        name = f"_kfac_conformance_user_{path.stem}_{abs(hash(path.resolve()))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as error:
+            raise SpecError(
+                f"cannot import module {location!r} for {what} {spec!r}: {error}"
+            ) from error
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SpecError(f"{location!r} has no attribute {attr!r} (from {what} {spec!r})") from None
+
+
+def _instantiate(obj: object) -> object:
+    return (
+        obj() if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "compute")) else obj
+    )
+
+
+def load_candidate(spec: str) -> Candidate:
+    """The candidate for ``spec``; ``attr`` may be a candidate, its class or a zero-argument factory."""
+    registered = registered_candidates()
+    if spec in registered:
+        obj = registered[spec].load()
+    else:
+        obj = _resolve(spec, "candidate")
+    candidate = _instantiate(obj)
+    missing = [name for name in ("name", "capabilities", "compute") if not hasattr(candidate, name)]
+    if missing:
+        raise SpecError(
+            f"candidate {spec!r} lacks {missing}: a Candidate has name, capabilities and compute()"
+        )
+    return candidate
+
+
+def load_case_factory(spec: str) -> Callable[[], list[Problem]]:
+    """A zero-argument factory of fresh problems for ``--case SPEC``."""
+    factory = _resolve(spec, "case")
+    if not callable(factory):
+        raise SpecError(
+            f"case {spec!r} must be a zero-argument factory returning a Problem or a list of them"
+        )
+
+    def problems() -> list[Problem]:
+        made = factory()
+        made = list(made) if isinstance(made, (list, tuple)) else [made]
+        for problem in made:
+            if not isinstance(problem, Problem):
+                raise SpecError(
+                    f"case factory {spec!r} returned {type(problem).__name__}, not a Problem"
+                )
+        return made
+
+    for first, second in zip(problems(), problems(), strict=True):
+        difference = _first_difference(first, second)
+        if difference:
+            raise SpecError(
+                f"case factory {spec!r} is not deterministic: two calls gave problems "
+                f"{first.case_id!r} with different {difference}; seed what it draws (e.g. build "
+                "the model under torch.random.fork_rng() after torch.manual_seed)"
+            )
+    return problems
+
+
+def _first_difference(first: Problem, second: Problem) -> str | None:
+    if first.case_id != second.case_id or first.layers != second.layers:
+        return "ids or layers"
+    first_params, second_params = first.model.state_dict(), second.model.state_dict()
+    if first_params.keys() != second_params.keys():
+        return "parameter names"
+    for name, value in first_params.items():
+        if not torch.equal(value, second_params[name]):
+            return f"parameter {name!r}"
+    if len(first.batches) != len(second.batches):
+        return "numbers of batches"
+    for index, ((X1, y1), (X2, y2)) in enumerate(zip(first.batches, second.batches, strict=True)):
+        if not (torch.equal(X1, X2) and torch.equal(y1, y2)):
+            return f"data in batch {index}"
+    return None
+
+
+def suite_version() -> str:
+    try:
+        return version("kfac-conformance")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def registered_names() -> list[str]:
+    return sorted(registered_candidates())

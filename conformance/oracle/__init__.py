@@ -1,0 +1,1 @@
+"""The exact curvature by automatic differentiation; it knows nothing of KFAC."""

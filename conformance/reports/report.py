@@ -1,0 +1,219 @@
+"""The report: a versioned JSON document, rewritten after every result, and a text summary.
+
+Schema (``schema_version`` 2)::
+
+    {
+      "schema_version": 2, "suite_version": str, "complete": bool,
+      "state": "running" | "complete" | "interrupted",
+      "interruption": str | null,
+      "candidate": {"spec": str, "name": str, "version": str | null,
+                    "conventions": {"curvature": str, "empirical_fisher": str},
+                    "capabilities": {field: value, ...} | null},
+      "torch_version": str, "device": str, "profile": str,
+      "timeout_s": float | null, "isolate": bool,
+      "execution": "worker" | "isolate" | "in-process",
+      "max_consecutive_timeouts": int, "maxfail": int | null, "max_time_s": float | null,
+      "stopped": str | null,
+      "summary": {"total": int, "ran": int, "passed": int, "failed": int, "error": int,
+                  "skipped": int, "xfailed": int, "xpassed": int, "not_run": int},
+      "not_run": [item id, ...],
+      "unused_expected_failures": [pattern, ...],
+      "results": [{"id", "check_id", "case_id", "status", "message", "observed", "tolerance",
+                   "diagnosis", "reproduction": {"command", "problem"}, "duration_s",
+                   "evidence": {...} | null}, ...]
+    }
+
+``candidate.conventions`` is the candidate's declared scale conventions (absent in older
+reports: read it as the tutorial's). Version 2 added ``candidate.capabilities`` (the declared
+:class:`Capabilities`, sets as sorted lists) and ``evidence``: the compared blocks of a failure's first wrong layer, downsampled to
+at most 64 x 64, with its Kronecker tile sizes (see :mod:`kfac_conformance.comparison.evidence`). Readers
+of version 1 reports (the HTML report, ``docs/generate_matrix.py``) treat both as absent.
+
+``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
+``ran`` counts the results recorded (every status); ``ran + not_run == total``.
+
+The file is rewritten atomically after every result, so whatever stops the run, the file on
+disk is valid JSON: ``complete`` false with ``state`` ``"running"`` when the process died
+mid-run (a candidate's ``os._exit``, a kill), ``"interrupted"`` (with ``interruption``, e.g.
+``"SIGINT"``) when it was stopped by a signal; ``not_run`` lists every planned item without a
+result, the one that was running included.
+
+``execution`` says where the checks ran: ``"worker"`` (a supervised worker process, the
+default), ``"isolate"`` (a forked child per check) or ``"in-process"`` (``--no-supervise``).
+``stopped`` is why a limit (``max_consecutive_timeouts``, ``maxfail``, ``max_time_s``; see
+:mod:`kfac_conformance.execution.limits`) ended the run early, or null; the items it left then have
+``error`` results whose message starts with ``not run:``, so the report is still complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kfac_conformance.checks.base import STATUSES
+from kfac_conformance.contract.conventions import TUTORIAL
+from kfac_conformance.contract.loading import suite_version
+from kfac_conformance.execution.runner import Result
+
+SCHEMA_VERSION = 2
+
+
+def describe_capabilities(capabilities: object) -> dict | None:
+    """A dataclass of claims as JSON: sets become sorted lists, nested dataclasses dicts."""
+    if not dataclasses.is_dataclass(capabilities):
+        return None
+
+    def plain(value: object) -> object:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=str)
+        return value
+
+    return plain(capabilities)
+
+
+@dataclass
+class Report:
+    candidate_spec: str
+    candidate_name: str
+    candidate_version: str | None
+    profile: str
+    device: str
+    planned: list[str]
+    results: list[Result] = field(default_factory=list)
+    unused_expected_failures: list[str] = field(default_factory=list)
+    complete: bool = False
+    interruption: str | None = None
+    timeout_s: float | None = None
+    isolate: bool = False
+    capabilities: dict | None = None
+    execution: str = "worker"
+    max_consecutive_timeouts: int = 3
+    maxfail: int | None = None
+    max_time_s: float | None = None
+    stopped: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.complete:
+            return "complete"
+        return "interrupted" if self.interruption else "running"
+
+    def not_run(self) -> list[str]:
+        """Planned items without a result, in plan order."""
+        done = {result.item_id for result in self.results}
+        return [item for item in self.planned if item not in done]
+
+    def counts(self) -> dict[str, int]:
+        counts = Counter(result.status for result in self.results)
+        summary = {"total": len(self.planned), "ran": len(self.results)}
+        summary.update({status: counts.get(status, 0) for status in STATUSES})
+        summary["not_run"] = len(self.not_run())
+        return summary
+
+    @property
+    def succeeded(self) -> bool:
+        counts = self.counts()
+        return self.complete and counts["failed"] == 0 and counts["error"] == 0
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "suite_version": suite_version(),
+            "complete": self.complete,
+            "state": self.state,
+            "interruption": self.interruption,
+            "candidate": {
+                "spec": self.candidate_spec,
+                "name": self.candidate_name,
+                "version": self.candidate_version,
+                # declared in the capabilities; a candidate without them follows the tutorial's
+                "conventions": (self.capabilities or {}).get("conventions", TUTORIAL.describe()),
+                "capabilities": self.capabilities,
+            },
+            "torch_version": torch.__version__,
+            "device": self.device,
+            "profile": self.profile,
+            "timeout_s": self.timeout_s,
+            "isolate": self.isolate,
+            "execution": self.execution,
+            "max_consecutive_timeouts": self.max_consecutive_timeouts,
+            "maxfail": self.maxfail,
+            "max_time_s": self.max_time_s,
+            "stopped": self.stopped,
+            "summary": self.counts(),
+            "not_run": self.not_run(),
+            "unused_expected_failures": self.unused_expected_failures,
+            "results": [result.to_json() for result in self.results],
+        }
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically, so an interrupted run still leaves a valid (incomplete) report."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # one temporary file per process: two runs writing one report must not collide
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.to_json(), indent=1, default=str))
+        os.replace(temporary, path)
+
+
+_NOT_RUN_SHOWN = 10
+_SHORT = {
+    "passed": "passed",
+    "failed": "failed",
+    "error": "errors",
+    "skipped": "skipped",
+    "xfailed": "xfailed",
+    "xpassed": "xpassed",
+}
+
+
+def summary_text(report: Report) -> str:
+    """Per-family counts, then every failure and error with its reproduction."""
+    families: dict[str, Counter] = {}
+    for result in report.results:
+        families.setdefault(result.check_id.split("/")[0], Counter())[result.status] += 1
+    width = max([len(name) for name in families] + [6])
+    header = f"{'family':<{width}}  " + "  ".join(f"{_SHORT[s]:>7}" for s in STATUSES)
+    lines = [header, "-" * len(header)]
+    for family, counts in families.items():
+        lines.append(f"{family:<{width}}  " + "  ".join(f"{counts.get(s, 0):>7}" for s in STATUSES))
+    problems = [r for r in report.results if r.status in ("failed", "error", "xpassed")]
+    for result in problems:
+        lines.append("")
+        lines.append(f"{result.status.upper()} {result.item_id}")
+        lines.extend(f"  {line}" for line in result.message.strip().splitlines())
+        if result.observed is not None:
+            lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
+        if result.diagnosis:
+            lines.append(f"  diagnosis: {result.diagnosis}")
+        if result.reproduction.get("command"):
+            lines.append(f"  reproduce: {result.reproduction['command']}")
+    not_run = report.not_run()
+    if not_run and not report.complete:
+        lines.append("")
+        lines.append(f"NOT RUN ({len(not_run)}): " + ", ".join(not_run[:_NOT_RUN_SHOWN]))
+        if len(not_run) > _NOT_RUN_SHOWN:
+            lines.append(f"  ... and {len(not_run) - _NOT_RUN_SHOWN} more (see the JSON report)")
+    for pattern in report.unused_expected_failures:
+        lines.append(f"warning: expected failure {pattern!r} matched no check")
+    counts = report.counts()
+    if report.complete:
+        status = "complete"
+    else:
+        why = f", {report.interruption}" if report.interruption else ""
+        status = f"INCOMPLETE{why}: {counts['not_run']} not run"
+    lines.append("")
+    lines.append(
+        f"{report.candidate_name}: {counts['ran']} checks ran of {counts['total']} ({status}): "
+        f"{counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
+        f"{counts['skipped']} skipped, {counts['xfailed']} xfailed, {counts['xpassed']} xpassed"
+    )
+    return "\n".join(lines)
