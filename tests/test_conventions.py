@@ -12,7 +12,8 @@ from tutorial_kfac import TutorialKFAC
 
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.conventions import Conventions
-from kfac_conformance.execution.runner import case_entries, plan, run_items
+from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.runner import run_items
 
 PROFILE = "default"
 DEFAULT_PLAN = plan(PROFILE, case_entries(PROFILE))

@@ -19,7 +19,8 @@ from zoo import (
 
 from kfac_conformance.comparison.blocks import diagnose
 from kfac_conformance.comparison.tolerances import layer_pattern, name_factor
-from kfac_conformance.execution.runner import case_entries, plan, run_items
+from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.runner import run_items
 from kfac_conformance.frontends import cli
 from kfac_ref.factors import KroneckerFactors
 

@@ -6,7 +6,8 @@ import torch
 
 from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.contract.problem import Capabilities
-from kfac_conformance.execution.runner import case_entries, plan, run_items
+from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.runner import run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref.factors import EKFACFactors
 

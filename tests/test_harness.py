@@ -14,7 +14,8 @@ import kfac_conformance
 from kfac_conformance import Capabilities, KroneckerFactors, NotSupported, load_candidate
 from kfac_conformance.contract.expected_failures import read_expected_failures
 from kfac_conformance.contract.loading import SpecError
-from kfac_conformance.execution.runner import case_entries, plan, run_items
+from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.runner import run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from kfac_conformance.execution.runner import Result
+from kfac_conformance.execution.result import Result
 from kfac_conformance.reports.report import SCHEMA_VERSION, Report, summary_text
 
 PLANNED = ["a/x[c1]", "a/y[c1]", "b/z[c2]", "b/z[c3]"]

@@ -18,7 +18,8 @@ from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.conventions import Conventions
 from kfac_conformance.contract.problem import Request
-from kfac_conformance.execution.runner import Item, case_entries, plan, run_items
+from kfac_conformance.execution.plan import Item, case_entries, plan
+from kfac_conformance.execution.runner import run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref import compute, ekfac, layers, losses
 

@@ -20,7 +20,9 @@ import tempfile
 import time
 from itertools import count
 
-from kfac_conformance.execution.runner import Item, Result, describe_death, error_result
+from kfac_conformance.execution.plan import Item
+from kfac_conformance.execution.result import Result
+from kfac_conformance.execution.runner import describe_death, error_result
 from kfac_conformance.execution.worker import LoadFailed, WorkerConfig, serve
 
 # what the fork server imports once, so that each worker starts with it imported

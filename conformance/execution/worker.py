@@ -4,7 +4,7 @@ report (:mod:`kfac_conformance.execution.supervisor` starts, watches and replace
 
 Wire protocol over one duplex :class:`multiprocessing.connection.Connection`: the worker first
 sends ``READY`` (or a :class:`LoadFailed`); then, for each item id it receives, one
-:class:`~kfac_conformance.execution.runner.Result`. ``None`` received, or the pipe closed, ends it.
+:class:`~kfac_conformance.execution.result.Result`. ``None`` received, or the pipe closed, ends it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import torch
 
 from kfac_conformance.contract.loading import load_candidate
 from kfac_conformance.execution.calling import GlobalState
+from kfac_conformance.execution.plan import case_entries, custom_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
-from kfac_conformance.execution.runner import Result, case_entries, custom_entries, execute, plan
+from kfac_conformance.execution.result import Result
+from kfac_conformance.execution.runner import execute
 from kfac_conformance.execution.session import Session
 
 READY = "ready"

@@ -20,8 +20,9 @@ from kfac_conformance.contract import conventions
 from kfac_conformance.contract.expected_failures import read_expected_failures
 from kfac_conformance.contract.loading import SpecError, load_candidate, registered_names
 from kfac_conformance.execution.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, RunLimits, Stopper
+from kfac_conformance.execution.plan import Item, case_entries, custom_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
-from kfac_conformance.execution.runner import Item, case_entries, custom_entries, plan, run_items
+from kfac_conformance.execution.runner import run_items
 from kfac_conformance.execution.supervisor import Supervisor
 from kfac_conformance.execution.worker import WorkerConfig
 from kfac_conformance.frontends import fuzz_command

@@ -21,16 +21,10 @@ import pytest
 from kfac_conformance.contract.expected_failures import ExpectedFailure, read_expected_failures
 from kfac_conformance.contract.problem import Candidate
 from kfac_conformance.execution.calling import GlobalState
+from kfac_conformance.execution.plan import Item, case_entries, custom_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
-from kfac_conformance.execution.runner import (
-    Item,
-    Result,
-    apply_expected_failures,
-    case_entries,
-    custom_entries,
-    execute,
-    plan,
-)
+from kfac_conformance.execution.result import Result
+from kfac_conformance.execution.runner import apply_expected_failures, execute
 from kfac_conformance.execution.session import Session
 
 

@@ -41,8 +41,10 @@ from kfac_conformance.checks.catalogue import ALL_CHECKS
 from kfac_conformance.contract.expected_failures import ExpectedFailure
 from kfac_conformance.contract.problem import Candidate, Problem, Request
 from kfac_conformance.execution.calling import GlobalState
+from kfac_conformance.execution.plan import Item
 from kfac_conformance.execution.profiles import PROFILES
-from kfac_conformance.execution.runner import Item, Result, apply_expected_failures, execute
+from kfac_conformance.execution.result import Result
+from kfac_conformance.execution.runner import apply_expected_failures, execute
 from kfac_conformance.execution.session import Session
 from kfac_conformance.fuzzing.problems import DrawnCase, kfac_problems, kfac_requests
 

@@ -26,7 +26,8 @@ from types import ModuleType
 import torch
 
 from kfac_conformance.fuzzing.search import search
-from kfac_conformance.execution.runner import case_entries, plan, run_items
+from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.runner import run_items
 
 ZOO_PATH = Path("tests") / "zoo"
 OUTPUT = Path("docs") / "kill-matrix.md"

@@ -59,7 +59,7 @@ import torch
 from kfac_conformance.checks.base import STATUSES
 from kfac_conformance.contract.conventions import TUTORIAL
 from kfac_conformance.contract.loading import suite_version
-from kfac_conformance.execution.runner import Result
+from kfac_conformance.execution.result import Result
 
 SCHEMA_VERSION = 2
 
