@@ -16,7 +16,7 @@ from torch import nn
 
 from kfac_conformance import NotSupported
 from kfac_conformance.cases.canonical import ALL_CASES
-from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
+from kfac_conformance.checks.ekfac.factors import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.comparison.blocks import kfac_pattern, relative_error, restrict
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.loading import load_candidate, registered_candidates

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kfac_conformance.checks.ekfac import corrected_eigenvalues, flat_eigenvalues
+from kfac_conformance.checks.ekfac.factors import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.contract.problem import Capabilities
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.runner import run_items

@@ -33,6 +33,7 @@ class Case:
     seed: int = 0
     exact: dict[str, tuple[str, ...]] = field(default_factory=dict)
     per_position: bool = False  # the network acts on each shared position alone
+    quick: bool = False  # one of the few cases the quick profile runs
     statement: str = ""
     source: str = ""
 
@@ -50,6 +51,10 @@ class Case:
 
     def exact_layers(self, fisher_type: str, flavour: str) -> tuple[str, ...]:
         return self.exact.get(f"{fisher_type}/{flavour}", ())
+
+    @property
+    def num_data(self) -> int:
+        return self.input_shape[0] * self.num_batches
 
 
 def draw_labels(loss: str, output: Tensor, generator: torch.Generator) -> Tensor:
@@ -73,6 +78,9 @@ BOTH_TYPE2 = ("type-2/expand", "type-2/reduce")
 TUTORIAL = "KFAC tutorial (arXiv 2507.05127), exactness tests"
 ESCHENHAGEN = "Eschenhagen et al. 2023, KFAC-expand and KFAC-reduce"
 
+
+# (activation, loss, reduction) of the one-datum cases that the quick profile runs
+_QUICK_ONE_DATUM = {("tanh", "ce", "sum"), ("sigmoid", "bce", "mean")}
 
 # Seeds for which every ReLU unit is active on the datum: a dead unit zeroes whole rows of the
 # blocks, and with all units dead a KFAC of zeros would pass.
@@ -111,6 +119,7 @@ def _one_datum_cases() -> list[Case]:
                         exact=_exact_everywhere(
                             architecture, *BOTH_TYPE2, "empirical/expand", "empirical/reduce"
                         ),
+                        quick=(activation, loss, reduction) in _QUICK_ONE_DATUM,
                         statement="on one datum KFAC type-2 is the GGN block and KFAC-empirical the EF block",
                         source=TUTORIAL,
                     )
@@ -147,6 +156,7 @@ def _deep_linear_cases() -> list[Case]:
             num_batches=3,
             seed=101,
             exact=_exact_everywhere(_DEEP_LINEAR, *BOTH_TYPE2),
+            quick=True,
             statement=statement,
             source=TUTORIAL,
         ),
@@ -167,11 +177,12 @@ def _expand_cases() -> list[Case]:
             seed=200 + index,
             exact={"type-2/expand": _all(_SHARED_LINEAR)},
             per_position=True,
+            quick=quick,
             statement=statement,
             source=ESCHENHAGEN,
         )
-        for index, (name, shape, reduction) in enumerate(
-            [("1-axis", (3, 4, 3), "mean"), ("2-axes", (2, 3, 2, 3), "sum")]
+        for index, (name, shape, reduction, quick) in enumerate(
+            [("1-axis", (3, 4, 3), "mean", False), ("2-axes", (2, 3, 2, 3), "sum", True)]
         )
     ]
 
@@ -203,6 +214,7 @@ def _reduce_cases() -> list[Case]:
             reduction="sum",
             seed=310,
             exact={"type-2/reduce": _all(middle), "type-2/expand": ("3", "4")},
+            quick=True,
             statement="pooling in the middle: layers after it are exact in both flavours, layers before only with reduce",
             source=ESCHENHAGEN,
         )
@@ -228,6 +240,7 @@ def _conv_cases() -> list[Case]:
             reduction="sum",
             seed=400,
             exact={"type-2/reduce": _all(reduce_net), "type-2/expand": ("3",)},
+            quick=True,
             statement="linear CNN (3x3 stride 2, then 1x1) mean-pooled before the loss: KFAC-reduce is exact",
             source=ESCHENHAGEN,
         ),
@@ -250,6 +263,7 @@ def _conv_cases() -> list[Case]:
             reduction="sum",
             seed=402,
             exact={"type-2/expand": ("1",)},
+            quick=True,
             statement="the last convolution (any stride/padding/dilation) with MSE on every pixel: KFAC-expand is exact",
             source=ESCHENHAGEN,
         ),
@@ -266,6 +280,7 @@ def _agreement_cases() -> list[Case]:
             loss="ce",
             num_batches=2,
             seed=500,
+            quick=True,
         ),
         Case(
             id="cnn[relu-ce]",
@@ -304,6 +319,7 @@ def _agreement_cases() -> list[Case]:
             loss="ce",
             seed=503,
             per_position=True,
+            quick=True,
         ),
         Case(
             id="sequence[sigmoid-bce-mean-pool]",

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckSkipped,
+    FuzzProperty,
+    Measurement,
+    Needs,
+)
+from kfac_conformance.checks.drawn import drawn, float64
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
 from kfac_conformance.contract.problem import FLAVOURS, Request
 from kfac_conformance.execution.session import Session, dense_blocks, tolerance_for
@@ -13,7 +21,7 @@ def _not_exact(entry: CaseEntry) -> bool:
 
 
 def _agreement_check(fisher_type: str) -> Check:
-    def run(session: Session, entry: CaseEntry):
+    def measure(session: Session, entry: CaseEntry):
         measurement, ran = Measurement(), False
         for flavour in FLAVOURS:
             for bias in session.supported_bias_modes(entry, fisher_type, flavour):
@@ -41,8 +49,13 @@ def _agreement_check(fisher_type: str) -> Check:
         id=f"agreement/{fisher_type}",
         statement=f"KFAC {fisher_type} equals kfac_ref's on problems where KFAC is not exact (differential test)",
         source="differential testing against the reference",
-        applies_to=_not_exact,
-        run=run,
+        kind="reference",
+        measure=measure,
+        cases=_not_exact,
+        needs=Needs(fisher_types=frozenset({fisher_type})),
+        # drawn problems are compared with kfac_ref exact or not: ``cases`` leaves the exact
+        # canonical cases to the exactness checks, which is no condition of the property
+        fuzz=FuzzProperty(float64(drawn(fisher_type)), order=1),
     )
 
 

@@ -1,5 +1,9 @@
 """The check catalogue: every family's ``CHECKS``, in the order runs and reports list them.
 
+Listing a family here is its only registration: the plan
+(:mod:`kfac_conformance.execution.plan`) and the fuzzer
+(:mod:`kfac_conformance.fuzzing.properties`) read where each check runs from the check itself.
+
 It lives outside the ``checks`` package so that importing one check module (or
 ``checks.base``) does not import every other one.
 """
@@ -13,9 +17,10 @@ from kfac_conformance.checks import (
     invariance,
     mc,
     parity,
-    robustness,
     side_effects,
     structure,
+    unsupported,
+    weight_tying,
 )
 from kfac_conformance.checks.base import Check
 
@@ -25,7 +30,8 @@ ALL_CHECKS: list[Check] = [
     *invariance.CHECKS,
     *structure.CHECKS,
     *side_effects.CHECKS,
-    *robustness.CHECKS,
+    *weight_tying.CHECKS,
+    *unsupported.CHECKS,
     *agreement.CHECKS,
     *ekfac.CHECKS,
     *parity.CHECKS,

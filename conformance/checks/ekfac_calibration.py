@@ -19,7 +19,7 @@ import torch
 
 from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.checks.base import CaseEntry
-from kfac_conformance.checks.ekfac import mc_trace_t
+from kfac_conformance.checks.ekfac.statistical import mc_trace_t
 from kfac_conformance.checks.mc import STATISTICAL_CASE_IDS, T_CRITICAL
 from kfac_conformance.checks.mc_calibration import upper_bound_95
 from kfac_conformance.execution.profiles import PROFILES

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from kfac_conformance.cases.architectures import MoveDim
-from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.checks import drawn
+from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, FuzzProperty, Measurement
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
 from kfac_conformance.contract.problem import Problem, Request
 from kfac_conformance.execution.session import (
@@ -156,7 +157,7 @@ def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
 
 
 def several_data(entry: CaseEntry) -> bool:
-    return entry.case is None or entry.case.input_shape[0] * entry.case.num_batches >= 2
+    return entry.case is None or entry.case.num_data >= 2
 
 
 def _per_position(entry: CaseEntry) -> bool:
@@ -164,40 +165,49 @@ def _per_position(entry: CaseEntry) -> bool:
 
 
 SOURCE = "plain invariance"
+FUZZ_ORDER = 3
 CHECKS = [
     Check(
         "invariance/mean-vs-sum",
         "KFAC with reduction='mean' is R times KFAC with reduction='sum'",
         "definition of the reduction factor R (KFAC tutorial)",
-        lambda entry: True,
-        mean_vs_sum,
+        kind="invariance",
+        measure=mean_vs_sum,
+        fuzz=FuzzProperty(drawn.float64(drawn.always), FUZZ_ORDER),
     ),
     Check(
         "invariance/batch-splitting",
         "the same data as one batch or as several batches give the same KFAC",
         SOURCE,
-        several_data,
-        batch_splitting,
+        kind="invariance",
+        measure=batch_splitting,
+        cases=several_data,
+        fuzz=FuzzProperty(drawn.float64(drawn.several_data), FUZZ_ORDER),
     ),
     Check(
         "invariance/permutation",
         "permuting the data leaves KFAC unchanged",
         SOURCE,
-        several_data,
-        _permutation,
+        kind="invariance",
+        measure=_permutation,
+        cases=several_data,
+        fuzz=FuzzProperty(drawn.float64(drawn.several_data), FUZZ_ORDER),
     ),
     Check(
         "invariance/flattened-output",
         "a per-position network on (N, S, ...) outputs equals the same network on (N*S, ...) (KFAC-expand)",
         "Eschenhagen et al. 2023: expand treats shared positions like extra data",
-        _per_position,
-        _flattened_output,
+        kind="invariance",
+        measure=_flattened_output,
+        cases=_per_position,
+        fuzz=FuzzProperty(drawn.float64(drawn.per_position), FUZZ_ORDER),
     ),
     Check(
         "invariance/bias-joint-vs-separate",
         "joint and separate bias give the same weight block and the same bias block",
         "the ones row of a joint bias contributes A[-1, -1] = 1",
-        lambda entry: True,
-        _bias_joint_vs_separate,
+        kind="invariance",
+        measure=_bias_joint_vs_separate,
+        fuzz=FuzzProperty(drawn.float64(drawn.always), FUZZ_ORDER),
     ),
 ]

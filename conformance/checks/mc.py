@@ -28,7 +28,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
+from kfac_conformance.cases.canonical import Case
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckFailed,
+    CheckSkipped,
+    FuzzProperty,
+    Measurement,
+    Needs,
+)
+from kfac_conformance.checks.drawn import drawn, float64
 from kfac_conformance.comparison.blocks import kfac_pattern, relative_error, restrict
 from kfac_conformance.contract.problem import Request
 from kfac_conformance.execution.session import Session, compare_blocks, dense_blocks, tolerance_for
@@ -38,6 +48,7 @@ UNBIASED_SAMPLES = 4
 CONVERGENCE_SAMPLES = (1, 16)
 CONVERGENCE_BOUNDS = (2.0, 8.0)  # expected ratio of RMS errors: sqrt(16 / 1) = 4
 
+# The canonical cases the MC checks run on (for custom cases, see the selectors below)
 MC_CASE_IDS = frozenset(
     {
         "one-datum-mlp[tanh-mse-mean]",
@@ -58,12 +69,23 @@ MC_CASE_IDS = frozenset(
 STATISTICAL_CASE_IDS = MC_CASE_IDS - {"one-datum-mlp[tanh-mse-mean]"}
 
 
-def _applies(entry: CaseEntry) -> bool:
+def _mc_cases(entry: CaseEntry) -> bool:
     return entry.case is None or entry.id in MC_CASE_IDS
 
 
-def applies_statistically(entry: CaseEntry) -> bool:
+def statistical_cases(entry: CaseEntry) -> bool:
     return entry.case is None or entry.id in STATISTICAL_CASE_IDS
+
+
+# The same reason on drawn problems: with MSE, the statistical properties need at least this
+# many data (docs/statistics.md, "The excluded case").
+MIN_MSE_DATA_FOR_STATISTICS = 4
+
+
+def _drawn_statistical(case: Case, request: Request) -> bool:
+    return request.fisher_type == "mc" and (
+        case.loss != "mse" or case.num_data >= MIN_MSE_DATA_FOR_STATISTICS
+    )
 
 
 def _request(session: Session, entry: CaseEntry, mc_samples: int, seed: int) -> Request:
@@ -243,10 +265,15 @@ SEED_CASE_IDS = frozenset(
 )
 
 
-def _applies_to_seed_sensitivity(entry: CaseEntry) -> bool:
+def _seed_sensitive_cases(entry: CaseEntry) -> bool:
     if entry.case is not None:
         return entry.id in SEED_CASE_IDS
     return isinstance(entry.make_problem().loss_func, nn.MSELoss)
+
+
+def _drawn_continuous_labels(case: Case, request: Request) -> bool:
+    """MC labels of MSE: two seeds cannot draw the same (the custom cases' condition above)."""
+    return request.fisher_type == "mc" and case.loss == "mse"
 
 
 def _seeds_differ(session: Session, entry: CaseEntry):
@@ -279,34 +306,49 @@ def _seeds_differ(session: Session, entry: CaseEntry):
 
 
 SOURCE = "KFAC tutorial (MC Fisher); unbiasedness because B is linear in the sampled outer products"
+NEEDS_MC = Needs(fisher_types=frozenset({"mc"}))
+# last among the fuzz properties of a drawn example: the deterministic ones, then the statistical
+FUZZ_ORDER, STATISTICAL_FUZZ_ORDER = 6, 7
 CHECKS = [
     Check(
         "mc/unbiased",
         "the mean of MC KFAC over seeds is type-2 KFAC (t-tests, |t| > 8; measured false-positive rate in docs/statistics.md)",
         SOURCE,
-        applies_statistically,
-        _unbiased,
+        kind="statistical",
+        measure=_unbiased,
+        cases=statistical_cases,
+        needs=NEEDS_MC,
+        fuzz=FuzzProperty(float64(_drawn_statistical), STATISTICAL_FUZZ_ORDER),
     ),
     Check(
         "mc/sqrt-m-convergence",
         "the error of MC KFAC shrinks like 1/sqrt(mc_samples)",
         SOURCE,
-        applies_statistically,
-        _convergence,
+        kind="statistical",
+        measure=_convergence,
+        cases=statistical_cases,
+        needs=NEEDS_MC,
         profiles=frozenset({"default", "thorough"}),
+        fuzz=FuzzProperty(float64(_drawn_statistical), STATISTICAL_FUZZ_ORDER),
     ),
     Check(
         "mc/seed-reproducible",
         "the same seed gives the same MC KFAC, whatever the global RNG state",
         "reproducibility",
-        _applies,
-        _seed_reproducible,
+        kind="invariance",
+        measure=_seed_reproducible,
+        cases=_mc_cases,
+        needs=NEEDS_MC,
+        fuzz=FuzzProperty(drawn("mc"), FUZZ_ORDER),
     ),
     Check(
         "mc/seeds-differ",
         "different seeds give different MC KFAC (on problems where equal draws are impossible or negligible)",
         "reproducibility",
-        _applies_to_seed_sensitivity,
-        _seeds_differ,
+        kind="guard",
+        measure=_seeds_differ,
+        cases=_seed_sensitive_cases,
+        needs=NEEDS_MC,
+        fuzz=FuzzProperty(float64(_drawn_continuous_labels), FUZZ_ORDER),
     ),
 ]

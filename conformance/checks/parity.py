@@ -92,15 +92,17 @@ CHECKS = [
         f"the problem on CUDA gives the CPU's KFAC (float64, tolerance {CUDA_CPU_TOLERANCE:g}); "
         "skipped where CUDA is absent",
         "device independence",
-        _inexact_or_custom,
-        _cuda_cpu,
+        kind="invariance",
+        measure=_cuda_cpu,
+        cases=_inexact_or_custom,
     ),
     Check(
         "parity/float32-float64",
         f"the problem in float32 gives the float64 KFAC to float32 accuracy "
         f"(tolerance {FLOAT32_TOLERANCE:g}) on the run's device",
         "dtype independence",
-        _inexact_or_custom,
-        _float32_float64,
+        kind="invariance",
+        measure=_float32_float64,
+        cases=_inexact_or_custom,
     ),
 ]

@@ -6,7 +6,8 @@ check, everywhere else it is restored and noted in the result's message.
 
 from __future__ import annotations
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, Measurement
+from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, FuzzProperty, Measurement
+from kfac_conformance.checks.drawn import always
 from kfac_conformance.execution.session import Session, compare_blocks, dense_blocks, tolerance_for
 
 # the first claimed of these is the request both checks make
@@ -46,14 +47,16 @@ CHECKS = [
         "the data, the loss's reduction and global torch state (default dtype, RNG, grad mode, "
         "anomaly mode, deterministic algorithms, global hooks) are unchanged",
         source="plain invariance: computing curvature must not alter what it measures",
-        applies_to=lambda entry: True,
-        run=_no_side_effects,
+        kind="guard",
+        measure=_no_side_effects,
+        fuzz=FuzzProperty(always, order=4),
     ),
     Check(
         id="side-effects/repeatable",
         statement="calling compute twice on the same problem gives the same answer",
         source="plain invariance",
-        applies_to=lambda entry: True,
-        run=_repeatable,
+        kind="invariance",
+        measure=_repeatable,
+        fuzz=FuzzProperty(always, order=4),
     ),
 ]

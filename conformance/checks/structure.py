@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckFailed,
+    CheckSkipped,
+    FuzzProperty,
+    Measurement,
+)
+from kfac_conformance.checks.drawn import always
 from kfac_conformance.contract.problem import FISHER_TYPES, Request
 from kfac_conformance.execution.session import Session, tolerance_for
 
@@ -49,7 +57,8 @@ CHECKS = [
         id="structure/symmetric-psd",
         statement="A and B are symmetric positive semi-definite (shape, dtype, device and finiteness are validated on every call)",
         source="definition: both factors are sums of outer products",
-        applies_to=lambda entry: True,
-        run=_run,
+        kind="guard",
+        measure=_run,
+        fuzz=FuzzProperty(always, order=2),
     )
 ]

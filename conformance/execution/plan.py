@@ -1,4 +1,8 @@
-"""The one check generator: the cases of a profile and the (check, case) items to run."""
+"""The one check generator: the cases of a profile and the (check, case) items to run.
+
+Items come only from what the checks and cases carry: a check's profiles, its case selector
+or the purpose-built cases it owns, and a case's ``quick`` flag.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +14,9 @@ from kfac_conformance.cases import stored as fixtures
 from kfac_conformance.cases.canonical import AGREEMENT_CASES, CANONICAL_CASES, Case
 from kfac_conformance.checks.base import CaseEntry, Check
 from kfac_conformance.checks.catalogue import ALL_CHECKS
-from kfac_conformance.checks.robustness import BUILTIN_ENTRIES
 from kfac_conformance.contract.expected_failures import glob_matches
 from kfac_conformance.contract.loading import load_case_factory
-from kfac_conformance.execution.profiles import PROFILES
-
-QUICK_CASE_IDS = frozenset(
-    {
-        "one-datum-mlp[tanh-ce-sum]",
-        "one-datum-mlp[sigmoid-bce-mean]",
-        "deep-linear[mse-mean-3batches]",
-        "expand-deep-linear[2-axes]",
-        "reduce-deep-linear[pool-in-middle]",
-        "conv-reduce[stride2-pad1-mean-pool]",
-        "conv-expand[last-layer-stride2-pad1-dil2]",
-        "mlp[tanh-ce-batch]",
-        "sequence[tanh-ce-per-position]",
-    }
-)
+from kfac_conformance.execution.profiles import PROFILES, Profile
 
 
 @dataclass(frozen=True)
@@ -63,11 +52,25 @@ def custom_entries(specs: Sequence[str]) -> list[CaseEntry]:
     return entries
 
 
+def _profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
 def case_entries(profile: str, custom: Sequence[CaseEntry] = ()) -> list[CaseEntry]:
-    cases = [*CANONICAL_CASES, *AGREEMENT_CASES]
-    if PROFILES[profile].quick:
-        cases = [case for case in cases if case.id in QUICK_CASE_IDS]
-    return [*(_case_entry(case) for case in cases), *BUILTIN_ENTRIES, *custom]
+    """The canonical cases of ``profile`` (only those marked ``quick`` in a quick profile),
+    then ``custom``. The purpose-built cases that checks own are not among them."""
+    quick = _profile(profile).quick
+    cases = [case for case in [*CANONICAL_CASES, *AGREEMENT_CASES] if case.quick or not quick]
+    return [*(_case_entry(case) for case in cases), *custom]
+
+
+def entries_of(check: Check, entries: Sequence[CaseEntry]) -> list[CaseEntry]:
+    """Where ``check`` runs: the cases it owns, else those of ``entries`` it selects."""
+    if check.own_cases:
+        return list(check.own_cases)
+    return [entry for entry in entries if check.cases(entry)]
 
 
 def plan(
@@ -78,12 +81,12 @@ def plan(
 ) -> list[Item]:
     """Every (check, case) pair of the profile, in a stable order, filtered by ``select``
     (globs with ``*`` and ``?``; brackets are literal, so an item id selects itself)."""
+    _profile(profile)
     items = [
         Item(check, entry)
         for check in checks
         if profile in check.profiles
-        for entry in entries
-        if entry.builtin == check.on_builtin and check.applies_to(entry)
+        for entry in entries_of(check, entries)
     ]
     if select:
         items = [item for item in items if any(glob_matches(g, item.id) for g in select)]

@@ -17,16 +17,14 @@ import torch
 
 from kfac_conformance.contract.expected_failures import read_expected_failures
 from kfac_conformance.contract.loading import load_candidate
+from kfac_conformance.fuzzing.case_files import case_file_text, reproduction_command
+from kfac_conformance.fuzzing.properties import PROPERTY_IDS, drawn_request
 from kfac_conformance.fuzzing.search import (
-    APPLICABILITY,
     DEFAULT_DATABASE,
     SHRINK_ALLOWANCE,
     Failure,
     SearchOutcome,
     SearchState,
-    case_file_text,
-    drawn_request,
-    reproduction_command,
     search,
 )
 
@@ -63,10 +61,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fuzz.add_argument(
         "--property",
         action="append",
-        choices=sorted(APPLICABILITY),
+        choices=sorted(PROPERTY_IDS),
         metavar="ID",
         help="search only this property, a check id (repeatable; default all: "
-        + ", ".join(sorted(APPLICABILITY))
+        + ", ".join(sorted(PROPERTY_IDS))
         + ")",
     )
     fuzz.add_argument(
@@ -134,7 +132,7 @@ def _report(args: argparse.Namespace, name: str, outcome: SearchOutcome) -> dict
         "duration_s": round(outcome.seconds, 3),
         "out_of_time": outcome.out_of_time,
         "database": None if args.no_database else args.database,
-        "properties": args.property or sorted(APPLICABILITY),
+        "properties": args.property or sorted(PROPERTY_IDS),
         "failures": [failure.to_json() for failure in outcome.failures],
     }
 

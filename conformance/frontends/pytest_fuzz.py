@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from kfac_conformance.contract.problem import Candidate
 from kfac_conformance.frontends.pytest_checks import ConformanceFailure
-from kfac_conformance.fuzzing.search import APPLICABILITY, DEFAULT_DATABASE, failure_text, search
+from kfac_conformance.fuzzing.properties import PROPERTY_IDS as APPLICABILITY
+from kfac_conformance.fuzzing.properties import failure_text
+from kfac_conformance.fuzzing.search import DEFAULT_DATABASE, search
 
 
 def fuzz_tests(
