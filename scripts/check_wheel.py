@@ -10,7 +10,7 @@ Steps, each failing with a message that names what is wrong:
 1. ``python -m build`` writes the sdist and the wheel into a temporary folder.
 2. The wheel's metadata must declare the MIT license by SPDX expression, ship ``LICENSE``, and
    carry the project URLs and the classifiers; the sdist must ship ``LICENSE`` and the stored
-   fixtures.
+   fixtures; the wheel must hold every package of the checkout (pyproject.toml lists them).
 3. A fresh virtual environment in the temporary folder gets torch (with ``constraints.txt``)
    and the wheel, and, from the temporary folder, runs
    ``kfac-conformance run --candidate kfac_ref --profile quick`` and
@@ -30,9 +30,11 @@ import tempfile
 import time
 import venv
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
+# the folders of the import packages and the names they install under (pyproject's package-dir)
+PACKAGE_ROOTS = {"conformance": "kfac_conformance", "kfac_ref": "kfac_ref"}
 REQUIRED_URLS = ("Homepage", "Repository", "Issues")
 REQUIRED_CLASSIFIERS = (
     "Framework :: Pytest",
@@ -104,6 +106,28 @@ def check_metadata(wheel: Path, sdist: Path) -> list[str]:
     return problems
 
 
+def missing_packages(wheel: Path, root: Path = ROOT) -> list[str]:
+    """The packages of the checkout at ``root`` (every folder under :data:`PACKAGE_ROOTS` that
+    holds Python modules) that the wheel lacks; an empty list when it holds them all."""
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    problems = []
+    for folder, name in PACKAGE_ROOTS.items():
+        for package in sorted({module.parent for module in (root / folder).rglob("*.py")}):
+            if package.name == "__pycache__":
+                continue
+            inside = package.relative_to(root / folder).parts
+            wheel_folder = PurePosixPath(name, *inside)
+            modules = [wheel_folder / module.name for module in package.glob("*.py")]
+            if not all(str(module) in shipped for module in modules):
+                problems.append(
+                    f"the wheel lacks the package {'.'.join((name, *inside))} "
+                    f"({package.relative_to(root).as_posix()}/): list it in pyproject.toml "
+                    "under [tool.setuptools] packages"
+                )
+    return problems
+
+
 def install_and_run(wheel: Path, folder: Path, pytest_profile: str) -> None:
     environment = folder / "venv"
     venv.create(environment, with_pip=True)
@@ -160,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="kfac-conformance-wheel-"))
     try:
         sdist, wheel = build(folder / "dist")
-        problems = check_metadata(wheel, sdist)
+        problems = check_metadata(wheel, sdist) + missing_packages(wheel)
         if problems:
             raise PackageError("; ".join(problems))
         print(f"metadata of {wheel.name} and {sdist.name}: ok", flush=True)

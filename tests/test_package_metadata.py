@@ -1,10 +1,14 @@
-"""scripts/check_wheel.py's metadata check, on hand-made archives (the real build runs in
-``nox -s wheel`` and ``.ci/run``)."""
+"""scripts/check_wheel.py's checks: the metadata, on hand-made archives (the full build and
+install run in ``nox -s wheel`` and ``.ci/run``), and the packages, on wheels built here from a
+copy of the project."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -69,3 +73,46 @@ def test_each_missing_field_is_named(tmp_path, remove, problem):
 def test_an_sdist_without_the_license_is_caught(tmp_path):
     wheel, sdist = archives(tmp_path, GOOD_METADATA, sdist_files=("fixtures/cases.json",))
     assert check_wheel().check_metadata(wheel, sdist) == ["the sdist lacks LICENSE"]
+
+
+def copy_of_the_project(destination: Path) -> Path:
+    """What the build reads, without caches or earlier build output."""
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        destination.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, destination / name)
+    for folder in ("conformance", "kfac_ref", "fixtures"):
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        shutil.copytree(ROOT / folder, destination / folder, ignore=ignore)
+    return destination
+
+
+def build_wheel(project: Path, output: Path) -> Path:
+    """The wheel of ``project``, built offline with the setuptools installed here."""
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    completed = subprocess.run(
+        [*command, "-w", str(output), str(project)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    (wheel,) = output.glob("*.whl")
+    return wheel
+
+
+def test_the_wheel_holds_every_package(tmp_path):
+    project = copy_of_the_project(tmp_path / "project")
+    packages = {path.parent for path in project.glob("conformance/**/*.py")}
+    assert project / "conformance/reports" in packages and len(packages) > 10
+    wheel = build_wheel(project, tmp_path / "dist")
+    assert check_wheel().missing_packages(wheel, project) == []
+
+
+def test_a_package_left_out_of_pyproject_is_named(tmp_path):
+    project = copy_of_the_project(tmp_path / "project")
+    pyproject = project / "pyproject.toml"
+    listed = '    "kfac_conformance.reports",\n'
+    assert listed in pyproject.read_text()
+    pyproject.write_text(pyproject.read_text().replace(listed, ""))
+    wheel = build_wheel(project, tmp_path / "dist")
+    assert check_wheel().missing_packages(wheel, project) == [
+        "the wheel lacks the package kfac_conformance.reports (conformance/reports/): "
+        "list it in pyproject.toml under [tool.setuptools] packages"
+    ]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class UnmatchedExpectedFailure(UserWarning):
+    """An expected-failure entry that matches no check: a typo, or a check that went away."""
 
 
 def glob_matches(pattern: str, text: str) -> bool:
@@ -18,6 +23,11 @@ class ExpectedFailure:
     pattern: str
     reason: str
     line: int
+    source: str = ""  # the file the entry was read from
+
+    @property
+    def location(self) -> str:
+        return f"{self.source}:{self.line}"
 
     def matches(self, item_id: str, check_id: str) -> bool:
         return glob_matches(self.pattern, item_id) or glob_matches(self.pattern, check_id)
@@ -32,9 +42,19 @@ def read_expected_failures(path: str | Path) -> list[ExpectedFailure]:
         pattern, _, reason = raw.partition("#")
         pattern = pattern.strip()
         if pattern:
-            entries.append(ExpectedFailure(pattern, reason.strip() or "no reason given", number))
+            entries.append(
+                ExpectedFailure(pattern, reason.strip() or "no reason given", number, str(path))
+            )
     return entries
 
 
 def match(entries: list[ExpectedFailure], item_id: str, check_id: str) -> ExpectedFailure | None:
     return next((entry for entry in entries if entry.matches(item_id, check_id)), None)
+
+
+def unmatched(
+    entries: Iterable[ExpectedFailure], ids: Iterable[tuple[str, str]]
+) -> list[ExpectedFailure]:
+    """The entries that match none of the ``(item_id, check_id)`` pairs."""
+    ids = list(ids)
+    return [entry for entry in entries if not any(entry.matches(*pair) for pair in ids)]
