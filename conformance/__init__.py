@@ -3,7 +3,8 @@
 The folder ``conformance/`` is the import package ``kfac_conformance`` (``conformance`` is
 taken on PyPI). The public contract: :class:`Candidate`, :class:`Problem`, :class:`Request`,
 :class:`Capabilities`, :class:`Conventions`, :class:`KroneckerFactors`, :class:`NotSupported` and
-:func:`load_candidate`.
+:func:`load_candidate`. The programmatic API: :func:`check_candidate`, with
+:class:`RunOptions` and :class:`RunLimits`, returns a :class:`Report`.
 
 The names are imported on first use: pytest imports this package for its plugin in every
 run, and that must not cost a torch import.
@@ -20,7 +21,11 @@ _PUBLIC = {
     "KroneckerFactors": "kfac_ref.factors",
     "NotSupported": "kfac_conformance.contract.outcomes",
     "Problem": "kfac_conformance.contract.problem",
+    "Report": "kfac_conformance.reports.report",
     "Request": "kfac_conformance.contract.problem",
+    "RunLimits": "kfac_conformance.execution.limits",
+    "RunOptions": "kfac_conformance.execution.options",
+    "check_candidate": "kfac_conformance.api",
     "load_candidate": "kfac_conformance.contract.loading",
 }
 __all__ = sorted(_PUBLIC)

@@ -8,6 +8,7 @@ only; each alternative convention is computed from its own formula, not by resca
 from __future__ import annotations
 
 import pytest
+from running import inline
 from tutorial_kfac import TutorialKFAC
 
 from kfac_conformance.contract import conventions
@@ -77,7 +78,7 @@ def test_an_unknown_convention_is_refused_with_the_known_ones():
 
 
 def test_a_kfac_written_from_the_tutorial_passes_every_check_it_claims():
-    results = list(run_items(TutorialKFAC(), DEFAULT_PLAN, PROFILE))
+    results = list(run_items(TutorialKFAC(), DEFAULT_PLAN, inline(PROFILE)))
     failures = [f for f in _failures(results) if f.split(":")[0] not in RIGHTLY_FAILED]
     assert failures == []
     assert {r.item_id for r in results if r.status == "failed"} == RIGHTLY_FAILED
@@ -93,7 +94,7 @@ def _checks_governed_by(declared: Conventions) -> list[str]:
 @pytest.mark.parametrize("declared", ALTERNATIVES, ids=lambda c: c.declaration())
 def test_the_same_kfac_under_a_declared_convention_passes(declared: Conventions):
     items = _items(*_checks_governed_by(declared))
-    results = list(run_items(TutorialKFAC(declared, declared=True), items, PROFILE))
+    results = list(run_items(TutorialKFAC(declared, declared=True), items, inline(PROFILE)))
     assert len(results) >= 40
     assert _failures(results) == []
 
@@ -109,7 +110,9 @@ UNDECLARED = {
 @pytest.mark.parametrize("follows", ALTERNATIVES, ids=lambda c: c.declaration())
 def test_an_undeclared_convention_fails_and_the_diagnosis_names_it(follows: Conventions):
     field = "curvature" if follows.curvature != "tutorial" else "empirical_fisher"
-    [result] = run_items(TutorialKFAC(follows, declared=False), _items(UNDECLARED[field]), PROFILE)
+    [result] = run_items(
+        TutorialKFAC(follows, declared=False), _items(UNDECLARED[field]), inline(PROFILE)
+    )
     assert result.status == "failed", result.message
     name = getattr(follows, field)
     assert f"declare Conventions({field}={name!r})" in (result.diagnosis or ""), result.diagnosis
@@ -124,13 +127,15 @@ def test_a_scale_that_is_no_known_convention_still_fails():
 
     for declared in ALTERNATIVES:
         candidate = HalfOfTheTutorial(declared, declared=True)
-        results = list(run_items(candidate, _items(*_checks_governed_by(declared)), PROFILE))
+        results = list(
+            run_items(candidate, _items(*_checks_governed_by(declared)), inline(PROFILE))
+        )
         assert any(r.status == "failed" for r in results), declared
 
 
 def test_the_monte_carlo_scale_test_names_an_undeclared_convention():
     follows = Conventions(curvature="mean-nll")
     items = _items("mc/unbiased[deep-linear[mse-mean-3batches]]")
-    [result] = run_items(TutorialKFAC(follows, declared=False), items, PROFILE)
+    [result] = run_items(TutorialKFAC(follows, declared=False), items, inline(PROFILE))
     assert result.status == "failed", result.message
     assert "declare Conventions(curvature='mean-nll')" in (result.diagnosis or "")

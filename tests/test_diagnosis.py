@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from running import inline
 from zoo import (
     Float32Internally,
     JointCrossTermsDropped,
@@ -68,7 +69,7 @@ def _item(item_id: str):
     "mutant, item_id, phrases", EXPECTED, ids=[mutant.__name__ for mutant, *_ in EXPECTED]
 )
 def test_the_diagnosis_names_the_pitfall(mutant, item_id, phrases):
-    [result] = run_items(mutant(), [_item(item_id)], "default")
+    [result] = run_items(mutant(), [_item(item_id)], inline())
     assert result.status == "failed", result.message
     for phrase in phrases:
         assert phrase in (result.diagnosis or ""), result.diagnosis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from running import inline
 
 from kfac_conformance.checks.ekfac.factors import corrected_eigenvalues, flat_eigenvalues
 from kfac_conformance.contract.problem import Capabilities
@@ -17,7 +18,7 @@ CASE = "mlp[tanh-ce-batch]"
 def _results(candidate, select):
     items = plan("default", case_entries("default"), [select])
     assert items, select
-    return {result.item_id: result for result in run_items(candidate, items, "default")}
+    return {result.item_id: result for result in run_items(candidate, items, inline())}
 
 
 class KfacOnly(ReferenceCandidate):

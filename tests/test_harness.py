@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from running import inline
 
 import kfac_conformance
 from kfac_conformance import Capabilities, KroneckerFactors, NotSupported, load_candidate
@@ -88,7 +89,7 @@ class Crashing(ReferenceCandidate):
 
 def _run(candidate, profile="quick", select=()):
     items = plan(profile, case_entries(profile), select)
-    return {result.item_id: result for result in run_items(candidate, items, profile)}
+    return {result.item_id: result for result in run_items(candidate, items, inline(profile))}
 
 
 @pytest.fixture(scope="module")
@@ -176,15 +177,14 @@ def test_expected_failures_turn_failures_into_xfailed_and_flag_passes(tmp_path):
         "invariance/permutation[mlp*]  # not really failing\n"
     )
     expected = read_expected_failures(xfail)
-    used: set[int] = set()
     items = plan(
         "quick", case_entries("quick"), ["exactness/type-2-expand*", "invariance/permutation[mlp*"]
     )
-    results = list(run_items(Scaled(), items, "quick", expected=expected, used_expected=used))
-    statuses = {r.item_id: r.status for r in results}
+    run = run_items(Scaled(), items, inline("quick", expected=expected))
+    statuses = {r.item_id: r.status for r in run}
     assert {s for i, s in statuses.items() if i.startswith("exactness")} == {"xfailed"}
     assert {s for i, s in statuses.items() if i.startswith("invariance")} == {"xpassed"}
-    assert [e.pattern for e in expected if e.line not in used] == ["never/matches"]
+    assert run.unused_expected_failures() == ["never/matches"]
 
 
 def test_external_adapter_file_runs_end_to_end():

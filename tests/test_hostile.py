@@ -9,11 +9,11 @@ import time
 import hostile
 import pytest
 import torch
+from running import run_items
 
 from kfac_conformance.contract.problem import Request
 from kfac_conformance.execution.calling import CallAbandoned, abandon, call_candidate
 from kfac_conformance.execution.plan import case_entries, plan
-from kfac_conformance.execution.runner import run_items
 
 MLP = "mlp[tanh-ce-batch]"  # Linear(5, 4), Tanh, Linear(4, 3): layers '0' and '2'
 ITEM_IDS = [

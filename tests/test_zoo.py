@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 
 import pytest
+from running import inline
 from zoo import MUTANTS, Mutant
 
 import kfac_ref
@@ -59,7 +60,7 @@ def first_kills() -> dict[str, tuple[Item | None, list[str]]]:
     for mutant in MUTANTS:
         items = {item.id: item for item in killer_items(mutant)}
         outcomes, killer = [], None
-        for result in run_items(mutant(), list(items.values()), PROFILE):
+        for result in run_items(mutant(), list(items.values()), inline(PROFILE)):
             outcomes.append(f"{result.item_id}: {result.status} {result.message[:200]}")
             if result.status in ("failed", "error"):
                 killer = items[result.item_id]
@@ -79,7 +80,7 @@ def test_the_default_profile_kills_the_mutant(mutant: type[Mutant], first_kills)
 def test_the_reference_passes_every_item_that_kills_a_mutant(first_kills):
     items = {killer.id: killer for killer, _ in first_kills.values() if killer is not None}
     assert len(items) >= 8, "the zoo is killed by a variety of checks and cases"
-    results = list(run_items(ReferenceCandidate(), list(items.values()), PROFILE))
+    results = list(run_items(ReferenceCandidate(), list(items.values()), inline(PROFILE)))
     assert [result.item_id for result in results] == list(items)
     bad = [f"{r.item_id}: {r.status} {r.message}" for r in results if r.status != "passed"]
     assert not bad, bad
@@ -144,7 +145,7 @@ def test_no_mutant_survives_by_declaring_a_convention(mutant: type[Mutant]):
     for declared in DECLARABLE:
         candidate = _declaring(mutant, declared)
         for items in (killer_items(mutant), DEFAULT_PLAN):
-            statuses = (r.status for r in run_items(candidate, items, PROFILE))
+            statuses = (r.status for r in run_items(candidate, items, inline(PROFILE)))
             if any(status in ("failed", "error") for status in statuses):
                 break
         else:

@@ -37,8 +37,13 @@ def read_expected_failures(path: str | Path) -> list[ExpectedFailure]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected-failures file {str(path)!r} does not exist")
+    return parse_expected_failures(path.read_text().splitlines())
+
+
+def parse_expected_failures(lines: Iterable[str]) -> list[ExpectedFailure]:
+    """The entries of the lines of an expected-failures file, numbered from 1."""
     entries = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(lines, start=1):
         pattern, _, reason = raw.partition("#")
         pattern = pattern.strip()
         if pattern:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import torch
 from kfac_conformance.contract.problem import Candidate, Problem
 
 CANDIDATE_GROUP = "kfac_conformance.candidates"
+# a case factory: no arguments, one problem or a list of them, fresh on every call
+CaseFactory = Callable[[], "Problem | Sequence[Problem]"]
 
 
 class SpecError(ValueError):
@@ -66,7 +68,7 @@ def load_candidate(spec: str) -> Candidate:
     else:
         obj = _resolve(spec, "candidate")
     candidate = _instantiate(obj)
-    missing = [name for name in ("name", "capabilities", "compute") if not hasattr(candidate, name)]
+    missing = missing_members(candidate)
     if missing:
         raise SpecError(
             f"candidate {spec!r} lacks {missing}: a Candidate has name, capabilities and compute()"
@@ -74,9 +76,19 @@ def load_candidate(spec: str) -> Candidate:
     return candidate
 
 
-def load_case_factory(spec: str) -> Callable[[], list[Problem]]:
-    """A zero-argument factory of fresh problems for ``--case SPEC``."""
-    factory = _resolve(spec, "case")
+def missing_members(candidate: object) -> list[str]:
+    """What ``candidate`` lacks of a :class:`Candidate`'s name, capabilities and compute()."""
+    return [name for name in ("name", "capabilities", "compute") if not hasattr(candidate, name)]
+
+
+def load_case_factory(spec: str | CaseFactory) -> Callable[[], list[Problem]]:
+    """A zero-argument factory of fresh problems for ``--case SPEC``, or for a factory given
+    itself (its qualified name then stands for the spec in messages); checked to be
+    deterministic."""
+    if callable(spec):
+        factory, spec = spec, getattr(spec, "__qualname__", repr(spec))
+    else:
+        factory = _resolve(spec, "case")
     if not callable(factory):
         raise SpecError(
             f"case {spec!r} must be a zero-argument factory returning a Problem or a list of them"

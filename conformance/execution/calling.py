@@ -1,8 +1,10 @@
 """Calling a candidate: capability gate, side-effect watch and restore, result validation.
 
 Every call of ``candidate.compute`` goes through :func:`call_candidate`, which snapshots what
-a candidate could change (global torch state, and the model, data and loss of its problem),
-restores it afterwards and reports each change as a side effect, then validates the result.
+a candidate could change (global torch state, and the model, data and loss of its problem:
+the tables of :mod:`~kfac_conformance.execution.watched_state` and
+:mod:`~kfac_conformance.execution.watched_problem`), restores it afterwards and reports each
+change as a side effect, then validates the result.
 """
 
 from __future__ import annotations
@@ -10,10 +12,8 @@ from __future__ import annotations
 import threading
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
-import torch.nn.modules.module as module_globals
 from torch import Tensor
 
 from kfac_conformance.contract.outcomes import (
@@ -23,27 +23,10 @@ from kfac_conformance.contract.outcomes import (
     NotSupported,
 )
 from kfac_conformance.contract.problem import Candidate, Problem, Request
+from kfac_conformance.execution.watched_problem import watch_problem
+from kfac_conformance.execution.watched_state import GlobalState
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
-_GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-    "_global_buffer_registration_hooks",
-    "_global_module_registration_hooks",
-    "_global_parameter_registration_hooks",
-)
 _TRACEBACK_FRAMES = 4
 
 
@@ -71,239 +54,21 @@ class CallAbandoned(BaseException):
     """
 
 
-_abandoned_threads: set[threading.Thread] = set()
-_abandoned_lock = threading.Lock()
+_ABANDONED = "_kfac_conformance_abandoned"
 
 
 def abandon(thread: threading.Thread) -> None:
     """Mark ``thread`` as given up on: its candidate calls stop restoring global state
     (a late restore would clobber the state of whatever runs by then) and its next call raises
-    :class:`CallAbandoned`."""
-    with _abandoned_lock:
-        _abandoned_threads.add(thread)
+    :class:`CallAbandoned`.
+
+    The mark is an attribute of the thread object, so it lives and goes with the thread:
+    no registry to lock, nor to empty."""
+    setattr(thread, _ABANDONED, True)
 
 
 def _is_abandoned() -> bool:
-    with _abandoned_lock:
-        return threading.current_thread() in _abandoned_threads
-
-
-@dataclass
-class GlobalState:
-    """Process-wide torch state a candidate can change; restorable."""
-
-    default_dtype: torch.dtype
-    rng_state: Tensor
-    cuda_rng_states: list[Tensor] | None
-    grad_enabled: bool
-    anomaly_enabled: bool
-    deterministic: bool
-    global_hooks: dict[str, list]
-
-    @classmethod
-    def take(cls) -> GlobalState:
-        return cls(
-            default_dtype=torch.get_default_dtype(),
-            rng_state=torch.get_rng_state(),
-            # Reading CUDA RNG states would initialise CUDA; only watch it once it is in use.
-            cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-            grad_enabled=torch.is_grad_enabled(),
-            anomaly_enabled=torch.is_anomaly_enabled(),
-            deterministic=torch.are_deterministic_algorithms_enabled(),
-            global_hooks={
-                name: list(getattr(module_globals, name, {})) for name in _GLOBAL_HOOK_DICTS
-            },
-        )
-
-    def restore_and_report(self) -> list[str]:
-        """Undo what changed since the snapshot; one message per kind of change."""
-        changes = []
-        if torch.get_default_dtype() != self.default_dtype:
-            changes.append(f"changed the default dtype to {torch.get_default_dtype()}")
-            torch.set_default_dtype(self.default_dtype)
-        if not torch.equal(torch.get_rng_state(), self.rng_state):
-            changes.append("used or changed the global RNG state")
-            torch.set_rng_state(self.rng_state)
-        if self.cuda_rng_states is not None:
-            now = torch.cuda.get_rng_state_all()
-            if any(not torch.equal(a, b) for a, b in zip(now, self.cuda_rng_states, strict=True)):
-                changes.append("used or changed the global CUDA RNG state")
-                torch.cuda.set_rng_state_all(self.cuda_rng_states)
-        if torch.is_grad_enabled() != self.grad_enabled:
-            changes.append(f"left grad mode {'on' if torch.is_grad_enabled() else 'off'}")
-            torch.set_grad_enabled(self.grad_enabled)
-        if torch.is_anomaly_enabled() != self.anomaly_enabled:
-            changes.append(
-                f"left anomaly detection {'on' if torch.is_anomaly_enabled() else 'off'}"
-            )
-            torch.set_anomaly_enabled(self.anomaly_enabled)
-        if torch.are_deterministic_algorithms_enabled() != self.deterministic:
-            changes.append("changed torch.use_deterministic_algorithms")
-            torch.use_deterministic_algorithms(self.deterministic)
-        left = []
-        for name, before in self.global_hooks.items():
-            hooks = getattr(module_globals, name, None)
-            extra = [key for key in list(hooks or {}) if key not in before]
-            for key in extra:
-                del hooks[key]
-            if extra:
-                left.append(name)
-        if left:
-            changes.append(f"left global module hooks {left}")
-        return changes
-
-
-def _tensor_hook_keys(tensor: Tensor) -> list:
-    keys = list(tensor._backward_hooks or {})
-    keys += list(getattr(tensor, "_post_accumulate_grad_hooks", None) or {})
-    return keys
-
-
-@dataclass
-class _ProblemSnapshot:
-    """The model (parameters, buffers, hooks, modes), data and loss of one problem."""
-
-    parameters: dict[str, Tensor]
-    buffers: dict[str, Tensor]
-    grads: dict[str, Tensor | None]
-    requires_grad: dict[str, bool]
-    tensor_hooks: dict[str, list]
-    hooks: dict[str, dict[str, list]]
-    training: dict[str, bool]
-    batches: list[tuple[Tensor, Tensor]]
-    reduction: str
-
-    @classmethod
-    def take(cls, problem: Problem) -> _ProblemSnapshot:
-        model = problem.model
-        params = dict(model.named_parameters())
-        return cls(
-            parameters={n: p.detach().clone() for n, p in params.items()},
-            buffers={n: b.detach().clone() for n, b in model.named_buffers()},
-            grads={
-                n: None if p.grad is None else p.grad.detach().clone() for n, p in params.items()
-            },
-            requires_grad={n: p.requires_grad for n, p in params.items()},
-            tensor_hooks={n: _tensor_hook_keys(p) for n, p in params.items()},
-            hooks={
-                name: {d: list(getattr(module, d, None) or {}) for d in _HOOK_DICTS}
-                for name, module in model.named_modules()
-            },
-            training={name: module.training for name, module in model.named_modules()},
-            batches=[(X.detach().clone(), y.detach().clone()) for X, y in problem.batches],
-            reduction=problem.loss_func.reduction,
-        )
-
-    def restore_and_report(self, problem: Problem) -> list[str]:
-        """Undo what changed since the snapshot; one message per kind of change."""
-        model = problem.model
-        changes = []
-        params = dict(model.named_parameters())
-        if set(params) != set(self.parameters):
-            changes.append("added or removed parameters")
-        modified = [
-            n
-            for n, p in params.items()
-            if n in self.parameters and not _same(p, self.parameters[n])
-        ]
-        if modified:
-            changes.append(f"modified parameters {modified}")
-        grads_changed = [n for n, p in params.items() if not _same_grad(p.grad, self.grads.get(n))]
-        if grads_changed:
-            changes.append(f"changed .grad of {grads_changed}")
-        flipped = [
-            n
-            for n, p in params.items()
-            if p.requires_grad != self.requires_grad.get(n, p.requires_grad)
-        ]
-        if flipped:
-            changes.append(f"changed requires_grad of {flipped}")
-        hooked = [
-            n
-            for n, p in params.items()
-            if n in self.tensor_hooks and _tensor_hook_keys(p) != self.tensor_hooks[n]
-        ]
-        if hooked:
-            changes.append(f"left tensor hooks on parameters {hooked}")
-        with torch.no_grad():
-            for name, param in params.items():
-                if name in self.parameters:
-                    _restore_tensor(param, self.parameters[name])
-                    param.grad = self.grads[name]
-                    param.requires_grad_(self.requires_grad[name])
-                    _remove_tensor_hooks(param, self.tensor_hooks[name])
-        buffers = dict(model.named_buffers())
-        changed_buffers = [
-            n for n, b in buffers.items() if n in self.buffers and not _same(b, self.buffers[n])
-        ]
-        if changed_buffers:
-            changes.append(f"modified buffers {changed_buffers}")
-            with torch.no_grad():
-                for name in changed_buffers:
-                    _restore_tensor(buffers[name], self.buffers[name])
-        left_hooks = []
-        for name, module in model.named_modules():
-            for dict_name in _HOOK_DICTS:
-                hooks = getattr(module, dict_name, None)
-                before = self.hooks.get(name, {}).get(dict_name, [])
-                extra = [key for key in list(hooks or {}) if key not in before]
-                for key in extra:
-                    del hooks[key]
-                if extra:
-                    left_hooks.append(f"{name or '<model>'}.{dict_name}")
-        if left_hooks:
-            changes.append(f"left hooks on {left_hooks}")
-        mode_changed = [
-            n for n, m in model.named_modules() if m.training != self.training.get(n, m.training)
-        ]
-        if mode_changed:
-            changes.append(f"changed train/eval mode of {[n or '<model>' for n in mode_changed]}")
-            for name, module in model.named_modules():
-                module.training = self.training.get(name, module.training)
-        data_changed = len(problem.batches) != len(self.batches) or any(
-            not (_same(X, X0) and _same(y, y0))
-            for (X, y), (X0, y0) in zip(problem.batches, self.batches, strict=True)
-        )
-        if data_changed:
-            changes.append("modified the data batches")
-            problem.batches = [(X.clone(), y.clone()) for X, y in self.batches]
-        if problem.loss_func.reduction != self.reduction:
-            changes.append(f"changed the loss reduction to {problem.loss_func.reduction!r}")
-            problem.loss_func.reduction = self.reduction
-        return changes
-
-
-def _same(now: Tensor, before: Tensor) -> bool:
-    return (
-        now.dtype == before.dtype
-        and now.device == before.device
-        and now.shape == before.shape
-        and torch.equal(now.detach(), before)
-    )
-
-
-def _same_grad(now: Tensor | None, before: Tensor | None) -> bool:
-    if now is None or before is None:
-        return now is None and before is None
-    return _same(now, before)
-
-
-def _restore_tensor(tensor: Tensor, saved: Tensor) -> None:
-    """Put ``saved`` back into ``tensor`` in place, even if its dtype, device or shape changed."""
-    if (
-        tensor.dtype == saved.dtype
-        and tensor.device == saved.device
-        and tensor.shape == saved.shape
-    ):
-        tensor.copy_(saved)
-    else:
-        tensor.data = saved.clone()
-
-
-def _remove_tensor_hooks(tensor: Tensor, keep: list) -> None:
-    for hooks in (tensor._backward_hooks, getattr(tensor, "_post_accumulate_grad_hooks", None)):
-        for key in [key for key in list(hooks or {}) if key not in keep]:
-            del hooks[key]
+    return getattr(threading.current_thread(), _ABANDONED, False)
 
 
 def expected_shapes(problem: Problem, layer: str, bias: str) -> tuple[int, int, str]:
@@ -397,10 +162,10 @@ def call_candidate(
         if reason is not None:
             raise CheckSkipped(reason)
     global_state = GlobalState.take()
-    problem_state = _ProblemSnapshot.take(problem)
+    problem_state = watch_problem(problem)
 
     def restore() -> list[str]:
-        return problem_state.restore_and_report(problem) + global_state.restore_and_report()
+        return problem_state.restore_and_report() + global_state.restore_and_report()
 
     try:
         result = candidate.compute(problem, request)

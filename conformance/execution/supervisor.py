@@ -20,9 +20,10 @@ import tempfile
 import time
 from itertools import count
 
+from kfac_conformance.execution.execute import error_result
+from kfac_conformance.execution.executors import TimedOut, describe_death
 from kfac_conformance.execution.plan import Item
 from kfac_conformance.execution.result import Result
-from kfac_conformance.execution.runner import describe_death, error_result
 from kfac_conformance.execution.worker import LoadFailed, WorkerConfig, serve
 
 # what the fork server imports once, so that each worker starts with it imported
@@ -107,7 +108,8 @@ class _Worker:
 class Supervisor:
     """Runs items in a worker process; a dead or hung worker costs one item and is replaced.
 
-    Use as a context manager: leaving it ends the worker.
+    The executor of mode ``"supervised"`` (:class:`~kfac_conformance.execution.executors.
+    Executor`); :meth:`close` ends the worker.
     """
 
     def __init__(self, config: WorkerConfig) -> None:
@@ -117,12 +119,6 @@ class Supervisor:
         self._logs = tempfile.mkdtemp(prefix="kfac-conformance-worker-")
         self._numbers = count(1)
         self._worker: _Worker | None = None
-
-    def __enter__(self) -> Supervisor:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._discard()
@@ -134,8 +130,8 @@ class Supervisor:
             self._worker.end()
             self._worker = None
 
-    def execute(self, item: Item, timeout: float | None) -> Result | None:
-        """Run ``item`` in the worker; ``None`` when it timed out (the worker is then killed).
+    def run(self, item: Item, timeout: float | None) -> Result | TimedOut:
+        """Run ``item`` in the worker; the worker is killed when it times out.
 
         ``timeout`` bounds the item's run; the start of a fresh worker (loading the candidate
         and planning) is bounded apart, by :data:`START_TIMEOUT_S`.
@@ -149,7 +145,7 @@ class Supervisor:
             return self._worker.receive(timeout)
         except TimeoutError:
             self._discard()
-            return None
+            return TimedOut("the worker process was killed and replaced")
         except EOFError:
             return error_result(item, self._death(), start)
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from kfac_conformance.contract.loading import load_candidate
-from kfac_conformance.execution.calling import GlobalState
+from kfac_conformance.execution.execute import execute
 from kfac_conformance.execution.plan import case_entries, custom_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.result import Result
-from kfac_conformance.execution.runner import execute
 from kfac_conformance.execution.session import Session
+from kfac_conformance.execution.watched_state import GlobalState
 
 READY = "ready"
 

@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
+from kfac_conformance.api import NothingSelected, check_candidate
 from kfac_conformance.checks.catalogue import ALL_CHECKS
 from kfac_conformance.contract import conventions
-from kfac_conformance.contract.expected_failures import read_expected_failures
-from kfac_conformance.contract.loading import SpecError, load_candidate, registered_names
-from kfac_conformance.execution.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, RunLimits, Stopper
-from kfac_conformance.execution.plan import Item, case_entries, custom_entries, plan
+from kfac_conformance.contract.loading import SpecError, registered_names
+from kfac_conformance.execution.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, RunLimits
+from kfac_conformance.execution.options import DEFAULT_TIMEOUT_S, RunOptions
+from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
-from kfac_conformance.execution.runner import run_items
-from kfac_conformance.execution.supervisor import Supervisor
-from kfac_conformance.execution.worker import WorkerConfig
 from kfac_conformance.frontends import fuzz_command
-from kfac_conformance.reports.report import Report, describe_capabilities, summary_text
+from kfac_conformance.reports.report import Report, summary_text
 
-DEFAULT_TIMEOUT = 300.0
-T = TypeVar("T")
 _PROGRESS = {
     "passed": ".",
     "failed": "F",
@@ -62,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULT_TIMEOUT,
-        help=f"seconds per check, 0 for no limit (default {DEFAULT_TIMEOUT:g}); a check that "
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds per check, 0 for no limit (default {DEFAULT_TIMEOUT_S:g}); a check that "
         "runs longer becomes an error (its worker process is killed and replaced) and the run "
         "goes on",
     )
@@ -159,34 +153,6 @@ def _write_outputs(args: argparse.Namespace, report: dict) -> None:
             print(line)
 
 
-def _reproduction(args: argparse.Namespace):
-    def reproduce(item: Item) -> dict:
-        command = [
-            "kfac-conformance",
-            "run",
-            "--candidate",
-            args.candidate,
-            "--profile",
-            args.profile,
-        ]
-        for case in args.case:
-            command += ["--case", case]
-        if args.device != "cpu":
-            command += ["--device", args.device]
-        if args.isolate:
-            command.append("--isolate")
-        if args.no_supervise:
-            command.append("--no-supervise")
-        command += ["--select", item.id]
-        try:
-            problem = item.entry.make_problem().describe()
-        except Exception as error:  # the description must never hide the result
-            problem = {"error": f"could not describe the problem: {error}"}
-        return {"command": shlex.join(command), "problem": problem}
-
-    return reproduce
-
-
 class UsageError(Exception):
     """The command line asks for something impossible; exit code 2."""
 
@@ -223,8 +189,6 @@ def _check_usage(args: argparse.Namespace) -> None:
     if args.isolate and args.no_supervise:
         raise UsageError("--isolate and --no-supervise exclude each other: choose one")
     if args.device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was given but CUDA is not available")
         if args.isolate:
@@ -234,104 +198,67 @@ def _check_usage(args: argparse.Namespace) -> None:
             )
 
 
-def _load(what: str, load: Callable[[], T]) -> T:
-    """``load()``; user code that fails while being imported or called is a usage error."""
+def _options(args: argparse.Namespace, progress: _Progress) -> RunOptions:
     try:
-        return load()
-    except (SpecError, FileNotFoundError):
-        raise
-    except Exception as error:  # the user's module or factory raised
-        raise UsageError(f"loading {what} failed: {type(error).__name__}: {error}") from error
-
-
-def _limits(args: argparse.Namespace) -> RunLimits:
-    try:
-        return RunLimits(args.max_consecutive_timeouts, args.maxfail, args.max_time)
+        limits = RunLimits(args.max_consecutive_timeouts, args.maxfail, args.max_time)
+        return RunOptions(
+            profile=args.profile,
+            device=args.device,
+            mode="child" if args.isolate else "thread" if args.no_supervise else "supervised",
+            timeout_s=args.timeout or None,
+            limits=limits,
+            threads=args.threads,
+            progress=progress,
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
 
 
-def _execution(args: argparse.Namespace) -> str:
-    if args.isolate:
-        return "isolate"
-    return "in-process" if args.no_supervise else "worker"
+class _Progress:
+    """The run's progress callback: keeps the report, rewrites its JSON file (from the start:
+    a run that dies still leaves it) and prints one character per result."""
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.report_json, self.quiet = args.report_json, args.quiet
+        self.report: Report | None = None
 
-@contextmanager
-def _supervisor(args: argparse.Namespace) -> Iterator[Supervisor | None]:
-    """The worker process that runs the checks, unless ``--isolate`` or ``--no-supervise``."""
-    if _execution(args) != "worker":
-        yield None
-        return
-    config = WorkerConfig(args.candidate, tuple(args.case), args.profile, args.device, args.threads)
-    with Supervisor(config) as supervisor:
-        yield supervisor
+    def __call__(self, report: Report) -> None:
+        self.report = report
+        if self.report_json:
+            report.write(self.report_json)
+        if report.results and not self.quiet:
+            index = len(report.results)
+            end = "\n" if index % 60 == 0 or index == len(report.planned) else ""
+            print(_PROGRESS[report.results[-1].status], end=end, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     _check_usage(args)
-    limits = _limits(args)
+    progress = _Progress(args)
+    options = _options(args, progress)
     torch.set_num_threads(args.threads)
-    candidate = _load(f"candidate {args.candidate!r}", lambda: load_candidate(args.candidate))
-    expected = read_expected_failures(args.xfail) if args.xfail else []
-    custom = _load(f"cases {args.case}", lambda: custom_entries(args.case))
-    items = plan(args.profile, case_entries(args.profile, custom), args.select)
-    if not items:
-        raise UsageError(f"no check matches --select {args.select}")
-    report = Report(
-        args.candidate,
-        candidate.name,
-        getattr(candidate, "version", None),
-        args.profile,
-        args.device,
-        [item.id for item in items],
-        timeout_s=args.timeout or None,
-        isolate=args.isolate,
-        capabilities=describe_capabilities(getattr(candidate, "capabilities", None)),
-        execution=_execution(args),
-        max_consecutive_timeouts=args.max_consecutive_timeouts,
-        maxfail=args.maxfail,
-        max_time_s=args.max_time,
-    )
-    stopper = Stopper(limits)
-    used: set[int] = set()
-    progress = not args.quiet
     exit_code = None
     try:
-        with _terminate_as_interrupt(), _supervisor(args) as supervisor:
-            if args.report_json:  # on disk from the start: a run that dies still leaves it
-                report.write(args.report_json)
-            results = run_items(
-                candidate,
-                items,
-                args.profile,
-                args.device,
-                args.timeout,
-                args.isolate,
-                expected,
-                _reproduction(args),
-                used,
-                supervisor,
-                stopper,
+        with _terminate_as_interrupt():
+            report = check_candidate(
+                args.candidate,
+                profile=args.profile,
+                select=args.select,
+                cases=args.case,
+                xfail=args.xfail,
+                options=options,
             )
-            for index, result in enumerate(results, 1):
-                report.results.append(result)
-                if args.report_json:
-                    report.write(args.report_json)
-                if progress:
-                    end = "\n" if index % 60 == 0 or index == len(items) else ""
-                    print(_PROGRESS[result.status], end=end, file=sys.stderr, flush=True)
-        report.complete = True
-        report.stopped = stopper.reason
+    except NothingSelected:
+        raise UsageError(f"no check matches --select {args.select}") from None
     except KeyboardInterrupt as interrupt:
-        number = getattr(interrupt, "signal_number", signal.SIGINT)
-        report.interruption = signal.Signals(number).name
-        exit_code = 128 + number
+        report = progress.report
+        if report is None:  # stopped while loading and planning: there is no report yet
+            raise
+        exit_code = 128 + getattr(interrupt, "signal_number", signal.SIGINT)
         print(
             f"\ninterrupted by {report.interruption}: the report is marked incomplete",
             file=sys.stderr,
         )
-    report.unused_expected_failures = [e.pattern for e in expected if e.line not in used]
     if args.report_json:
         report.write(args.report_json)
     print(summary_text(report))

@@ -27,6 +27,7 @@ import torch
 
 from kfac_conformance.fuzzing.search import search
 from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.options import RunOptions
 from kfac_conformance.execution.runner import run_items
 
 ZOO_PATH = Path("tests") / "zoo"
@@ -72,7 +73,7 @@ def kill_row(mutant_name: str, zoo_path: str = str(ZOO_PATH)) -> Row:
     start = time.perf_counter()
     killers: Counter = Counter()
     diagnoses: list[str] = []
-    for result in run_items(mutant(), items, PROFILE):
+    for result in run_items(mutant(), items, RunOptions(profile=PROFILE, mode="inline", timeout_s=None)):
         if result.status in ("failed", "error"):
             killers[result.check_id] += 1
             if result.diagnosis and result.diagnosis not in diagnoses:

@@ -1,0 +1,31 @@
+"""Running items from the tests: the options most of them use, and the keyword form in which
+the hostile tests vary the execution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kfac_conformance.contract.problem import Candidate
+from kfac_conformance.execution import runner
+from kfac_conformance.execution.options import RunOptions
+from kfac_conformance.execution.plan import Item
+
+
+def inline(profile: str = "default", **fields) -> RunOptions:
+    """Each item in the test's own thread, without a time limit."""
+    return RunOptions(profile=profile, mode="inline", timeout_s=None, **fields)
+
+
+def run_items(
+    candidate: Candidate,
+    items: Sequence[Item],
+    profile: str = "default",
+    *,
+    timeout: float | None = None,
+    isolate: bool = False,
+) -> runner.ItemRun:
+    """The items in child processes with ``isolate``, else in threads under a ``timeout``,
+    else inline."""
+    mode = "child" if isolate else "inline" if timeout is None else "thread"
+    options = RunOptions(profile=profile, mode=mode, timeout_s=timeout)
+    return runner.run_items(candidate, items, options)
