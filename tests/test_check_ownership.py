@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from running import inline
 from torch import nn
 
 from kfac_conformance.cases.canonical import ALL_CASES, Case
@@ -168,7 +169,7 @@ def test_a_new_check_needs_only_the_catalogue_to_be_planned_and_run():
     ]
     assert items[: -len(several_batches) - 1] == plan("default", entries)
     toy_items = [item for item in items if item.check.family == "toy"]
-    results = list(run_items(ReferenceCandidate(), toy_items, "default"))
+    results = list(run_items(ReferenceCandidate(), toy_items, inline()))
     assert [result.status for result in results] == ["passed"] * len(toy_items)
 
 
@@ -202,5 +203,5 @@ def test_a_missing_claim_skips_before_the_check_runs():
         )
 
     [item, *_] = plan("default", case_entries("default"), checks=[needs_ekfac])
-    [result] = run_items(KfacOnly(), [item], "default")
+    [result] = run_items(KfacOnly(), [item], inline())
     assert (result.status, result.message) == ("skipped", "not supported: approximations ['ekfac']")

@@ -11,7 +11,7 @@ from kfac_conformance.contract.loading import suite_version
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.frontends.environment import CANDIDATE_VARIABLE, candidate_from_environment
 from kfac_conformance.frontends.pytest_plugin import FUZZ_MARKER, family_marker
-from kfac_conformance.fuzzing.search import APPLICABILITY
+from kfac_conformance.fuzzing.properties import PROPERTY_IDS
 
 pytest_plugins = ["pytester"]
 
@@ -157,11 +157,11 @@ def test_each_check_family_has_a_marker_that_selects_it(pytester):
         result.stdout.fnmatch_lines(
             [f"{side_effects}/{total} tests collected ({total - side_effects} deselected)*"]
         )
-    fuzz_structure = [p for p in APPLICABILITY if p.startswith("structure/")]
+    fuzz_structure = [p for p in PROPERTY_IDS if p.startswith("structure/")]
     result = pytester.runpytest_inprocess(
         *options, "--kfac-fuzz", "-m", f"{FUZZ_MARKER} and kfac_structure"
     )
-    everything = total + len(APPLICABILITY)
+    everything = total + len(PROPERTY_IDS)
     result.stdout.fnmatch_lines(
         [
             f"{len(fuzz_structure)}/{everything} tests collected "

@@ -37,18 +37,18 @@ def read_expected_failures(path: str | Path) -> list[ExpectedFailure]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected-failures file {str(path)!r} does not exist")
-    return parse_expected_failures(path.read_text().splitlines())
+    return parse_expected_failures(path.read_text().splitlines(), str(path))
 
 
-def parse_expected_failures(lines: Iterable[str]) -> list[ExpectedFailure]:
-    """The entries of the lines of an expected-failures file, numbered from 1."""
+def parse_expected_failures(lines: Iterable[str], source: str = "") -> list[ExpectedFailure]:
+    """The entries of the lines of an expected-failures file (named ``source``), numbered from 1."""
     entries = []
     for number, raw in enumerate(lines, start=1):
         pattern, _, reason = raw.partition("#")
         pattern = pattern.strip()
         if pattern:
             entries.append(
-                ExpectedFailure(pattern, reason.strip() or "no reason given", number, str(path))
+                ExpectedFailure(pattern, reason.strip() or "no reason given", number, source)
             )
     return entries
 

@@ -25,10 +25,10 @@ from types import ModuleType
 
 import torch
 
-from kfac_conformance.fuzzing.search import search
-from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.options import RunOptions
+from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.runner import run_items
+from kfac_conformance.fuzzing.search import search
 
 ZOO_PATH = Path("tests") / "zoo"
 OUTPUT = Path("docs") / "kill-matrix.md"
@@ -73,7 +73,9 @@ def kill_row(mutant_name: str, zoo_path: str = str(ZOO_PATH)) -> Row:
     start = time.perf_counter()
     killers: Counter = Counter()
     diagnoses: list[str] = []
-    for result in run_items(mutant(), items, RunOptions(profile=PROFILE, mode="inline", timeout_s=None)):
+    for result in run_items(
+        mutant(), items, RunOptions(profile=PROFILE, mode="inline", timeout_s=None)
+    ):
         if result.status in ("failed", "error"):
             killers[result.check_id] += 1
             if result.diagnosis and result.diagnosis not in diagnoses:
