@@ -19,6 +19,17 @@ def joint_order(d_out: int, d_in_plus_one: int, device: torch.device | None = No
     return torch.cat([index[:, :-1].flatten(), index[:, -1]])
 
 
+def kron(left: Tensor, right: Tensor) -> Tensor:
+    """``torch.kron(left, right)`` for factors of any memory layout.
+
+    ``torch.kron`` raises "view size is not compatible" when one operand is contiguous and the
+    other is not (a transposed view ``A.T``, a column-major ``eigh`` basis beside a row-major
+    one): a candidate's factors are values, and their strides must not decide whether they can
+    be compared.
+    """
+    return torch.kron(left.contiguous(), right.contiguous())
+
+
 @dataclass(frozen=True)
 class KroneckerFactors:
     """KFAC's block of one layer: ``A`` (input-based) and ``B`` (grad-output-based).
@@ -56,7 +67,7 @@ class KroneckerFactors:
 
     def to_dense(self) -> Tensor:
         """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""
-        weight_and_maybe_bias = torch.kron(self.B, self.A)
+        weight_and_maybe_bias = kron(self.B, self.A)
         if self.bias == "none":
             return weight_and_maybe_bias
         if self.bias == "separate":
@@ -115,7 +126,7 @@ class EKFACFactors:
 
     def to_dense(self) -> Tensor:
         """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""
-        basis = torch.kron(self.QB, self.QA)
+        basis = kron(self.QB, self.QA)
         weight_and_maybe_bias = basis @ torch.diag(self.S.flatten()) @ basis.T
         if self.bias == "none":
             return weight_and_maybe_bias

@@ -52,12 +52,12 @@ from torch import Tensor
 from kfac_conformance.adapters._common import (
     Unsupported,
     has_bias,
-    library_version,
     package,
     package_ekfac,
     require,
 )
 from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
@@ -141,8 +141,10 @@ class _KronfluenceFit:
     strategy: str
     capabilities = CAPABILITIES
 
+    requires = Requirement(("kronfluence",), "kronfluence")
+
     def __init__(self) -> None:
-        self.version = library_version("kronfluence")
+        self.version = installed_version(self.requires.distributions[0])
 
     def _check(self, problem: Problem, request: Request) -> None:
         require(problem, LIBRARY, LAYER_TYPES, LOSSES)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kfac_conformance.comparison import tolerances
 from kfac_conformance.comparison.tolerances import FLOAT32_ROUND_OFF, name_factor
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors, kron
 
 
 def round_off_tolerance(dtype: torch.dtype) -> float:
@@ -60,7 +60,7 @@ def _ones_moved_last(A: Tensor) -> Tensor:
 
 
 def diagnose(
-    factors: KroneckerFactors,
+    factors: KroneckerFactors | EKFACFactors,
     exact: Tensor,
     tolerance: float,
     alternatives: Mapping[str, Tensor] | None = None,
@@ -73,7 +73,8 @@ def diagnose(
     the GGN was asked for); a candidate equal to one of them is named after it. A constant
     factor is named first as a known scale convention (``convention_hints``, hint -> factor,
     see :func:`kfac_conformance.contract.conventions.convention_hints`), and only then through the
-    problem's counts (``quantities``, see :func:`name_factor`).
+    problem's counts (``quantities``, see :func:`name_factor`). An EKFAC block is told apart by
+    whether its eigenbasis or its corrected eigenvalues are wrong (:func:`_diagnose_ekfac`).
     """
     candidate = factors.to_dense().detach().double().cpu()
     exact = exact.detach().double().cpu()
@@ -102,7 +103,7 @@ def diagnose(
         else None
     )
     if swapped is not None and swapped.A.shape[0] * swapped.B.shape[0] == target.shape[0]:
-        swapped_dense = torch.kron(factors.A, factors.B).double().cpu()
+        swapped_dense = kron(factors.A, factors.B).double().cpu()
         if relative_error(swapped_dense, target) <= tolerance:
             return "Kronecker order swapped: kron(A, B) matches, i.e. column-major flattening or A and B exchanged"
     for name, block in (alternatives or {}).items():
@@ -123,7 +124,26 @@ def diagnose(
             f"relative error {error:.2g} is at float32 round-off level although the problem's "
             "tolerance is far tighter: computed in single precision and cast back?"
         )
+    if isinstance(factors, EKFACFactors):
+        return _diagnose_ekfac(candidate, target, tolerance)
     return None
+
+
+def _diagnose_ekfac(candidate: Tensor, target: Tensor, tolerance: float) -> str:
+    r"""Basis or eigenvalues: symmetric ``C`` and ``T`` commute exactly when one orthonormal basis
+    diagonalises both, so :math:`\|CT - TC\|_F / (\|C\|_F\|T\|_F)` within ``tolerance`` clears
+    the candidate's basis and leaves ``S``; beyond it, the basis is wrong whatever ``S`` is."""
+    scale = (candidate.norm() * target.norm()).clamp_min(1e-300)
+    commutator = ((candidate @ target - target @ candidate).norm() / scale).item()
+    if commutator <= tolerance:
+        return (
+            "the eigenbasis agrees with the expected block's (the two commute): the corrected "
+            "eigenvalues S are wrong"
+        )
+    return (
+        f"the eigenbasis is wrong: the block does not commute with the expected one "
+        f"(‖CT − TC‖/(‖C‖‖T‖) = {commutator:.2g}), so QB ⊗ QA does not diagonalise it"
+    )
 
 
 def _diagnose_joint_bias(

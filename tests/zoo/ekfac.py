@@ -119,3 +119,41 @@ class EkfacReductionFactorMissing(EkfacMutant):
 
     def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
         return factors.scaled(1 / problem.scale_quantities()["R"])
+
+
+class EkfacEigenvaluesTooLarge(EkfacMutant):
+    """Every corrected eigenvalue 5 % too large (S and S_bias times 1.05), as a stray damping
+    or a running average's bias correction applied twice would make them.
+
+    Killed by ekfac/equals-exact-where-kfac-is, where the block must equal the exact one; the
+    diagnosis names the constant factor.
+    """
+
+    killers = ("ekfac/equals-exact-where-kfac-is[deep-linear[mse-sum-1batch]]",)
+    diagnosis = "off by a constant factor x 1.05"
+
+    def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
+        return factors.scaled(1.05)
+
+
+class EkfacEigenvectorsAsRows(EkfacMutant):
+    """The eigenvectors read from the rows of ``eigh``'s matrix instead of its columns (QA and
+    QB transposed), with the eigenvalues corrected consistently in that wrong basis.
+
+    Still orthonormal, and S is right in the candidate's own basis, so only the basis can show
+    it: killed by ekfac/kfac-eigenbasis and ekfac/equals-exact-where-kfac-is, where the
+    diagnosis says the eigenbasis is wrong.
+    """
+
+    killers = (
+        "ekfac/kfac-eigenbasis[deep-linear[mse-sum-1batch]]",
+        "ekfac/equals-exact-where-kfac-is[deep-linear[mse-sum-1batch]]",
+    )
+    diagnosis = "the eigenbasis is wrong"
+
+    def patches(self, request: Request):
+        def rows(factors):
+            QA, QB = _original_eigenbasis(factors)
+            return QA.T, QB.T
+
+        return [replace(ekfac, "kfac_eigenbasis", rows)]
