@@ -19,15 +19,19 @@ def joint_order(d_out: int, d_in_plus_one: int, device: torch.device | None = No
     return torch.cat([index[:, :-1].flatten(), index[:, -1]])
 
 
-def kron(left: Tensor, right: Tensor) -> Tensor:
-    """``torch.kron(left, right)`` for factors of any memory layout.
+def store_contiguous(factors: object, names: tuple[str, ...]) -> None:
+    """Replace each dense tensor field of the frozen ``factors`` by a contiguous one.
 
-    ``torch.kron`` raises "view size is not compatible" when one operand is contiguous and the
-    other is not (a transposed view ``A.T``, a column-major ``eigh`` basis beside a row-major
-    one): a candidate's factors are values, and their strides must not decide whether they can
-    be compared.
+    A factor's strides are no part of its value, but ``torch.kron`` raises "view size is not
+    compatible" when one operand is contiguous and the other is not (a transposed view ``A.T``
+    beside a row-major ``B``; ``eigh``'s column-major basis beside a row-major one). Stored
+    contiguous, every result compares whatever layout its implementation produced. Sparse and
+    other layouts are left for the result's validation to name.
     """
-    return torch.kron(left.contiguous(), right.contiguous())
+    for name in names:
+        tensor = getattr(factors, name)
+        if isinstance(tensor, Tensor) and tensor.layout == torch.strided:
+            object.__setattr__(factors, name, tensor.contiguous())
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,11 @@ class KroneckerFactors:
                 )
         if self.bias not in BIAS_MODES:
             raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        store_contiguous(self, ("A", "B"))
 
     def to_dense(self) -> Tensor:
         """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""
-        weight_and_maybe_bias = kron(self.B, self.A)
+        weight_and_maybe_bias = torch.kron(self.B, self.A)
         if self.bias == "none":
             return weight_and_maybe_bias
         if self.bias == "separate":
@@ -123,10 +128,11 @@ class EKFACFactors:
             raise ValueError("S_bias is required for bias='separate' and only then")
         if self.S_bias is not None and tuple(self.S_bias.shape) != (self.QB.shape[0],):
             raise ValueError(f"S_bias must have shape ({self.QB.shape[0]},)")
+        store_contiguous(self, ("QA", "QB", "S", "S_bias"))
 
     def to_dense(self) -> Tensor:
         """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""
-        basis = kron(self.QB, self.QA)
+        basis = torch.kron(self.QB, self.QA)
         weight_and_maybe_bias = basis @ torch.diag(self.S.flatten()) @ basis.T
         if self.bias == "none":
             return weight_and_maybe_bias

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kfac_conformance.comparison import tolerances
 from kfac_conformance.comparison.tolerances import FLOAT32_ROUND_OFF, name_factor
-from kfac_ref.factors import EKFACFactors, KroneckerFactors, kron
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 
 def round_off_tolerance(dtype: torch.dtype) -> float:
@@ -103,7 +103,7 @@ def diagnose(
         else None
     )
     if swapped is not None and swapped.A.shape[0] * swapped.B.shape[0] == target.shape[0]:
-        swapped_dense = kron(factors.A, factors.B).double().cpu()
+        swapped_dense = torch.kron(factors.A, factors.B).double().cpu()
         if relative_error(swapped_dense, target) <= tolerance:
             return "Kronecker order swapped: kron(A, B) matches, i.e. column-major flattening or A and B exchanged"
     for name, block in (alternatives or {}).items():
@@ -117,6 +117,12 @@ def diagnose(
         joint = _diagnose_joint_bias(factors, candidate, exact, tolerance)
         if joint is not None:
             return joint
+    if factors.bias == "separate":
+        separate = _diagnose_separate_bias(
+            candidate, target, factor_sizes(factors)[1], tolerance, quantities or {}
+        )
+        if separate is not None:
+            return separate
     error = relative_error(candidate, target)
     low, high = FLOAT32_ROUND_OFF
     if tolerance < low and low <= error <= high:
@@ -126,6 +132,44 @@ def diagnose(
         )
     if isinstance(factors, EKFACFactors):
         return _diagnose_ekfac(candidate, target, tolerance)
+    return None
+
+
+def _constant_factor(candidate: Tensor, target: Tensor, tolerance: float) -> float | None:
+    """``c`` when ``candidate`` is ``c * target`` within ``tolerance``, else ``None``."""
+    scale = ((candidate * target).sum() / (target * target).sum().clamp_min(1e-300)).item()
+    if scale != 0 and relative_error(candidate / scale, target) <= tolerance:
+        return scale
+    return None
+
+
+def _diagnose_separate_bias(
+    candidate: Tensor,
+    target: Tensor,
+    size_B: int,
+    tolerance: float,
+    quantities: Mapping[str, float],
+) -> str | None:
+    """With a separate bias, one of the two blocks scaled and the other right: a factor applied
+    to the weight's side alone (``A``, or EKFAC's ``S``) or to the bias block alone."""
+    weight = candidate.shape[0] - size_B
+    parts = {
+        "weight": (candidate[:weight, :weight], target[:weight, :weight]),
+        "bias": (candidate[weight:, weight:], target[weight:, weight:]),
+    }
+    right = {name: relative_error(*pair) <= tolerance for name, pair in parts.items()}
+    for wrong, blame in (("weight", "A (EKFAC: S)"), ("bias", "the bias block (EKFAC: S_bias)")):
+        if right[wrong]:
+            continue
+        other = "bias" if wrong == "weight" else "weight"
+        scale = _constant_factor(*parts[wrong], tolerance) if right[other] else None
+        if scale is not None:
+            named = name_factor(scale, quantities)
+            explanation = f" = {named}" if named else ""
+            return (
+                f"the {wrong} block is off by a constant factor x {scale:.6g}{explanation} "
+                f"and the {other} block is right: {blame} carries a factor it must not"
+            )
     return None
 
 
