@@ -51,6 +51,8 @@ class Equivalent:
     sampled_labels = ReferenceCandidate.sampled_labels
     version = ReferenceCandidate.version
     hygiene: str | None = None  # the hygiene message its one failing item must carry
+    # the approximations whose answers the form changes: the others are the reference's own
+    changes: frozenset[str] = frozenset({"kfac", "ekfac"})
 
     def __init__(self) -> None:
         self.name = f"equivalent:{type(self).__name__}"
@@ -111,7 +113,9 @@ class ChannelsLastInternally(Equivalent):
             (X.contiguous(memory_format=torch.channels_last) if X.ndim == 4 else X, y)
             for X, y in problem.batches
         ]
-        return reference_compute(dataclasses.replace(problem, model=model, batches=batches), request)
+        return reference_compute(
+            dataclasses.replace(problem, model=model, batches=batches), request
+        )
 
 
 RESCALING = 37.5
@@ -121,6 +125,8 @@ class RescaledPair(Equivalent):
     """``(c A, B / c)`` with ``c = 37.5``: the same Kronecker product. Only where ``B`` is not
     also the bias block (bias modes ``"none"`` and ``"joint"``); a separate bias's block is
     ``B`` itself, so there the pair is returned unchanged."""
+
+    changes = frozenset({"kfac"})
 
     def form(self, factors: Factors) -> Factors:
         if isinstance(factors, EKFACFactors) or factors.bias == "separate":
@@ -190,6 +196,8 @@ def _signs_flipped(factor: Tensor, generator: torch.Generator) -> Tensor:
 class _OtherEigenbasis(Equivalent):
     """EKFAC in another valid eigenbasis of KFAC's factors; the corrected eigenvalues are
     computed in that basis (the reference's own correction), so the block is the same."""
+
+    changes = frozenset({"ekfac"})
 
     basis_of: Callable[[Tensor, torch.Generator], Tensor]
 
