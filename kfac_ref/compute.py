@@ -129,7 +129,13 @@ def forward_backward(
     for X, y in _batches(data):
         # a model that draws random numbers (dropout) must not advance the caller's RNG
         devices = [X.device] if X.is_cuda else []
-        with torch.random.fork_rng(devices), torch.enable_grad(), _recording(selected) as recorded:
+        # autograd must record even when the caller is in no_grad or inference mode
+        with (
+            torch.random.fork_rng(devices),
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            _recording(selected) as recorded,
+        ):
             output = model(X)
         losses.check_labels(loss_func, output, y)
         vectors = backpropagated_vectors(loss_func, output, y, fisher_type, mc_samples, generator)

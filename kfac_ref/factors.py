@@ -19,6 +19,21 @@ def joint_order(d_out: int, d_in_plus_one: int, device: torch.device | None = No
     return torch.cat([index[:, :-1].flatten(), index[:, -1]])
 
 
+def store_contiguous(factors: object, names: tuple[str, ...]) -> None:
+    """Replace each dense tensor field of the frozen ``factors`` by a contiguous one.
+
+    A factor's strides are no part of its value, but ``torch.kron`` raises "view size is not
+    compatible" when one operand is contiguous and the other is not (a transposed view ``A.T``
+    beside a row-major ``B``; ``eigh``'s column-major basis beside a row-major one). Stored
+    contiguous, every result compares whatever layout its implementation produced. Sparse and
+    other layouts are left for the result's validation to name.
+    """
+    for name in names:
+        tensor = getattr(factors, name)
+        if isinstance(tensor, Tensor) and tensor.layout == torch.strided:
+            object.__setattr__(factors, name, tensor.contiguous())
+
+
 @dataclass(frozen=True)
 class KroneckerFactors:
     """KFAC's block of one layer: ``A`` (input-based) and ``B`` (grad-output-based).
@@ -53,6 +68,7 @@ class KroneckerFactors:
                 )
         if self.bias not in BIAS_MODES:
             raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        store_contiguous(self, ("A", "B"))
 
     def to_dense(self) -> Tensor:
         """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""
@@ -112,6 +128,7 @@ class EKFACFactors:
             raise ValueError("S_bias is required for bias='separate' and only then")
         if self.S_bias is not None and tuple(self.S_bias.shape) != (self.QB.shape[0],):
             raise ValueError(f"S_bias must have shape ({self.QB.shape[0]},)")
+        store_contiguous(self, ("QA", "QB", "S", "S_bias"))
 
     def to_dense(self) -> Tensor:
         """The block over ``[weight.flatten(), bias]`` in ``named_parameters`` order."""

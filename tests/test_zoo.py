@@ -1,8 +1,10 @@
 """The harness catches real bugs: every mutant of the zoo fails the default profile.
 
-Each mutant is run on the items of the default plan it names as its killers (the full default
+Each mutant is run on every item of the default plan it names as its killers (the full default
 run takes seconds per candidate; the whole zoo against everything is what
-``python -m kfac_conformance.reports.kill_matrix`` does). A mutant that survives is a missing check.
+``python -m kfac_conformance.reports.kill_matrix`` does). Only a failure kills: an item that
+errors, on a killer or anywhere in these runs, is a defect of the suite or of the mutant. A
+mutant that survives is a missing check.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import inspect
 
 import pytest
 from running import inline
+from suite_guard import suite_exceptions
 from zoo import MUTANTS, Mutant
 
 import kfac_ref
@@ -20,12 +23,14 @@ from kfac_conformance.contract import conventions
 from kfac_conformance.contract.conventions import Conventions
 from kfac_conformance.contract.problem import Request
 from kfac_conformance.execution.plan import Item, case_entries, plan
+from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.runner import run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref import compute, ekfac, layers, losses
 
 PROFILE = "default"
 DEFAULT_PLAN = plan(PROFILE, case_entries(PROFILE))
+DIAGNOSED = [mutant for mutant in MUTANTS if mutant.diagnosis is not None]
 
 
 def killer_items(mutant: type[Mutant]) -> list[Item]:
@@ -45,6 +50,10 @@ def test_the_zoo_has_at_least_fifteen_documented_mutants():
         assert "killed by" in doc.lower(), f"{mutant.__name__} names no killer"
 
 
+def test_most_mutants_name_the_diagnosis_their_failure_carries():
+    assert len(DIAGNOSED) >= 2 * len(MUTANTS) // 3
+
+
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.__name__)
 def test_every_killer_names_items_of_the_default_plan(mutant: type[Mutant]):
     assert mutant.killers
@@ -53,32 +62,54 @@ def test_every_killer_names_items_of_the_default_plan(mutant: type[Mutant]):
 
 
 @pytest.fixture(scope="module")
-def first_kills() -> dict[str, tuple[Item | None, list[str]]]:
-    """Per mutant: the first killer item that failed or errored (``None`` if it survived), and
-    the outcomes up to it."""
-    kills = {}
-    for mutant in MUTANTS:
-        items = {item.id: item for item in killer_items(mutant)}
-        outcomes, killer = [], None
-        for result in run_items(mutant(), list(items.values()), inline(PROFILE)):
-            outcomes.append(f"{result.item_id}: {result.status} {result.message[:200]}")
-            if result.status in ("failed", "error"):
-                killer = items[result.item_id]
-                break
-        kills[mutant.__name__] = (killer, outcomes)
-    return kills
+def killer_runs() -> dict[str, list[Result]]:
+    """Per mutant: the results of all its killer items, in plan order."""
+    return {
+        mutant.__name__: list(run_items(mutant(), killer_items(mutant), inline(PROFILE)))
+        for mutant in MUTANTS
+    }
+
+
+def _outcomes(results: list[Result]) -> list[str]:
+    return [f"{result.item_id}: {result.status} {result.message[:200]}" for result in results]
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda mutant: mutant.__name__)
-def test_the_default_profile_kills_the_mutant(mutant: type[Mutant], first_kills):
-    killer, outcomes = first_kills[mutant.__name__]
-    assert killer is not None, (
-        f"{mutant.__name__} survived its killers (a missing check): {outcomes}"
+def test_the_default_profile_kills_the_mutant_with_a_failure(mutant: type[Mutant], killer_runs):
+    results = killer_runs[mutant.__name__]
+    assert any(result.status == "failed" for result in results), (
+        f"{mutant.__name__} survived its killers (a missing check): {_outcomes(results)}"
+    )
+    errors = _outcomes([result for result in results if result.status == "error"])
+    assert not errors, f"an error is no kill (a defect of the suite or the mutant): {errors}"
+
+
+@pytest.mark.parametrize("mutant", DIAGNOSED, ids=lambda mutant: mutant.__name__)
+def test_the_failure_carries_the_diagnosis_that_names_the_pitfall(
+    mutant: type[Mutant], killer_runs
+):
+    diagnoses = [
+        result.diagnosis
+        for result in killer_runs[mutant.__name__]
+        if result.status == "failed" and result.diagnosis
+    ]
+    assert any(mutant.diagnosis in diagnosis for diagnosis in diagnoses), (
+        f"no failure of {mutant.__name__} is diagnosed as {mutant.diagnosis!r}: {diagnoses}"
     )
 
 
-def test_the_reference_passes_every_item_that_kills_a_mutant(first_kills):
-    items = {killer.id: killer for killer, _ in first_kills.values() if killer is not None}
+def test_no_zoo_run_makes_the_suite_raise(killer_runs):
+    raised = [line for results in killer_runs.values() for line in suite_exceptions(results)]
+    assert not raised, raised
+
+
+def test_the_reference_passes_every_item_that_kills_a_mutant(killer_runs):
+    plan_items = {item.id: item for item in DEFAULT_PLAN}
+    items = {}
+    for results in killer_runs.values():
+        first = next((result for result in results if result.status == "failed"), None)
+        if first is not None:
+            items[first.item_id] = plan_items[first.item_id]
     assert len(items) >= 8, "the zoo is killed by a variety of checks and cases"
     results = list(run_items(ReferenceCandidate(), list(items.values()), inline(PROFILE)))
     assert [result.item_id for result in results] == list(items)
@@ -146,7 +177,7 @@ def test_no_mutant_survives_by_declaring_a_convention(mutant: type[Mutant]):
         candidate = _declaring(mutant, declared)
         for items in (killer_items(mutant), DEFAULT_PLAN):
             statuses = (r.status for r in run_items(candidate, items, inline(PROFILE)))
-            if any(status in ("failed", "error") for status in statuses):
+            if any(status == "failed" for status in statuses):
                 break
         else:
             pytest.fail(f"{mutant.__name__} survives when it declares {declared.declaration()}")

@@ -1,7 +1,9 @@
 """Adapters that put third-party KFAC libraries behind the candidate contract.
 
 One module per library; each imports its library lazily, inside ``compute``, so importing
-``kfac_conformance`` (or this package) never needs the libraries. Every adapter converts the
+``kfac_conformance`` (or this package) never needs the libraries. Each declares the library it
+needs (``requires``, a :class:`kfac_conformance.contract.loading.Requirement`): loading an
+adapter whose library is absent fails at once, with the command that installs it. Every adapter converts the
 library's factors by that library's own, verified conventions only (factor order, bias
 layout, normalisation); it never rescales to make a check pass. Where a library's answer
 differs from the suite's definition, the difference is written up in ``docs/findings.md``

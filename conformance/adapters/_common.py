@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from torch import Tensor, nn
@@ -26,13 +25,6 @@ class Unsupported(NotSupported):
 
     def __init__(self, library: str, why: str) -> None:
         super().__init__(f"{REFUSAL_PREFIX} {library}: {why}")
-
-
-def library_version(distribution: str) -> str | None:
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
 
 
 def require(problem: Problem, library: str, layer_types: Iterable[str], losses: Iterable[str]):

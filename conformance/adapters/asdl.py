@@ -46,7 +46,6 @@ from torch import nn
 from kfac_conformance.adapters._common import (
     Unsupported,
     has_bias,
-    library_version,
     package,
     refuse_dilated_conv2d,
     refuse_reduce_on_conv2d,
@@ -57,6 +56,7 @@ from kfac_conformance.adapters._common import (
     total_data,
 )
 from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -77,8 +77,10 @@ class AsdlCandidate:
         conventions=Conventions(curvature="mean-nll", empirical_fisher="mean-squared-error"),
     )
 
+    requires = Requirement(("asdfghjkl",), "asdl")
+
     def __init__(self) -> None:
-        self.version = library_version("asdfghjkl")
+        self.version = installed_version(self.requires.distributions[0])
 
     def _check(self, problem: Problem, request: Request) -> None:
         require(problem, LIBRARY, LAYER_TYPES, LOSSES)

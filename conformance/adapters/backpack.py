@@ -53,7 +53,6 @@ from kfac_conformance.adapters._common import (
     Unsupported,
     batch_reduction_factor,
     has_bias,
-    library_version,
     package,
     refuse_reduce_on_conv2d,
     refuse_shared_linear_inputs,
@@ -62,6 +61,7 @@ from kfac_conformance.adapters._common import (
     seeded_global_rng,
     total_data,
 )
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -83,8 +83,10 @@ class _BackpackCandidate:
     fisher_type: str
     losses: frozenset[str]
 
+    requires = Requirement(("backpack-for-pytorch",), "backpack")
+
     def __init__(self) -> None:
-        self.version = library_version("backpack-for-pytorch")
+        self.version = installed_version(self.requires.distributions[0])
 
     def _extension(self, request: Request):
         raise NotImplementedError

@@ -34,13 +34,13 @@ from collections.abc import Mapping
 from kfac_conformance.adapters._common import (
     Unsupported,
     has_bias,
-    library_version,
     package,
     package_ekfac,
     refuse_shared_outputs,
     require,
 )
 from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
@@ -78,8 +78,10 @@ class CurvlinopsCandidate:
         conventions=Conventions(empirical_fisher="squared-error"),
     )
 
+    requires = Requirement(("curvlinops-for-pytorch",), "curvlinops")
+
     def __init__(self) -> None:
-        self.version = library_version("curvlinops-for-pytorch")
+        self.version = installed_version(self.requires.distributions[0])
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         from curvlinops import KFACLinearOperator
@@ -122,8 +124,10 @@ class CurvlinopsEKFACCandidate:
         conventions=Conventions(empirical_fisher="squared-error"),
     )
 
+    requires = Requirement(("curvlinops-for-pytorch",), "curvlinops")
+
     def __init__(self) -> None:
-        self.version = library_version("curvlinops-for-pytorch")
+        self.version = installed_version(self.requires.distributions[0])
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, EKFACFactors]:
         from curvlinops import EKFACLinearOperator

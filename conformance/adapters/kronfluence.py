@@ -42,6 +42,7 @@ import copy
 import gc
 import math
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
@@ -52,12 +53,12 @@ from torch import Tensor
 from kfac_conformance.adapters._common import (
     Unsupported,
     has_bias,
-    library_version,
     package,
     package_ekfac,
     require,
 )
 from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
@@ -115,6 +116,23 @@ def objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def progress_bars_without_a_semaphore() -> None:
+    """Give tqdm a thread lock before kronfluence's first progress bar would make its own.
+
+    kronfluence's bars (even disabled) are tqdm's, and tqdm's first bar creates a process-wide
+    ``multiprocessing.RLock``. In a process that was not forked (the supervisor's workers
+    come from a forkserver) that lock is a named POSIX semaphore registered with
+    multiprocessing's resource tracker; the supervisor ends each worker with SIGKILL, so the
+    semaphore is never unlinked and the tracker warns at shutdown "There appear to be 1 leaked
+    semaphore objects". That lock only keeps bars of several processes on one terminal apart;
+    here nothing draws them, so a thread lock serves, and leaves nothing behind.
+    """
+    from tqdm import tqdm
+
+    if not hasattr(tqdm, "_lock"):  # a lock made earlier by someone else is theirs
+        tqdm.set_lock(threading.RLock())
+
+
 def make_task(loss_name: str, layers: list[str], generator: torch.Generator):
     from kronfluence.task import Task
 
@@ -141,8 +159,10 @@ class _KronfluenceFit:
     strategy: str
     capabilities = CAPABILITIES
 
+    requires = Requirement(("kronfluence",), "kronfluence")
+
     def __init__(self) -> None:
-        self.version = library_version("kronfluence")
+        self.version = installed_version(self.requires.distributions[0])
 
     def _check(self, problem: Problem, request: Request) -> None:
         require(problem, LIBRARY, LAYER_TYPES, LOSSES)
@@ -163,6 +183,7 @@ class _KronfluenceFit:
         from torch.utils.data import TensorDataset
 
         self._check(problem, request)
+        progress_bars_without_a_semaphore()
         generator = torch.Generator().manual_seed(request.seed)
         task = make_task(type(problem.loss_func).__name__, problem.layers, generator)
         model = prepare_model(copy.deepcopy(problem.model), task)

@@ -43,7 +43,6 @@ from torch import Tensor
 from kfac_conformance.adapters._common import (
     Unsupported,
     batch_loader,
-    library_version,
     package,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
@@ -51,6 +50,7 @@ from kfac_conformance.adapters._common import (
     seeded_global_rng,
 )
 from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
@@ -91,8 +91,10 @@ class _LaplaceKron:
     ef_backend: str | None
     capabilities: Capabilities
 
+    requires = Requirement(("laplace-torch",), "laplace")
+
     def __init__(self) -> None:
-        self.version = library_version("laplace-torch")
+        self.version = installed_version(self.requires.distributions[0])
 
     def _check(self, problem: Problem, request: Request) -> None:
         require(problem, LIBRARY, LAYER_TYPES, LIKELIHOODS)
@@ -151,6 +153,8 @@ def _capabilities(fisher_types: set[str], flavours: set[str]) -> Capabilities:
 
 class LaplaceCurvlinopsCandidate(_LaplaceKron):
     name = "laplace-curvlinops"
+    # the backend is a dependency of laplace-torch
+    requires = Requirement(("laplace-torch", "curvlinops-for-pytorch"), "laplace")
     ggn_backend, ef_backend = "CurvlinopsGGN", "CurvlinopsEF"
     capabilities = _capabilities({"type-2", "mc", "empirical"}, {"expand", "reduce"})
 
@@ -163,6 +167,8 @@ class LaplaceCurvlinopsCandidate(_LaplaceKron):
 
 class LaplaceAsdlCandidate(_LaplaceKron):
     name = "laplace-asdl"
+    # the backend is a dependency of laplace-torch
+    requires = Requirement(("laplace-torch", "asdfghjkl"), "laplace")
     ggn_backend, ef_backend = "AsdlGGN", "AsdlEF"
     capabilities = _capabilities({"type-2", "mc", "empirical"}, {"expand"})
 
@@ -180,6 +186,8 @@ class LaplaceAsdlCandidate(_LaplaceKron):
 
 class LaplaceBackpackCandidate(_LaplaceKron):
     name = "laplace-backpack"
+    # the backend is a dependency of laplace-torch
+    requires = Requirement(("laplace-torch", "backpack-for-pytorch"), "laplace")
     ggn_backend, ef_backend = "BackPackGGN", None
     capabilities = replace(_capabilities({"type-2", "mc"}, {"expand"}), weight_sharing=False)
 

@@ -41,7 +41,6 @@ from kfac_conformance.adapters._common import (
     Unsupported,
     batch_loader,
     has_bias,
-    library_version,
     package,
     package_ekfac,
     refuse_reduce_on_conv2d,
@@ -51,6 +50,7 @@ from kfac_conformance.adapters._common import (
     seeded_global_rng,
 )
 from kfac_conformance.contract.conventions import Conventions
+from kfac_conformance.contract.loading import Requirement, installed_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
@@ -76,8 +76,10 @@ class NngeometryCandidate:
         conventions=Conventions(curvature="mean-nll"),
     )
 
+    requires = Requirement(("nngeometry",), "nngeometry")
+
     def __init__(self) -> None:
-        self.version = library_version("nngeometry")
+        self.version = installed_version(self.requires.distributions[0])
 
     def _check(self, problem: Problem, request: Request) -> None:
         require(problem, LIBRARY, LAYER_TYPES, LOSSES)

@@ -60,7 +60,7 @@ def _ones_moved_last(A: Tensor) -> Tensor:
 
 
 def diagnose(
-    factors: KroneckerFactors,
+    factors: KroneckerFactors | EKFACFactors,
     exact: Tensor,
     tolerance: float,
     alternatives: Mapping[str, Tensor] | None = None,
@@ -73,7 +73,8 @@ def diagnose(
     the GGN was asked for); a candidate equal to one of them is named after it. A constant
     factor is named first as a known scale convention (``convention_hints``, hint -> factor,
     see :func:`kfac_conformance.contract.conventions.convention_hints`), and only then through the
-    problem's counts (``quantities``, see :func:`name_factor`).
+    problem's counts (``quantities``, see :func:`name_factor`). An EKFAC block is told apart by
+    whether its eigenbasis or its corrected eigenvalues are wrong (:func:`_diagnose_ekfac`).
     """
     candidate = factors.to_dense().detach().double().cpu()
     exact = exact.detach().double().cpu()
@@ -116,6 +117,12 @@ def diagnose(
         joint = _diagnose_joint_bias(factors, candidate, exact, tolerance)
         if joint is not None:
             return joint
+    if factors.bias == "separate":
+        separate = _diagnose_separate_bias(
+            candidate, target, factor_sizes(factors)[1], tolerance, quantities or {}
+        )
+        if separate is not None:
+            return separate
     error = relative_error(candidate, target)
     low, high = FLOAT32_ROUND_OFF
     if tolerance < low and low <= error <= high:
@@ -123,7 +130,64 @@ def diagnose(
             f"relative error {error:.2g} is at float32 round-off level although the problem's "
             "tolerance is far tighter: computed in single precision and cast back?"
         )
+    if isinstance(factors, EKFACFactors):
+        return _diagnose_ekfac(candidate, target, tolerance)
     return None
+
+
+def _constant_factor(candidate: Tensor, target: Tensor, tolerance: float) -> float | None:
+    """``c`` when ``candidate`` is ``c * target`` within ``tolerance``, else ``None``."""
+    scale = ((candidate * target).sum() / (target * target).sum().clamp_min(1e-300)).item()
+    if scale != 0 and relative_error(candidate / scale, target) <= tolerance:
+        return scale
+    return None
+
+
+def _diagnose_separate_bias(
+    candidate: Tensor,
+    target: Tensor,
+    size_B: int,
+    tolerance: float,
+    quantities: Mapping[str, float],
+) -> str | None:
+    """With a separate bias, one of the two blocks scaled and the other right: a factor applied
+    to the weight's side alone (``A``, or EKFAC's ``S``) or to the bias block alone."""
+    weight = candidate.shape[0] - size_B
+    parts = {
+        "weight": (candidate[:weight, :weight], target[:weight, :weight]),
+        "bias": (candidate[weight:, weight:], target[weight:, weight:]),
+    }
+    right = {name: relative_error(*pair) <= tolerance for name, pair in parts.items()}
+    for wrong, blame in (("weight", "A (EKFAC: S)"), ("bias", "the bias block (EKFAC: S_bias)")):
+        if right[wrong]:
+            continue
+        other = "bias" if wrong == "weight" else "weight"
+        scale = _constant_factor(*parts[wrong], tolerance) if right[other] else None
+        if scale is not None:
+            named = name_factor(scale, quantities)
+            explanation = f" = {named}" if named else ""
+            return (
+                f"the {wrong} block is off by a constant factor x {scale:.6g}{explanation} "
+                f"and the {other} block is right: {blame} carries a factor it must not"
+            )
+    return None
+
+
+def _diagnose_ekfac(candidate: Tensor, target: Tensor, tolerance: float) -> str:
+    r"""Basis or eigenvalues: symmetric ``C`` and ``T`` commute exactly when one orthonormal basis
+    diagonalises both, so :math:`\|CT - TC\|_F / (\|C\|_F\|T\|_F)` within ``tolerance`` clears
+    the candidate's basis and leaves ``S``; beyond it, the basis is wrong whatever ``S`` is."""
+    scale = (candidate.norm() * target.norm()).clamp_min(1e-300)
+    commutator = ((candidate @ target - target @ candidate).norm() / scale).item()
+    if commutator <= tolerance:
+        return (
+            "the eigenbasis agrees with the expected block's (the two commute): the corrected "
+            "eigenvalues S are wrong"
+        )
+    return (
+        f"the eigenbasis is wrong: the block does not commute with the expected one "
+        f"(‖CT − TC‖/(‖C‖‖T‖) = {commutator:.2g}), so QB ⊗ QA does not diagonalise it"
+    )
 
 
 def _diagnose_joint_bias(

@@ -19,7 +19,7 @@ from kfac_conformance.comparison.blocks import diagnose, kfac_pattern, relative_
 from kfac_conformance.comparison.tolerances import layer_pattern
 from kfac_conformance.contract.problem import Problem
 from kfac_conformance.execution.session import compare_blocks
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 
 def problem_counts(problem: Problem) -> tuple[dict[str, float], dict[str, int]]:
@@ -61,7 +61,7 @@ def problem_counts(problem: Problem) -> tuple[dict[str, float], dict[str, int]]:
 
 def compare_diagnosed(
     problem: Problem,
-    result: Mapping[str, KroneckerFactors],
+    result: Mapping[str, KroneckerFactors] | Mapping[str, EKFACFactors],
     targets: Mapping[str, Tensor],
     layers: Sequence[str],
     tolerance: float,

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
@@ -20,6 +21,58 @@ CaseFactory = Callable[[], "Problem | Sequence[Problem]"]
 
 class SpecError(ValueError):
     """A ``SPEC`` that names nothing usable; the message says why."""
+
+
+class LibraryMissing(SpecError):
+    """A candidate whose third-party library is not installed; the message is one line that
+    names the install command."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """The third-party distributions a candidate needs (its class attribute ``requires``), and
+    the extra of ``pyproject.toml`` that installs them.
+
+    Adapters import their library only inside ``compute``; without this declaration a missing
+    library would surface as an error on every item (and as the candidate "raising" where
+    raising is allowed) instead of once, before the run.
+    """
+
+    distributions: tuple[str, ...]
+    extra: str
+
+    def install_command(self) -> str:
+        """The command that installs the extra from a checkout (the project is not on PyPI)."""
+        return f'pip install -c constraints.txt -e ".[{self.extra}]"'
+
+    def versions(self) -> dict[str, str | None]:
+        """Each distribution's installed version, ``None`` where it is not installed."""
+        return {name: installed_version(name) for name in self.distributions}
+
+    def describe(self) -> str:
+        """``"asdfghjkl 0.1a5"``, or ``"not installed: asdfghjkl (pip install ...)"``."""
+        versions = self.versions()
+        missing = [name for name, found in versions.items() if found is None]
+        if missing:
+            return f"not installed: {', '.join(missing)} ({self.install_command()})"
+        return ", ".join(f"{name} {found}" for name, found in versions.items())
+
+    def check(self, candidate: str) -> None:
+        """Raise :class:`LibraryMissing` unless every distribution is installed."""
+        missing = [name for name, found in self.versions().items() if found is None]
+        if missing:
+            raise LibraryMissing(
+                f"candidate {candidate!r} needs {', '.join(missing)}, which is not installed; "
+                f"from a checkout of kfac-conformance run: {self.install_command()}"
+            )
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, ``None`` where it is not installed."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def registered_candidates() -> dict[str, Callable[[], Candidate]]:
@@ -67,6 +120,9 @@ def load_candidate(spec: str) -> Candidate:
         obj = registered[spec].load()
     else:
         obj = _resolve(spec, "candidate")
+    requirement = getattr(obj, "requires", None)
+    if isinstance(requirement, Requirement):
+        requirement.check(spec)
     candidate = _instantiate(obj)
     missing = missing_members(candidate)
     if missing:
@@ -133,11 +189,21 @@ def _first_difference(first: Problem, second: Problem) -> str | None:
 
 
 def suite_version() -> str:
-    try:
-        return version("kfac-conformance")
-    except PackageNotFoundError:
-        return "unknown"
+    return installed_version("kfac-conformance") or "unknown"
 
 
 def registered_names() -> list[str]:
     return sorted(registered_candidates())
+
+
+def candidate_availability() -> dict[str, str]:
+    """Each registered candidate's library, for ``list-candidates``: its installed version,
+    ``"not installed: ..."`` with the install command, or ``"built in"`` for a candidate that
+    declares no :class:`Requirement`. Loads the entry points, never the libraries."""
+    availability = {}
+    for name, entry_point in sorted(registered_candidates().items()):
+        requirement = getattr(entry_point.load(), "requires", None)
+        availability[name] = (
+            requirement.describe() if isinstance(requirement, Requirement) else "built in"
+        )
+    return availability

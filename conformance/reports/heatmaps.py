@@ -1,6 +1,6 @@
 """Heatmaps of a failed comparison: the candidate's block, the expected block, their difference.
 
-Drawn with matplotlib, the optional extra ``report`` (``pip install "kfac-conformance[report]"``);
+Drawn with matplotlib, the optional extra ``report`` (``pip install "matplotlib>=3.7"``, or in a checkout ``pip install -c constraints.txt -e ".[report]"``);
 without it :func:`available` is false and the HTML report says how to get the pictures.
 
 The difference is drawn as ``log10 |candidate - expected|`` (exact zeros at the floor of the
@@ -20,7 +20,7 @@ import io
 import numpy as np
 
 ENCODING = "float32-le-base64"  # as written by kfac_conformance.comparison.evidence.encode
-INSTALL_HINT = 'pip install "kfac-conformance[report]"  (matplotlib)'
+INSTALL_HINT = 'pip install "matplotlib>=3.7"  (or, in a checkout: pip install -c constraints.txt -e ".[report]")'
 # below this many stored cells per tile side, tile lines would hide the picture
 _MIN_CELLS_PER_TILE = 2
 

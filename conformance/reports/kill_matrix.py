@@ -6,8 +6,9 @@ Run from the repository root (the zoo lives in ``tests/zoo`` and is imported by 
 
 Every mutant runs against the whole default profile, and through the property-based search
 (``kfac-conformance fuzz``, :data:`FUZZ_EXAMPLES` examples, seed 0, no case file and no example
-database). A mutant no check kills is listed as surviving: that is a missing check, and the
-command exits with status 1.
+database). A mutant is killed only by items that *fail*: an item that errors is a defect of the
+suite or of the mutant, never a kill, and is listed apart. A mutant no check kills is listed as
+surviving (a missing check); the command exits with status 1 then, and when any item errors.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +29,7 @@ import torch
 
 from kfac_conformance.execution.options import RunOptions
 from kfac_conformance.execution.plan import case_entries, plan
+from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.runner import run_items
 from kfac_conformance.fuzzing.search import search
 
@@ -59,11 +62,28 @@ def load_zoo(path: Path = ZOO_PATH) -> ModuleType:
 class Row:
     mutant: str
     pitfall: str
-    killers: Counter  # check id -> number of failing or erroring items
+    killers: Counter  # check id -> number of failing items
     diagnoses: list[str]
+    errors: Counter  # check id -> number of erroring items (no kills: defects to fix)
     items: int
     seconds: float
     fuzz: str = ""  # what the search found: "property (examples, seconds)", or "" if nothing
+
+
+def tally(results: Iterable[Result]) -> tuple[Counter, Counter, list[str]]:
+    """``(kills, errors, diagnoses)``: failing items per check, erroring items per check, and the
+    distinct diagnoses of the failures in order. Only a failure kills."""
+    kills: Counter = Counter()
+    errors: Counter = Counter()
+    diagnoses: list[str] = []
+    for result in results:
+        if result.status == "error":
+            errors[result.check_id] += 1
+        elif result.status == "failed":
+            kills[result.check_id] += 1
+            if result.diagnosis and result.diagnosis not in diagnoses:
+                diagnoses.append(result.diagnosis)
+    return kills, errors, diagnoses
 
 
 def kill_row(mutant_name: str, zoo_path: str = str(ZOO_PATH)) -> Row:
@@ -71,21 +91,15 @@ def kill_row(mutant_name: str, zoo_path: str = str(ZOO_PATH)) -> Row:
     mutant = load_zoo(Path(zoo_path)).MUTANTS_BY_NAME[mutant_name]
     items = plan(PROFILE, case_entries(PROFILE))
     start = time.perf_counter()
-    killers: Counter = Counter()
-    diagnoses: list[str] = []
-    for result in run_items(
-        mutant(), items, RunOptions(profile=PROFILE, mode="inline", timeout_s=None)
-    ):
-        if result.status in ("failed", "error"):
-            killers[result.check_id] += 1
-            if result.diagnosis and result.diagnosis not in diagnoses:
-                diagnoses.append(result.diagnosis)
+    killers, errors, diagnoses = tally(
+        run_items(mutant(), items, RunOptions(profile=PROFILE, mode="inline", timeout_s=None))
+    )
     seconds = time.perf_counter() - start
     outcome = search(mutant(), FUZZ_EXAMPLES, seed=0, database=None, max_failures=1)
     fuzz = ", ".join(failure.property for failure in outcome.failures)
     if fuzz:
         fuzz += f" ({outcome.examples} examples, {outcome.seconds:.0f} s)"
-    return Row(mutant_name, mutant.pitfall(), killers, diagnoses, len(items), seconds, fuzz)
+    return Row(mutant_name, mutant.pitfall(), killers, diagnoses, errors, len(items), seconds, fuzz)
 
 
 def _cell(text: str) -> str:
@@ -98,8 +112,10 @@ def markdown(rows: list[Row], command: str) -> str:
         "",
         "Each mutant of the bug zoo (`tests/zoo`) is the reference with one deliberate mistake. "
         "It is run against the whole default profile; *killed by* lists every check with at "
-        "least one failing or erroring item (and how many items), *diagnosis* the distinct "
-        "diagnoses the failures carried (the first three). *fuzz* is what `kfac-conformance fuzz` "
+        "least one failing item (and how many items), and, apart, any check whose items errored "
+        "(an error is a defect of the suite or the mutant, never a kill); *diagnosis* the "
+        "distinct diagnoses the failures carried (the first three). *fuzz* is what "
+        "`kfac-conformance fuzz` "
         f"found with no case file ({FUZZ_EXAMPLES} examples at most, seed 0, no example "
         "database): the failing property of the shrunk problem, the examples tried (shrinking "
         "included) and the time.",
@@ -115,6 +131,9 @@ def markdown(rows: list[Row], command: str) -> str:
             "<br>".join(f"{check} ({count})" for check, count in sorted(row.killers.items()))
             or "**SURVIVED: missing check**"
         )
+        if row.errors:
+            errored = ", ".join(f"{check} ({count})" for check, count in sorted(row.errors.items()))
+            killed += f"<br>**ERRORS (no kill): {errored}**"
         diagnosis = "<br>".join(_cell(d) for d in row.diagnoses[:3]) or "-"
         fuzz = row.fuzz or "**SURVIVED**"
         lines.append(f"| {row.mutant} | {_cell(row.pitfall)} | {killed} | {diagnosis} | {fuzz} |")
@@ -146,14 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = [kill_row(*job) for job in work]
     for row in rows:
+        errored = f"; errors in {dict(row.errors)}" if row.errors else ""
         print(
-            f"{row.mutant}: killed by {dict(row.killers) or 'nothing'} ({row.seconds:.1f} s); "
-            f"fuzz: {row.fuzz or 'nothing'}"
+            f"{row.mutant}: killed by {dict(row.killers) or 'nothing'} ({row.seconds:.1f} s)"
+            f"{errored}; fuzz: {row.fuzz or 'nothing'}"
         )
     command = "python -m kfac_conformance.reports.kill_matrix"
     Path(args.output).write_text(markdown(rows, command))
     print(f"wrote {args.output}")
-    return 0 if all(row.killers for row in rows) else 1
+    return 0 if all(row.killers and not row.errors for row in rows) else 1
 
 
 if __name__ == "__main__":

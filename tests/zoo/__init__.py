@@ -16,6 +16,8 @@ from .base import Mutant
 from .curvature import CeSqrtWithoutRankOne, EmpiricalFromBatchGradient, Type2AnswersEmpirical
 from .ekfac import (
     EkfacBasisFromWrongFactor,
+    EkfacEigenvaluesTooLarge,
+    EkfacEigenvectorsAsRows,
     EkfacFromBatchGradient,
     EkfacReductionFactorMissing,
     EkfacTransposedS,
@@ -75,6 +77,8 @@ MUTANTS: list[type[Mutant]] = [
     EkfacTransposedS,
     EkfacBasisFromWrongFactor,
     EkfacReductionFactorMissing,
+    EkfacEigenvaluesTooLarge,
+    EkfacEigenvectorsAsRows,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 

@@ -19,10 +19,14 @@ class Mutant:
 
     ``killers`` name the checks (``check_id``) or items (``check_id[case_id]``) of the default
     profile expected to kill the mutant; the zoo test runs exactly these, so a mutant that
-    survives them is a missing check. The class docstring states the pitfall.
+    survives them is a missing check. Only a failure kills: an item that errors is a defect of
+    the suite or of the mutant. The class docstring states the pitfall.
     """
 
     killers: tuple[str, ...] = ()
+    # a phrase the diagnosis of at least one failing killer carries; None where no check
+    # names the pitfall (the failure alone says that something is wrong)
+    diagnosis: str | None = None
     capabilities = Capabilities()
 
     def __init__(self) -> None:

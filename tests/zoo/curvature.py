@@ -40,6 +40,7 @@ class Type2AnswersEmpirical(Mutant):
     """
 
     killers = ("exactness/type-2-expand[one-datum-mlp[tanh-mse-mean]]",)
+    diagnosis = "equals the empirical Fisher block instead"
 
     def patches(self, request: Request):
         def empirical(loss_func, output, labels, fisher_type, mc_samples, generator):

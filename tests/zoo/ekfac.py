@@ -42,6 +42,7 @@ class EkfacUncorrected(EkfacMutant):
     """
 
     killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+    diagnosis = "S is an outer product"
 
     def compute(self, problem: Problem, request: Request):
         if request.approximation != "ekfac":
@@ -83,6 +84,7 @@ class EkfacTransposedS(EkfacMutant):
     """
 
     killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+    diagnosis = "S is transposed"
 
     def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
         S = factors.S.T.contiguous().reshape(factors.S.shape)
@@ -94,11 +96,16 @@ class EkfacBasisFromWrongFactor(EkfacMutant):
     corrected consistently in that wrong basis.
 
     The result keeps valid shapes only where A and B have the same size, so only such layers
-    are affected. The correction is exact in the candidate's own basis, so only the basis
-    check can see it: killed by ekfac/kfac-eigenbasis on the one-datum MLP's 3x3 layer.
+    are affected. The correction is exact in the candidate's own basis, so only the basis can
+    show it: killed by ekfac/kfac-eigenbasis on the one-datum MLP's 3x3 layer, and by
+    ekfac/equals-exact-where-kfac-is there, whose diagnosis says the eigenbasis is wrong.
     """
 
-    killers = ("ekfac/kfac-eigenbasis[one-datum-mlp[tanh-mse-mean]]",)
+    killers = (
+        "ekfac/kfac-eigenbasis[one-datum-mlp[tanh-mse-mean]]",
+        "ekfac/equals-exact-where-kfac-is[one-datum-mlp[tanh-mse-mean]]",
+    )
+    diagnosis = "the eigenbasis is wrong"
 
     def patches(self, request: Request):
         def exchanged(factors):
@@ -116,6 +123,45 @@ class EkfacReductionFactorMissing(EkfacMutant):
     """
 
     killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)
+    diagnosis = "= 1/R"
 
     def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
         return factors.scaled(1 / problem.scale_quantities()["R"])
+
+
+class EkfacEigenvaluesTooLarge(EkfacMutant):
+    """Every corrected eigenvalue 5 % too large (S and S_bias times 1.05), as a stray damping
+    or a running average's bias correction applied twice would make them.
+
+    Killed by ekfac/equals-exact-where-kfac-is, where the block must equal the exact one; the
+    diagnosis names the constant factor.
+    """
+
+    killers = ("ekfac/equals-exact-where-kfac-is[deep-linear[mse-sum-1batch]]",)
+    diagnosis = "off by a constant factor x 1.05"
+
+    def mistake(self, problem: Problem, factors: EKFACFactors) -> EKFACFactors:
+        return factors.scaled(1.05)
+
+
+class EkfacEigenvectorsAsRows(EkfacMutant):
+    """The eigenvectors read from the rows of ``eigh``'s matrix instead of its columns (QA and
+    QB transposed), with the eigenvalues corrected consistently in that wrong basis.
+
+    Still orthonormal, and S is right in the candidate's own basis, so only the basis can show
+    it: killed by ekfac/kfac-eigenbasis and ekfac/equals-exact-where-kfac-is, where the
+    diagnosis says the eigenbasis is wrong.
+    """
+
+    killers = (
+        "ekfac/kfac-eigenbasis[deep-linear[mse-sum-1batch]]",
+        "ekfac/equals-exact-where-kfac-is[deep-linear[mse-sum-1batch]]",
+    )
+    diagnosis = "the eigenbasis is wrong"
+
+    def patches(self, request: Request):
+        def rows(factors):
+            QA, QB = _original_eigenbasis(factors)
+            return QA.T, QB.T
+
+        return [replace(ekfac, "kfac_eigenbasis", rows)]

@@ -22,6 +22,7 @@ class KroneckerOrderSwapped(Mutant):
     """
 
     killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+    diagnosis = "Kronecker order swapped"
 
     def compute(self, problem: Problem, request: Request):
         result = reference_compute(problem, request)
@@ -39,6 +40,7 @@ class JointOnesFirst(Mutant):
     """
 
     killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+    diagnosis = "ones row misplaced"
 
     def patches(self, request: Request):
         def ones_first(positions: torch.Tensor) -> torch.Tensor:
@@ -56,6 +58,7 @@ class JointCrossTermsDropped(Mutant):
     """
 
     killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+    diagnosis = "weight-bias cross terms are zero"
 
     def compute(self, problem: Problem, request: Request):
         result = reference_compute(problem, request)
@@ -79,6 +82,7 @@ class Float32Internally(Mutant):
     """
 
     killers = ("exactness/type-2-expand[deep-linear[mse-sum-1batch]]",)
+    diagnosis = "float32 round-off level"
 
     def compute(self, problem: Problem, request: Request):
         single = Problem(

@@ -24,6 +24,7 @@ class McNormalisedByM(Mutant):
     """
 
     killers = ("mc/unbiased",)
+    diagnosis = "off by a constant factor x 0.25"
 
     def patches(self, request: Request):
         def by_m(loss_func, output, labels, fisher_type, mc_samples, generator):
@@ -65,6 +66,7 @@ class McGaussianUnitVariance(Mutant):
     """
 
     killers = ("mc/unbiased[deep-linear[mse-mean-3batches]]",)
+    diagnosis = "off by a constant factor x 2"
 
     def patches(self, request: Request):
         def unit_variance(loss_func, terms, num_samples, generator):

@@ -27,6 +27,7 @@ class ReductionFactorMissing(Mutant):
         "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
         "invariance/mean-vs-sum",
     )
+    diagnosis = "off by a constant factor"
 
     def patches(self, request: Request):
         return [replace(losses, "reduction_factor", lambda loss_func, num_data, num_terms: 1.0)]
@@ -43,6 +44,7 @@ class ReductionFactorSquared(Mutant):
         "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
         "invariance/mean-vs-sum",
     )
+    diagnosis = "off by a constant factor"
 
     def patches(self, request: Request):
         def squared(loss_func, num_data, num_terms):
@@ -63,6 +65,7 @@ class MseMeanOverDataOnly(Mutant):
         "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
         "invariance/mean-vs-sum",
     )
+    diagnosis = "off by a constant factor"
 
     def patches(self, request: Request):
         def over_data(loss_func, num_data, num_terms):
@@ -84,6 +87,7 @@ class ReductionPerBatch(Mutant):
         "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
         "invariance/batch-splitting",
     )
+    diagnosis = "off by a constant factor"
 
     def compute(self, problem: Problem, request: Request):
         sizes = [X.shape[0] for X, _ in problem.batches]

@@ -18,6 +18,7 @@ class ExpandNormalisedByData(Mutant):
     """
 
     killers = ("exactness/type-2-expand[expand-deep-linear[1-axis]]",)
+    diagnosis = "the weight block is off by a constant factor x 4 = S"
 
     def patches(self, request: Request):
         def by_data(key, rule: LayerRule) -> LayerRule:
@@ -42,6 +43,7 @@ class ReduceSumsInputs(Mutant):
     """
 
     killers = ("exactness/type-2-reduce[reduce-deep-linear[pool-in-middle]]",)
+    diagnosis = "exactly the layers with shared axes"
 
     def patches(self, request: Request):
         def summed(positions):
@@ -59,6 +61,7 @@ class ReduceAveragesGrads(Mutant):
     """
 
     killers = ("exactness/type-2-reduce[reduce-deep-linear[pool-in-middle]]",)
+    diagnosis = "= 1/S^2"
 
     def patches(self, request: Request):
         def averaged(grad_positions):
@@ -83,6 +86,7 @@ class ConvPatchesIgnoreGeometry(Mutant):
         "exactness/type-2-expand[conv-expand[last-layer-stride2-pad1-dil2]]",
         "exactness/type-2-reduce[conv-reduce[stride2-pad1-mean-pool]]",
     )
+    diagnosis = "wrong only on layers"
 
     def patches(self, request: Request):
         def kernel_only(layer: nn.Conv2d, inputs):
