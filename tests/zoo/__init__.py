@@ -29,6 +29,7 @@ from .layout import (
     KroneckerOrderSwapped,
 )
 from .monte_carlo import (
+    McConvBlockSixteenth,
     McGaussianUnitVariance,
     McGlobalRng,
     McNormalisedByM,
@@ -75,6 +76,7 @@ MUTANTS: list[type[Mutant]] = [
     EkfacTransposedS,
     EkfacBasisFromWrongFactor,
     EkfacReductionFactorMissing,
+    McConvBlockSixteenth,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 
