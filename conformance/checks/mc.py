@@ -51,7 +51,6 @@ from kfac_conformance.checks.significance import (
     FAMILY_ALPHA,
     Test,
     critical_t,
-    critical_z,
     holm_rejected,
 )
 from kfac_conformance.comparison.blocks import relative_error
@@ -196,7 +195,8 @@ def _scale_diagnosis(session: Session, entry: CaseEntry, ratio: float) -> str:
 
 
 def _convergence(session: Session, entry: CaseEntry):
-    statistics = convergence_statistics(session, entry, range(session.profile.mc_seeds))
+    test_seeds = session.profile.mc_seeds
+    statistics = convergence_statistics(session, entry, range(test_seeds))
     tests = convergence_tests(statistics)
     measurement = Measurement(
         details={
@@ -205,7 +205,7 @@ def _convergence(session: Session, entry: CaseEntry):
             "family_alpha": FAMILY_ALPHA,
         }
     )
-    _record(measurement, tests, lambda test: critical_z(len(tests)))
+    _record(measurement, tests, lambda test: critical_t(test_seeds - 1, len(tests)))
     wrong = convergence_failures(statistics)
     if wrong:
         types = layer_types(session, entry)

@@ -1,4 +1,4 @@
-r"""Significance of the statistical checks: Student t and normal p-values, Holm's correction.
+r"""Significance of the statistical checks: Student t p-values and Holm's correction.
 
 A statistical item tests several hypotheses at once (every layer's block, each flavour, two
 tests per block), and fails when Holm's step-down procedure rejects at least one of them at the
@@ -54,11 +54,6 @@ def t_two_sided_p(t: float, df: int) -> float:
     return min(1.0, max(0.0, 1.0 - inside))
 
 
-def normal_two_sided_p(z: float) -> float:
-    """:math:`P(|Z| \\ge |z|)` for a standard normal ``Z``."""
-    return math.erfc(abs(z) / math.sqrt(2))
-
-
 @dataclass(frozen=True)
 class Test:
     """One hypothesis of an item: what it is about (``block``, e.g. a layer and flavour), the
@@ -103,14 +98,4 @@ def critical_t(df: int, tests: int, alpha: float = FAMILY_ALPHA) -> float:
     for _ in range(100):
         middle = (low + high) / 2
         low, high = (middle, high) if t_two_sided_p(middle, df) > level else (low, middle)
-    return high
-
-
-def critical_z(tests: int, alpha: float = FAMILY_ALPHA) -> float:
-    """As :func:`critical_t` for normal statistics."""
-    level = alpha / tests
-    low, high = 0.0, 64.0
-    for _ in range(100):
-        middle = (low + high) / 2
-        low, high = (middle, high) if normal_two_sided_p(middle) > level else (low, middle)
     return high
