@@ -154,7 +154,7 @@ def test_t_p_values_in_the_far_tail_match_a_numerical_integral():
 
 
 def _tests(p_values: list[float]) -> list[significance.Test]:
-    return [significance.Test((str(i),), "scale", 0.0, p) for i, p in enumerate(p_values)]
+    return [significance.Test((str(i),), "scale", 0.0, 31, p) for i, p in enumerate(p_values)]
 
 
 def test_holm_steps_down_and_stops_at_the_first_acceptance():
@@ -187,7 +187,8 @@ def test_the_correction_holds_the_level_on_independent_normal_tests():
 
 def _tests_of(z_values: list[float]) -> list[significance.Test]:
     return [
-        significance.Test((str(i),), "z", z, math.erfc(abs(z) / math.sqrt(2)))
+        # normal p-values; Holm does not read the degrees of freedom
+        significance.Test((str(i),), "z", z, 0, math.erfc(abs(z) / math.sqrt(2)))
         for i, z in enumerate(z_values)
     ]
 

@@ -105,9 +105,10 @@ def _drawn_statistical(case: Case, request: Request) -> bool:
     )
 
 
-def _record(measurement: Measurement, tests: list[Test], critical) -> None:
+def _record(measurement: Measurement, tests: list[Test]) -> None:
+    """Each test's |t| against the |t| at which Holm's first step rejects it."""
     for test in tests:
-        measurement.record(abs(test.statistic), critical(test))
+        measurement.record(abs(test.statistic), critical_t(test.df, len(tests)))
 
 
 def _named(block: tuple[str, str], types: dict[str, str]) -> str:
@@ -124,16 +125,8 @@ def _unbiased(session: Session, entry: CaseEntry):
             "(every draw must be zero where the exact block is)"
         )
     tests = unbiased_tests(statistics)
-    dfs = {(block.layer, block.flavour): block.seeds for block in statistics}
-    half = len(seeds) // 2
     measurement = Measurement(details={"tests": len(tests), "family_alpha": FAMILY_ALPHA})
-
-    def critical(test: Test) -> float:
-        seeds_used = dfs[test.block]
-        df = seeds_used - 1 if test.name == "scale" else seeds_used - half - 1
-        return critical_t(df, len(tests))
-
-    _record(measurement, tests, critical)
+    _record(measurement, tests)
     rejected = holm_rejected(tests)
     if rejected:
         types = layer_types(session, entry)
@@ -149,7 +142,7 @@ def _unbiased(session: Session, entry: CaseEntry):
             f"blocks (Holm, family-wise level {FAMILY_ALPHA:g} over {len(tests)} t tests, "
             f"{len(seeds)} seeds with mc_samples={UNBIASED_SAMPLES}): {found}",
             observed=abs(worst.statistic),
-            tolerance=critical(worst),
+            tolerance=critical_t(worst.df, len(tests)),
             diagnosis=_bias_diagnosis(session, entry, rejected, ratios, types),
         )
     return measurement
@@ -173,7 +166,8 @@ def _bias_diagnosis(
     wrong_layers = {layer for layer, _ in {test.block for test in rejected}}
     parts = []
     if scaled and len(wrong_layers) < len(types):
-        factors = ", ".join(f"{_named(block, types)} x {ratios[block]:.4g}" for block in scaled)
+        order = sorted(scaled, key=lambda block: (list(types).index(block[0]), block[1]))
+        factors = ", ".join(f"{_named(block, types)} x {ratios[block]:.4g}" for block in order)
         parts.append(f"off by a factor on some layers only: {factors}")
     elif scaled:
         ratio = sum(ratios[block] for block in scaled) / len(scaled)
@@ -195,8 +189,7 @@ def _scale_diagnosis(session: Session, entry: CaseEntry, ratio: float) -> str:
 
 
 def _convergence(session: Session, entry: CaseEntry):
-    test_seeds = session.profile.mc_seeds
-    statistics = convergence_statistics(session, entry, range(test_seeds))
+    statistics = convergence_statistics(session, entry, range(session.profile.mc_seeds))
     tests = convergence_tests(statistics)
     measurement = Measurement(
         details={
@@ -205,7 +198,7 @@ def _convergence(session: Session, entry: CaseEntry):
             "family_alpha": FAMILY_ALPHA,
         }
     )
-    _record(measurement, tests, lambda test: critical_t(test_seeds - 1, len(tests)))
+    _record(measurement, tests)
     wrong = convergence_failures(statistics)
     if wrong:
         types = layer_types(session, entry)

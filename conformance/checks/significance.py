@@ -56,17 +56,18 @@ def t_two_sided_p(t: float, df: int) -> float:
 
 @dataclass(frozen=True)
 class Test:
-    """One hypothesis of an item: what it is about (``block``, e.g. a layer and flavour), the
-    test's name, its statistic and p-value."""
+    """One t test of an item: what it is about (``block``, e.g. a layer and flavour), the
+    test's name, its statistic, degrees of freedom and p-value."""
 
     block: tuple[str, ...]
     name: str
     statistic: float
+    df: int
     p: float
 
 
 def t_test(block: tuple[str, ...], name: str, t: float, df: int) -> Test:
-    return Test(block, name, t, t_two_sided_p(t, df))
+    return Test(block, name, t, df, t_two_sided_p(t, df))
 
 
 def holm_rejected(tests: Sequence[Test], alpha: float = FAMILY_ALPHA) -> list[Test]:

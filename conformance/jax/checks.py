@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kfac_conformance.checks.significance import Test, critical_t, t_test
+from kfac_conformance.checks.significance import Test, t_test
 from kfac_conformance.comparison.tolerances import layer_pattern, name_factor
 from kfac_conformance.jax.candidate import Factors, dense_block
 
@@ -160,9 +160,3 @@ def unbiased_tests(
         t_test(block, "direction", direction_t, seeds - half - 1),
     ]
     return tests, ratio
-
-
-def critical_for(test: Test, seeds: int, tests: int) -> float:
-    """The |t| Holm's first step rejects ``test`` above, among ``tests`` tests."""
-    df = seeds - 1 if test.name == "scale" else seeds - seeds // 2 - 1
-    return critical_t(df, tests)

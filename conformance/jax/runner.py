@@ -21,7 +21,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_conformance.checks.significance import FAMILY_ALPHA, holm_rejected
+from kfac_conformance.checks.significance import FAMILY_ALPHA, critical_t, holm_rejected
 from kfac_conformance.comparison.tolerances import round_off_tolerance
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.expected_failures import ExpectedFailure, match
@@ -35,7 +35,6 @@ from kfac_conformance.jax.checks import (
     NAMES,
     UNBIASED_SAMPLES,
     compare_layers,
-    critical_for,
     unbiased_tests,
 )
 
@@ -203,12 +202,10 @@ def _unbiased(candidate: JaxCandidate, case: stored.StoredCase) -> dict:
         estimates = np.stack([(dense_block(result[layer]) / scale).ravel() for result in results])
         layer_tests, ratios[layer] = unbiased_tests(layer, estimates, target)
         tests += layer_tests
-    worst = max(
-        tests, key=lambda test: abs(test.statistic) / critical_for(test, MC_SEEDS, len(tests))
-    )
+    worst = max(tests, key=lambda test: abs(test.statistic) / critical_t(test.df, len(tests)))
     fields = {
         "observed": abs(worst.statistic),
-        "tolerance": critical_for(worst, MC_SEEDS, len(tests)),
+        "tolerance": critical_t(worst.df, len(tests)),
     }
     rejected = holm_rejected(tests)
     if not rejected:
@@ -231,7 +228,7 @@ def _unbiased(candidate: JaxCandidate, case: stored.StoredCase) -> dict:
         "message": message,
         "diagnosis": diagnosis,
         "observed": abs(rejected[0].statistic),
-        "tolerance": critical_for(rejected[0], MC_SEEDS, len(tests)),
+        "tolerance": critical_t(rejected[0].df, len(tests)),
     }
 
 

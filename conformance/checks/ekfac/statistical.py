@@ -121,7 +121,7 @@ def _mc_trace(session: Session, entry: CaseEntry):
             f"the GGN is zero on layers {nonzero}, but the trace of their MC EKFAC is not"
         )
     tests = [block.test() for block in statistics]
-    critical = critical_t(len(seeds) - 1, len(tests))
+    critical = critical_t(tests[0].df, len(tests))  # every test has len(seeds) - 1
     measurement = Measurement(
         details={
             "mean_trace_ratios": {
