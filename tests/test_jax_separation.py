@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,15 +70,30 @@ def test_the_core_install_pulls_no_jax_and_the_extra_pins_working_versions():
 
 def test_the_jax_mc_check_is_the_pytorch_one():
     """``mc/unbiased`` of the JAX runner (numpy only: importable here) uses the PyTorch check's
-    constants, on its statistical cases whose stored blocks are exact on every layer."""
+    constants and per-layer tests, on its statistical cases whose stored blocks are exact on
+    every layer."""
+    import numpy as np
+    import torch
+
     from kfac_conformance.cases import stored as fixtures
-    from kfac_conformance.checks import mc
+    from kfac_conformance.checks import mc, mc_statistics
     from kfac_conformance.execution.profiles import PROFILES
     from kfac_conformance.jax import checks
 
     assert checks.MC_SEEDS == PROFILES["default"].mc_seeds
-    assert checks.UNBIASED_SAMPLES == mc.UNBIASED_SAMPLES
-    assert checks.T_CRITICAL == mc.T_CRITICAL
+    assert checks.UNBIASED_SAMPLES == mc_statistics.UNBIASED_SAMPLES
+    generator = np.random.default_rng(0)
+    target = generator.normal(size=6)
+    estimates = target + 0.3 * generator.normal(size=(checks.MC_SEEDS, 6))
+    block = mc_statistics.block_statistics(
+        mc_statistics.BlockEstimates("0", "expand", torch.tensor(estimates), torch.tensor(target))
+    )
+    tests, ratio = checks.unbiased_tests("0", estimates, target)
+    assert [t.name for t in tests] == [t.name for t in block.tests()]
+    assert [value for t in tests for value in (t.statistic, t.p)] == pytest.approx(
+        [value for t in block.tests() for value in (t.statistic, t.p)], rel=1e-12
+    )
+    assert ratio == pytest.approx(block.mean_ratio, rel=1e-12)
     index = fixtures.load_index()["cases"]
     all_exact = {
         case_id

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kfac_conformance.checks.significance import Test, t_test
 from kfac_conformance.comparison.tolerances import layer_pattern, name_factor
 from kfac_conformance.jax.candidate import Factors, dense_block
 
@@ -110,10 +111,10 @@ def compare_layers(
 
 
 # mc/unbiased as kfac_conformance.checks.mc runs it (tests/test_jax_separation.py keeps
-# these equal to its constants): 32 seeds (the default profile), 4 samples each, |t| <= 8
+# these equal to its constants): 32 seeds (the default profile), 4 samples each, every layer's
+# block tested on its own, Holm-corrected (kfac_conformance.checks.significance)
 MC_SEEDS = 32
 UNBIASED_SAMPLES = 4
-T_CRITICAL = 8.0
 # its statistical cases that are stored with every layer exact, so that the stored GGN is the
 # target (the PyTorch check falls back on the reference's type-2 KFAC elsewhere)
 MC_CASE_IDS = (
@@ -128,7 +129,7 @@ def t_statistic(z: np.ndarray, scale: float) -> float:
     """One-sample t statistic of ``z`` against zero; infinite for a constant nonzero ``z``."""
     mean, spread = float(z.mean()), float(z.std(ddof=1))
     if spread <= 1e-12 * scale:
-        return 0.0 if abs(mean) <= 1e-9 * scale else float("inf")
+        return 0.0 if abs(mean) <= 1e-9 * scale else float(np.copysign(np.inf, mean))
     return mean / (spread / len(z) ** 0.5)
 
 
@@ -144,3 +145,18 @@ def unbiased_statistics(estimates: np.ndarray, target: np.ndarray) -> tuple[floa
     direction = errors[:half].mean(0)
     direction_z = errors[half:] @ direction / (float(np.linalg.norm(direction)) * norm2**0.5 or 1.0)
     return t_statistic(scale_z, 1.0), t_statistic(direction_z, 1.0), 1 + float(scale_z.mean())
+
+
+def unbiased_tests(
+    layer: str, estimates: np.ndarray, target: np.ndarray
+) -> tuple[list[Test], float]:
+    """One layer's scale and direction tests (degrees of freedom as the PyTorch check's) and
+    its mean estimate along the target over the target."""
+    scale_t, direction_t, ratio = unbiased_statistics(estimates, target)
+    seeds, half = len(estimates), len(estimates) // 2
+    block = (layer, "expand")
+    tests = [
+        t_test(block, "scale", scale_t, seeds - 1),
+        t_test(block, "direction", direction_t, seeds - half - 1),
+    ]
+    return tests, ratio

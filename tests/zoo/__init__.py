@@ -31,6 +31,7 @@ from .layout import (
     KroneckerOrderSwapped,
 )
 from .monte_carlo import (
+    McConvBlockSixteenth,
     McGaussianUnitVariance,
     McGlobalRng,
     McNormalisedByM,
@@ -79,6 +80,7 @@ MUTANTS: list[type[Mutant]] = [
     EkfacReductionFactorMissing,
     EkfacEigenvaluesTooLarge,
     EkfacEigenvectorsAsRows,
+    McConvBlockSixteenth,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from kfac_conformance.contract.problem import Request
+from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.execution.session import reference_compute
 from kfac_ref import compute, losses
 
 from .base import Mutant, replace
@@ -113,3 +114,31 @@ class McGlobalRng(Mutant):
             )
 
         return [replace(losses, "sample_labels", global_rng)]
+
+
+# the factor an outside library's convolution MC blocks were off by, in the trial behind issue
+# 20, where mc/unbiased still pooled all layers into one statistic and passed
+_CONV_MC_FACTOR = 1 / 16
+
+
+class McConvBlockSixteenth(Mutant):
+    """MC KFAC of convolutions at 1/16 of its target while the Linear layers' blocks are right
+    (a normalisation of the sampled gradients applied to convolutions only); a statistic pooled
+    over layers hides it behind the larger Linear blocks.
+
+    Killed by mc/unbiased on the MC cases with convolutions: each layer's block is tested on
+    its own, and the diagnosis names the convolutions as the only wrong layers.
+    """
+
+    killers = (
+        "mc/unbiased[cnn[relu-ce]]",
+        "mc/unbiased[conv-reduce[stride2-pad1-mean-pool]]",
+    )
+
+    def compute(self, problem: Problem, request: Request):
+        result = dict(reference_compute(problem, request))
+        if request.fisher_type == "mc":
+            for layer in result:
+                if isinstance(problem.model.get_submodule(layer), nn.Conv2d):
+                    result[layer] = result[layer].scaled(_CONV_MC_FACTOR)
+        return result
