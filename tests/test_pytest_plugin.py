@@ -11,7 +11,7 @@ from kfac_conformance.contract.loading import suite_version
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.frontends.environment import CANDIDATE_VARIABLE, candidate_from_environment
 from kfac_conformance.frontends.pytest_plugin import FUZZ_MARKER, family_marker
-from kfac_conformance.fuzzing.search import APPLICABILITY
+from kfac_conformance.fuzzing.properties import PROPERTY_IDS as APPLICABILITY
 
 pytest_plugins = ["pytester"]
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 from kfac_conformance.contract.problem import Candidate
 from kfac_conformance.frontends.pytest_checks import ConformanceFailure
-from kfac_conformance.fuzzing.properties import PROPERTY_IDS as APPLICABILITY
-from kfac_conformance.fuzzing.properties import failure_text
+from kfac_conformance.fuzzing.properties import PROPERTY_IDS, failure_text
 from kfac_conformance.fuzzing.search import DEFAULT_DATABASE, search
 
 
@@ -37,4 +36,4 @@ def fuzz_tests(
 
         return test
 
-    return {f"fuzz/{property_id}": test_for(property_id) for property_id in APPLICABILITY}
+    return {f"fuzz/{property_id}": test_for(property_id) for property_id in PROPERTY_IDS}
