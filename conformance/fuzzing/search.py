@@ -221,7 +221,8 @@ def _round(
     known: frozenset[str],
     round: int,
 ) -> list[Failure]:
-    """One hypothesis run: draw until a new failure, shrink it, and return it (or nothing)."""
+    """One hypothesis run: draw until a new failure, shrink it and any other that hypothesis
+    met meanwhile, and return them (or nothing: the budget was spent first)."""
     baseline = GlobalState.take()
     capabilities = candidate.capabilities
     state.start_round()
