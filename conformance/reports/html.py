@@ -22,8 +22,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from kfac_conformance.reports import heatmaps
 from kfac_conformance.contract.outcomes import STATUSES
+from kfac_conformance.reports import heatmaps
 from kfac_conformance.reports.report import SCHEMA_VERSION
 
 # every version so far only added fields, so a reader of the newest reads them all

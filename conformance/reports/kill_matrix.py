@@ -25,9 +25,9 @@ from types import ModuleType
 
 import torch
 
-from kfac_conformance.fuzzing.search import search
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.runner import run_items
+from kfac_conformance.fuzzing.search import search
 
 ZOO_PATH = Path("tests") / "zoo"
 OUTPUT = Path("docs") / "kill-matrix.md"
