@@ -21,7 +21,7 @@ from kfac_conformance.contract.expected_failures import (
     read_expected_failures,
 )
 from kfac_conformance.contract.loading import (
-    CaseFactory,
+    ProblemFactory,
     SpecError,
     load_candidate,
     missing_members,
@@ -49,7 +49,7 @@ def check_candidate(
     *,
     profile: str = "default",
     select: Sequence[str] | str = (),
-    cases: Sequence[str | CaseFactory] | str = (),
+    cases: Sequence[str | ProblemFactory] | str = (),
     xfail: ExpectedFailures | None = None,
     options: RunOptions | None = None,
 ) -> Report:
@@ -131,7 +131,7 @@ def _strings(name: str, values: Sequence[str] | str) -> list[str]:
     return values
 
 
-def _case_sources(cases: Sequence[str | CaseFactory] | str) -> list[str | CaseFactory]:
+def _case_sources(cases: Sequence[str | ProblemFactory] | str) -> list[str | ProblemFactory]:
     cases = [cases] if isinstance(cases, str) else list(cases)
     strays = [case for case in cases if not (isinstance(case, str) or callable(case))]
     if strays:
@@ -139,7 +139,7 @@ def _case_sources(cases: Sequence[str | CaseFactory] | str) -> list[str | CaseFa
     return cases
 
 
-def _specs(candidate: Candidate | str, cases: list[str | CaseFactory]) -> Specs | None:
+def _specs(candidate: Candidate | str, cases: list[str | ProblemFactory]) -> Specs | None:
     """The run's spec strings; ``None`` when an object or a callable stands for a part."""
     if not isinstance(candidate, str):
         missing = missing_members(candidate)

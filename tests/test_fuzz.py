@@ -1,21 +1,45 @@
 """The property-based search (``kfac-conformance fuzz``): it passes the reference, finds and
-shrinks a planted bug, writes case files that replay through ``run --case``, and replays its
-example database first. Every search here is small and seeded, so it takes seconds."""
+shrinks a planted bug, reports every distinct failure of a run within a hard example budget,
+writes case files that replay their property through ``run --case``, draws the problems the
+defects of issue 20 need, and replays its example database first. Every search here is seeded."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from hypothesis import Phase, given, settings
+from fuzz_defects import (
+    DilationIgnored,
+    TiedLastInputFirstGradient,
+    UnequalBatchesWeightedEqually,
+)
+from hypothesis import HealthCheck, Phase, given, settings
 from zoo import ReductionFactorMissing
 
+from kfac_conformance.cases.architectures import tied_layers
 from kfac_conformance.cases.strategies import deep_linear_cases
-from kfac_conformance.contract.problem import Capabilities
+from kfac_conformance.checks.base import Check, FuzzProperty, Measurement
+from kfac_conformance.checks.drawn import always, float64
+from kfac_conformance.contract.loading import SpecError, load_case_factory
+from kfac_conformance.contract.outcomes import CandidateRefused
+from kfac_conformance.contract.problem import Capabilities, Request
+from kfac_conformance.execution.calling import CandidateError
+from kfac_conformance.execution.plan import custom_entries, plan
+from kfac_conformance.execution.result import Result
+from kfac_conformance.execution.runner import run_items
+from kfac_conformance.execution.session import compare_blocks, tolerance_for
 from kfac_conformance.frontends.cli import main
-from kfac_conformance.fuzzing.problems import exactness_map, kfac_problems, kfac_requests
+from kfac_conformance.fuzzing import properties
+from kfac_conformance.fuzzing import search as search_module
+from kfac_conformance.fuzzing.exact_layers import exactness_map
+from kfac_conformance.fuzzing.problems import DrawnCase, kfac_problems, kfac_requests
+from kfac_conformance.fuzzing.properties import PROPERTIES, PROPERTY_IDS, signature
 from kfac_conformance.fuzzing.search import PropertyFailure, assert_conforms, search
 from kfac_conformance.reference_candidate import ReferenceCandidate
+from kfac_conformance.reports.kill_matrix import FUZZ_EXAMPLES
+
+REPRO = Path(__file__).resolve().parents[1] / "docs" / "repro" / "fuzz"
 
 pytest_plugins = ["pytester"]
 
@@ -53,44 +77,22 @@ def test_the_time_budget_ends_the_drawing():
 def test_the_command_saves_replayable_cases_and_replays_its_database_first(tmp_path):
     database, cases, report = tmp_path / "db", tmp_path / "cases", tmp_path / "report.json"
     common = ["fuzz", "--candidate", "zoo:ReductionFactorMissing", "--database", str(database)]
-    assert (
-        main(
-            [
-                *common,
-                "--seed",
-                "0",
-                "--max-examples",
-                "60",
-                "--max-failures",
-                "1",
-                "-q",
-                "--save-cases",
-                str(cases),
-                "--report-json",
-                str(report),
-            ]
-        )
-        == 1
-    )
-    failures = json.loads(report.read_text())["failures"]
-    assert failures
-    for key in (
-        "property",
-        "problem",
-        "case_file",
-        "reproduction",
-        "observed",
-        "tolerance",
-        "diagnosis",
-    ):
-        assert key in failures[0]
-    case_file = failures[0]["case_file"]
-    select = f"*[{failures[0]['problem']['id']}]"
-    replay = ["run", "--case", f"{case_file}:problem", "--select", select, "-q"]
+    arguments = ["--seed", "0", "--max-examples", "60", "--max-failures", "1", "-q"]
+    files = ["--save-cases", str(cases), "--report-json", str(report)]
+    assert main([*common, *arguments, *files]) == 1
+    [failure] = json.loads(report.read_text())["failures"]
+    for key in ("property", "signature", "problem", "case_file", "reproduction", "diagnosis"):
+        assert key in failure
+    # the file replays the very property it is named after, on its own case
+    select = f"{failure['property']}[{failure['problem']['id']}]"
+    assert f"--select '{select}'" in failure["reproduction"]
+    replay = ["run", "--case", f"{failure['case_file']}:problem", "--select", select, "-q"]
+    replayed = tmp_path / "replayed.json"
     assert main([*replay, "--candidate", "zoo:ReductionFactorMissing"]) == 1
-    assert main([*replay, "--candidate", "kfac_ref"]) == 0
+    assert main([*replay, "--candidate", "kfac_ref", "--report-json", str(replayed)]) == 0
+    assert [item["id"] for item in json.loads(replayed.read_text())["results"]] == [select]
     # one new example only: the failure can come back only from the database
-    assert main([*common, "--seed", "1", "--max-examples", "1", "-q"]) == 1
+    assert main([*common, "--seed", "1", "--max-examples", "1", "-q", *files]) == 1
 
 
 def test_usage_errors_exit_with_two(capsys):
@@ -133,3 +135,208 @@ def test_the_pytest_option_runs_one_test_per_property(pytester):
         "no:randomly",
     )
     result.assert_outcomes(passed=3)
+
+
+# --- every distinct failure, within a hard budget ----------------------------------------------
+
+
+def _dilated(case) -> bool:
+    """A Conv2d whose dilation changes what its kernel sees (a kernel larger than one)."""
+    return any(spec[0] == "conv2d" and spec[3] > 1 and spec[6] > 1 for spec in case.architecture)
+
+
+def test_one_run_reports_every_distinct_failure_each_with_its_case_file(tmp_path, capsys):
+    report, cases = tmp_path / "report.json", tmp_path / "cases"
+    spec = f"{Path(__file__).with_name('fuzz_defects.py')}:DilationIgnoredAndReductionFactorMissing"
+    arguments = ["--candidate", spec, "--seed", "0", "--no-database", "-q"]
+    files = ["--save-cases", str(cases), "--report-json", str(report)]
+    assert main(["fuzz", *arguments, "--max-examples", str(FUZZ_EXAMPLES), *files]) == 1
+    text, found = capsys.readouterr().out, json.loads(report.read_text())
+    failures = found["failures"]
+    assert found["examples"] <= FUZZ_EXAMPLES
+    assert len({failure["signature"] for failure in failures}) == len(failures) >= 2
+    for failure in failures:  # listed in the text, each with a case file on disk
+        assert Path(failure["case_file"]).is_file()
+        assert failure["case_file"] in text and failure["signature"] in text
+    # both defects: B without R (a constant factor under mean reduction) and the dilation
+    # ignored, which gives no constant factor and needs a kernel larger than one
+    assert any(
+        "constant factor" in failure["signature"] and failure["problem"]["reduction"] == "mean"
+        for failure in failures
+    )
+    dilation = [
+        failure
+        for failure in failures
+        if failure["property"] == "agreement/empirical"
+        and "on conv2d" in failure["signature"]
+        and "constant factor" not in failure["signature"]
+    ]
+    assert dilation and all(
+        _dilated(load_case_factory(f"{failure['case_file']}:problem").drawn[0])
+        for failure in dilation
+    )
+
+
+def test_a_failure_does_not_hide_another_of_the_same_property_on_other_layers_or_findings():
+    conv = DrawnCase("conv", [["conv2d", 1, 1, 2, 1, 0, 2, False]], (1, 1, 3, 3), "mse")
+    linear = DrawnCase("linear", [["linear", 1, 1, False]], (1, 1), "mse")
+
+    def failed(case, diagnosis=None):
+        message = "layer '0' (bias=separate): relative error 1 > tolerance 1e-10"
+        return Result("agreement/empirical", case.id, "failed", message, diagnosis=diagnosis)
+
+    assert signature(failed(conv), conv) != signature(failed(linear), linear)
+    # the same defect on problems of other sizes: other numbers, the same signature
+    scaled = [f"off by a constant factor x {x} = 1/N (N = {x} data): a reduction" for x in (2, 4)]
+    assert signature(failed(conv, scaled[0]), conv) == signature(failed(conv, scaled[1]), conv)
+    assert signature(failed(conv, scaled[0]), conv) != signature(failed(conv), conv)
+
+
+def test_max_examples_is_a_hard_cap_shrinking_included(monkeypatch):
+    """Every example that calls the candidate is counted, and none runs past the cap: not the
+    shrinking, not hypothesis' last replay of a shrunk failure."""
+    calls, inside = {"examples": 0, "outside": 0}, [False]
+    check_example = search_module.check_example
+
+    def counted(*args, **kwargs):
+        calls["examples"] += 1
+        inside[0] = True
+        try:
+            return check_example(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    class Counting(ReductionFactorMissing):
+        def compute(self, problem, request):
+            calls["outside"] += not inside[0]
+            return super().compute(problem, request)
+
+    monkeypatch.setattr(search_module, "check_example", counted)
+    for cap in (1, 20, 50):
+        calls.update(examples=0, outside=0)
+        outcome = search(Counting(), max_examples=cap, seed=0, database=None)
+        assert outcome.failures, f"the planted bug was not found within {cap} examples"
+        assert calls["examples"] == outcome.examples <= cap
+        assert calls["outside"] == 0
+
+
+# --- the defects of issue 20, found with no case file in the kill matrix's budget ---------------
+
+
+@pytest.mark.parametrize(
+    ("defect", "shows"),
+    [
+        (DilationIgnored, _dilated),
+        (UnequalBatchesWeightedEqually, lambda case: len(set(case.batch_sizes)) > 1),
+    ],
+    ids=["dilation-ignored", "unequal-batches-weighted-equally"],
+)
+def test_the_fuzzer_finds_the_defect_unaided(defect, shows):
+    outcome = search(defect(), FUZZ_EXAMPLES, seed=0, database=None, max_failures=1)
+    assert outcome.failures, f"{defect.__name__} survived {outcome.examples} examples"
+    [failure] = outcome.failures
+    assert failure.result.status == "failed"
+    assert shows(failure.case), f"found where the defect cannot show: {failure.case!r}"
+
+
+def _tied_exact_or_raises(session, entry):
+    """The weight-tying property on a drawn problem: the tied layers' blocks are exact, or the
+    candidate raises (a test-local stand-in for the catalogue's)."""
+    problem = session.fresh(entry)
+    flavour = entry.drawn_request.kfac_approx
+    request = session.first_claimed(entry, ["empirical", "type-2"], flavour)
+    try:
+        result = session.call(problem, request)
+    except (CandidateError, CandidateRefused):
+        return Measurement()
+    measurement = Measurement()
+    exact = session.exact(entry, "empirical" if request.fisher_type == "empirical" else "ggn")
+    layers = tied_layers(entry.case.architecture)
+    compare_blocks(result, exact, layers, tolerance_for(problem), measurement, "tied")
+    return measurement
+
+
+TIED = Check(
+    "toy/tied-exact-or-raises",
+    "a module applied twice gives its exact block or an exception",
+    "a test of the fuzzer's weight-tying problems",
+    kind="exact",
+    measure=_tied_exact_or_raises,
+    fuzz=FuzzProperty(float64(always), order=0, weight_tying=True),
+)
+
+
+def test_a_weight_tying_property_gets_problems_with_a_module_applied_twice(monkeypatch):
+    with_tied = properties.fuzz_properties([*PROPERTIES, TIED])
+    monkeypatch.setattr(properties, "PROPERTIES", with_tied)
+    monkeypatch.setattr(search_module, "PROPERTIES", with_tied)
+    monkeypatch.setattr(search_module, "PROPERTY_IDS", (*PROPERTY_IDS, TIED.id))
+    outcome = search(TiedLastInputFirstGradient(), FUZZ_EXAMPLES, seed=0, database=None)
+    assert outcome.failures, "the tied module's A and G from different uses went unseen"
+    assert {failure.property for failure in outcome.failures} == {TIED.id}
+    assert all(tied_layers(failure.case.architecture) for failure in outcome.failures)
+    # kfac_ref refuses a module applied twice, which the property accepts
+    reference = search(ReferenceCandidate(), 30, seed=0, database=None, properties=[TIED.id])
+    assert reference.failures == [] and reference.examples == 30
+
+
+@pytest.mark.skipif(
+    not any(check.fuzz.weight_tying for check in PROPERTIES),
+    reason="no catalogue property declares FuzzProperty(weight_tying=True) yet "
+    "(weight-tying/exact-or-raises, conformance/checks/weight_tying.py, is to)",
+)
+def test_the_fuzzer_finds_a_tied_module_with_a_and_g_from_different_uses():
+    outcome = search(TiedLastInputFirstGradient(), FUZZ_EXAMPLES, seed=0, database=None)
+    assert outcome.failures and all(
+        tied_layers(failure.case.architecture) for failure in outcome.failures
+    )
+
+
+@settings(max_examples=40, suppress_health_check=list(HealthCheck))
+@given(kfac_problems(weight_tying=True))
+def test_drawn_networks_with_a_module_applied_twice_run(case):
+    problem = case.make_problem()
+    calls = []
+    for name in tied_layers(case.architecture):
+        problem.model.get_submodule(name).register_forward_hook(lambda *_: calls.append(1))
+    for X, y in problem.batches:
+        problem.loss_func(problem.model(X), y)
+    assert len(calls) == 2 * len(problem.batches) * len(tied_layers(case.architecture))
+    if calls:
+        assert case.exact == {}  # the exactness theorems assume each layer is used once
+
+
+# --- case files ------------------------------------------------------------------------------------
+
+
+def _named_property(path: Path) -> str:
+    [named] = [p for p in PROPERTY_IDS if path.stem.endswith("-" + p.replace("/", "-"))]
+    return named
+
+
+@pytest.mark.parametrize("path", sorted(REPRO.glob("*.py")), ids=lambda path: path.stem)
+def test_every_case_file_replays_its_named_property(path):
+    named = _named_property(path)
+    entries = custom_entries([f"{path}:problem"])
+    items = [item for item in plan("default", entries) if item.check.id == named]
+    assert [item.entry.id for item in items] == [entry.id for entry in entries]
+    results = list(run_items(ReferenceCandidate(), items, "default"))
+    assert [result.status for result in results] == ["passed"], results[0].message
+
+
+def test_a_factory_that_carries_half_a_drawn_example_is_refused(tmp_path):
+    header = (
+        "from kfac_conformance.fuzzing.case_files import DrawnExample\n"
+        "from kfac_conformance.fuzzing.problems import DrawnCase\n"
+        "from kfac_conformance.contract.problem import Request\n"
+        "CASE = DrawnCase('drawn', [['linear', 1, 1, False]], (1, 1), 'mse')\n"
+    )
+    path = tmp_path / "case.py"
+    path.write_text(header + "problem = DrawnExample(CASE, None)\n")
+    with pytest.raises(SpecError, match="'request' a Request"):
+        load_case_factory(f"{path}:problem")
+    path.write_text(header + "problem = DrawnExample(CASE, Request('mc'))\n")
+    assert load_case_factory(f"{path}:problem").drawn == (
+        DrawnCase("drawn", [["linear", 1, 1, False]], (1, 1), "mse"),
+        Request("mc"),
+    )

@@ -6,9 +6,12 @@ An architecture is a list of layer specs, each a list ``[kind, *arguments]``:
 - ``["conv2d", c_in, c_out, kernel, stride, padding, dilation, bias]``;
 - ``["tanh"]``, ``["sigmoid"]``, ``["relu"]``;
 - ``["sum", dims]`` / ``["mean", dims]``: pool over the given axes (the shared axes);
-- ``["flatten"]`` (all but the batch axis); ``["movedim", source, destination]``.
+- ``["flatten"]`` (all but the batch axis); ``["movedim", source, destination]``;
+- ``["tied", index]``: the module at position ``index`` applied once more (weight tying).
 
-The result is an ``nn.Sequential`` whose modules are named ``"0"``, ``"1"``, ...
+The result is an ``nn.Sequential`` whose modules are named ``"0"``, ``"1"``, ...; a tied use
+is the same module object again, so its parameters (and its name, ``"<index>"``) are those of
+its first use.
 """
 
 from __future__ import annotations
@@ -72,7 +75,12 @@ def build_model(
     architecture: Sequence[LayerSpec], dtype: torch.dtype, generator: torch.Generator
 ) -> nn.Sequential:
     """The network, with weights drawn from ``generator`` (uniform, PyTorch's default scale)."""
-    model = nn.Sequential(*(build_layer(spec) for spec in architecture)).to(dtype)
+    modules: list[nn.Module] = []
+    for spec in architecture:
+        modules.append(
+            modules[_tied_source(spec, len(modules))] if spec[0] == "tied" else build_layer(spec)
+        )
+    model = nn.Sequential(*modules).to(dtype)
     with torch.no_grad():
         for param in model.parameters():
             fan_in = param.shape[1:].numel() if param.ndim > 1 else param.shape[0]
@@ -81,6 +89,23 @@ def build_model(
                 torch.rand(param.shape, generator=generator, dtype=dtype) * 2 * bound - bound
             )
     return model
+
+
+def _tied_source(spec: LayerSpec, position: int) -> int:
+    source = spec[1]
+    if not (isinstance(source, int) and 0 <= source < position):
+        raise ValueError(f"{list(spec)} at position {position} must name an earlier module")
+    return source
+
+
+def resolve_tied(architecture: Sequence[LayerSpec], spec: LayerSpec) -> LayerSpec:
+    """The spec of the module a ``["tied", index]`` spec applies again (any other spec itself)."""
+    return architecture[spec[1]] if spec[0] == "tied" else spec
+
+
+def tied_layers(architecture: Sequence[LayerSpec]) -> list[str]:
+    """Names of the modules applied more than once (weight tying), in order."""
+    return [str(source) for source in dict.fromkeys(s[1] for s in architecture if s[0] == "tied")]
 
 
 def parameter_layers(model: nn.Module) -> list[str]:

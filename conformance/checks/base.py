@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from torch import Tensor
 
+from kfac_conformance.cases.architectures import tied_layers
 from kfac_conformance.cases.canonical import Case
 from kfac_conformance.contract.outcomes import STATUSES, CheckFailed, CheckSkipped
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
@@ -70,6 +71,9 @@ class CaseEntry:
     stored_exact: Mapping[str, Callable[[], Mapping[str, Tensor]]] = field(
         default_factory=dict, compare=False
     )
+    # a drawn example (a ``kfac-conformance fuzz`` case file): the request it was drawn with;
+    # the plan then runs on it the fuzz properties that ran on it when it was drawn
+    drawn_request: Request | None = None
 
 
 def every_case(entry: CaseEntry) -> bool:
@@ -108,10 +112,20 @@ class FuzzProperty:
     properties of one example by ascending ``order`` (catalogue order among equals), and
     stops at the first failure: cheap and telling properties get low orders, statistical
     ones the highest.
+
+    ``weight_tying`` properties run on the drawn problems with a module applied twice, and
+    only there: KFAC assumes each layer is used once, so on those problems the only property
+    is to raise or be exact (``kfac_ref`` raises), and no other property applies.
     """
 
     applies: Callable[[Case, Request], bool]
     order: int
+    weight_tying: bool = False
+
+    def runs_on(self, case: Case, request: Request) -> bool:
+        """Whether the property runs on the drawn ``case`` and ``request``."""
+        tied = bool(tied_layers(case.architecture))
+        return tied == self.weight_tying and self.applies(case, request)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from kfac_conformance.contract.problem import Candidate, Problem
+from kfac_conformance.cases.canonical import Case
+from kfac_conformance.contract.problem import Candidate, Problem, Request
 
 CANDIDATE_GROUP = "kfac_conformance.candidates"
 # a case factory: no arguments, one problem or a list of them, fresh on every call
-CaseFactory = Callable[[], "Problem | Sequence[Problem]"]
+ProblemFactory = Callable[[], "Problem | Sequence[Problem]"]
 
 
 class SpecError(ValueError):
@@ -137,7 +138,25 @@ def missing_members(candidate: object) -> list[str]:
     return [name for name in ("name", "capabilities", "compute") if not hasattr(candidate, name)]
 
 
-def load_case_factory(spec: str | CaseFactory) -> Callable[[], list[Problem]]:
+class CaseFactory:
+    """A loaded ``--case SPEC``: calling it gives fresh problems (a list).
+
+    ``drawn`` is ``(case, request)`` when the factory rebuilds one drawn example (a
+    ``kfac-conformance fuzz`` case file, whose factory carries ``case`` and ``request``
+    attributes): the case with its exactness map and the request it was drawn with, which
+    the plan needs to run the properties that ran on it. Otherwise it is ``None``.
+    """
+
+    def __init__(
+        self, problems: Callable[[], list[Problem]], drawn: tuple[Case, Request] | None
+    ) -> None:
+        self.problems, self.drawn = problems, drawn
+
+    def __call__(self) -> list[Problem]:
+        return self.problems()
+
+
+def load_case_factory(spec: str | ProblemFactory) -> CaseFactory:
     """A zero-argument factory of fresh problems for ``--case SPEC``, or for a factory given
     itself (its qualified name then stands for the spec in messages); checked to be
     deterministic."""
@@ -160,7 +179,8 @@ def load_case_factory(spec: str | CaseFactory) -> Callable[[], list[Problem]]:
                 )
         return made
 
-    for first, second in zip(problems(), problems(), strict=True):
+    made = problems()
+    for first, second in zip(made, problems(), strict=True):
         difference = _first_difference(first, second)
         if difference:
             raise SpecError(
@@ -168,7 +188,24 @@ def load_case_factory(spec: str | CaseFactory) -> Callable[[], list[Problem]]:
                 f"{first.case_id!r} with different {difference}; seed what it draws (e.g. build "
                 "the model under torch.random.fork_rng() after torch.manual_seed)"
             )
-    return problems
+    return CaseFactory(problems, _drawn_example(spec, factory, made))
+
+
+def _drawn_example(spec: str, factory: object, made: list[Problem]) -> tuple[Case, Request] | None:
+    case, request = getattr(factory, "case", None), getattr(factory, "request", None)
+    if case is None and request is None:
+        return None
+    if not (isinstance(case, Case) and isinstance(request, Request)):
+        raise SpecError(
+            f"case factory {spec!r} carries a drawn example: its 'case' must be a Case and its "
+            f"'request' a Request, got {type(case).__name__} and {type(request).__name__}"
+        )
+    if [problem.case_id for problem in made] != [case.id]:
+        raise SpecError(
+            f"case factory {spec!r} carries the drawn case {case.id!r}, so it must return that "
+            f"one problem; it returned {[problem.case_id for problem in made]}"
+        )
+    return case, request
 
 
 def _first_difference(first: Problem, second: Problem) -> str | None:

@@ -44,11 +44,17 @@ def _case_entry(case: Case) -> CaseEntry:
 
 
 def custom_entries(specs: Sequence[str]) -> list[CaseEntry]:
+    """The problems of ``--case`` specs; a fuzz case file's comes with its drawn example."""
     entries = []
     for spec in specs:
         factory = load_case_factory(spec)
+        case, request = factory.drawn or (None, None)
         for index, problem in enumerate(factory()):
-            entries.append(CaseEntry(problem.case_id, lambda f=factory, i=index: f()[i]))
+            entries.append(
+                CaseEntry(
+                    problem.case_id, lambda f=factory, i=index: f()[i], case, drawn_request=request
+                )
+            )
     return entries
 
 
@@ -67,10 +73,17 @@ def case_entries(profile: str, custom: Sequence[CaseEntry] = ()) -> list[CaseEnt
 
 
 def entries_of(check: Check, entries: Sequence[CaseEntry]) -> list[CaseEntry]:
-    """Where ``check`` runs: the cases it owns, else those of ``entries`` it selects."""
-    if check.own_cases:
-        return list(check.own_cases)
-    return [entry for entry in entries if check.cases(entry)]
+    """Where ``check`` runs: the cases it owns, else those of ``entries`` it selects; and the
+    drawn examples (fuzz case files) on which it ran as a fuzz property."""
+    drawn = [entry for entry in entries if entry.drawn_request is not None]
+    chosen = list(check.own_cases) or [
+        entry for entry in entries if entry.drawn_request is None and check.cases(entry)
+    ]
+    return chosen + [
+        entry
+        for entry in drawn
+        if check.fuzz is not None and check.fuzz.runs_on(entry.case, entry.drawn_request)
+    ]
 
 
 def plan(

@@ -1,5 +1,6 @@
 """``kfac-conformance fuzz``: the property-based search (:mod:`kfac_conformance.fuzzing.search`) from
-the command line, with progress, a JSON report and ``--case`` files of what it finds.
+the command line, with progress, a JSON report and a ``--case`` file for every distinct failure
+it finds.
 
 Exit codes: 0 nothing found, 1 a failure found, 2 usage error.
 """
@@ -30,6 +31,7 @@ from kfac_conformance.fuzzing.search import (
 
 DEFAULT_MAX_EXAMPLES = 300
 DEFAULT_TIME_BUDGET = 210.0
+DEFAULT_CASES = ".kfac-conformance/fuzz-cases"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -41,7 +43,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fuzz.add_argument(
         "--candidate", default="kfac_ref", help="registered name, module:attr or file.py:attr"
     )
-    fuzz.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES)
+    fuzz.add_argument(
+        "--max-examples",
+        type=int,
+        default=DEFAULT_MAX_EXAMPLES,
+        help=f"examples that call the candidate, shrinking included: a hard cap (default "
+        f"{DEFAULT_MAX_EXAMPLES})",
+    )
     fuzz.add_argument("--seed", type=int, help="hypothesis seed (default: a random one, printed)")
     fuzz.add_argument(
         "--time-budget",
@@ -54,7 +62,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--max-failures", type=int, help="stop after this many failures (default: search on)"
     )
     fuzz.add_argument("--report-json", help="write the JSON report here")
-    fuzz.add_argument("--save-cases", help="write a --case file for every failure into this folder")
+    fuzz.add_argument(
+        "--save-cases",
+        default=DEFAULT_CASES,
+        help=f"write a --case file for every failure into this folder (default {DEFAULT_CASES}, "
+        "relative to the working directory)",
+    )
     fuzz.add_argument(
         "--xfail", help="expected-failures file: property ids or globs, reason after '#'"
     )
@@ -84,12 +97,12 @@ def _progress(quiet: bool):
     def show(state: SearchState) -> None:
         if quiet:
             return
-        found = state.found + len(state.failed_properties)
+        found = state.found + len(state.failing)
         changed, failing[0] = found != failing[0], found
         left = max(0.0, state.time_budget - state.elapsed)
         line = (
             f"fuzz: {state.examples}/{state.max_examples} examples, {found} failures found"
-            f"{' (shrinking)' if state.failed_properties else ''}, {left:.0f} s of budget left"
+            f"{' (shrinking)' if state.failing else ''}, {left:.0f} s of budget left"
         )
         if interactive:
             print(f"\r{line}", end="", file=sys.stderr, flush=True)
@@ -110,13 +123,25 @@ def _usage(args: argparse.Namespace) -> None:
         raise UsageError(f"--time-budget must be positive, got {args.time_budget:g}")
 
 
-def _save_case(failure: Failure, spec: str, folder: Path) -> None:
+def _save_cases(failures: list[Failure], spec: str, folder: Path) -> None:
+    """One case file per failure, named after its property and case (numbered when two
+    failures share both)."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = failure.property.replace("/", "-") + f"-{failure.case.id}.py"
-    path = folder / name
-    path.write_text(case_file_text(failure, spec, str(path)))
-    failure.case_file = str(path)
-    failure.reproduction = reproduction_command(spec, str(path), failure.case.id)
+    names: set[str] = set()
+    for failure in failures:
+        stem = failure.property.replace("/", "-") + f"-{failure.case.id}"
+        name = next(
+            f"{stem}{suffix}.py"
+            for suffix in ("", *(f"-{n}" for n in range(2, len(failures) + 2)))
+            if f"{stem}{suffix}.py" not in names
+        )
+        names.add(name)
+        path = folder / name
+        path.write_text(case_file_text(failure, spec, str(path)))
+        failure.case_file = str(path)
+        failure.reproduction = reproduction_command(
+            spec, str(path), failure.property, failure.case.id
+        )
 
 
 def _report(args: argparse.Namespace, name: str, outcome: SearchOutcome) -> dict:
@@ -141,7 +166,7 @@ def _summary(outcome: SearchOutcome, spec: str) -> str:
     lines = [
         f"fuzz {spec}: {outcome.examples} examples in {outcome.seconds:.1f} s (seed "
         f"{outcome.seed}{', time budget spent' if outcome.out_of_time else ''}): "
-        f"{len(outcome.failures) or 'no'} failure{'' if len(outcome.failures) == 1 else 's'}"
+        f"{len(outcome.failures) or 'no'} distinct failure{'' if len(outcome.failures) == 1 else 's'}"
     ]
     for failure in outcome.failures:
         result = failure.result
@@ -150,11 +175,14 @@ def _summary(outcome: SearchOutcome, spec: str) -> str:
             f"\n{result.status.upper()} {failure.property} on {failure.case.id} (found after "
             f"{examples} examples, {seconds:.1f} s; shrunk at {failure.shrunk_after:.1f} s)"
         )
+        lines.append(f"  distinct as: {failure.signature}")
         lines.append(f"  {result.message.strip().splitlines()[0] if result.message else ''}")
         if result.diagnosis:
             lines.append(f"  diagnosis: {result.diagnosis}")
         lines.append(f"  drawn: {drawn_request(failure.request)}")
         lines.append(f"  problem: {failure.case!r}")
+        if failure.case_file:
+            lines.append(f"  case file: {failure.case_file}")
         if failure.reproduction:
             lines.append(f"  reproduce: {failure.reproduction}")
     return "\n".join(lines)
@@ -179,15 +207,7 @@ def fuzz(args: argparse.Namespace) -> int:
     )
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    spec = shlex.quote(args.candidate)
-    for failure in outcome.failures:
-        if args.save_cases:
-            _save_case(failure, spec, Path(args.save_cases))
-        else:  # the example database replays it first
-            failure.reproduction = (
-                f"kfac-conformance fuzz --candidate {spec} --seed {seed} --database "
-                f"{shlex.quote(args.database)}"
-            )
+    _save_cases(outcome.failures, shlex.quote(args.candidate), Path(args.save_cases))
     if args.report_json:
         report = _report(args, candidate.name, outcome)
         Path(args.report_json).write_text(json.dumps(report, indent=2, default=str) + "\n")

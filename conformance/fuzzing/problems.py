@@ -2,7 +2,8 @@
 
 :func:`kfac_problems` draws a :class:`DrawnCase`: a network in the JSON architecture language
 (:mod:`kfac_conformance.cases.architectures`), its data, loss, reduction, batches of uneven sizes and
-dtype, with the exactness map that :func:`exactness_map` derives from the architecture.
+dtype, with the exactness map that :func:`~kfac_conformance.fuzzing.exact_layers.exactness_map`
+derives from the architecture.
 :func:`kfac_requests` draws what a candidate is asked for. Everything shrinks towards one
 linear layer of width one on one datum in float64.
 
@@ -13,8 +14,13 @@ Drawn, each part only where the capabilities claim it:
 - with or without bias per layer, an activation (or none) between layers;
 - the shared axes kept to the loss (MSE or BCE on every position, CE on multi-dimensional
   outputs), sum- or mean-pooled, or flattened, after any number of layers;
-- MSE, CE or BCE with mean or sum reduction, one to three batches of one to four data each;
-- float64, and float32 where claimed.
+- MSE, CE or BCE with mean or sum reduction, one to three batches of one to four data each
+  (uneven sizes included);
+- float64, and float32 where claimed (one problem in four);
+- no problem whose outputs saturate (:data:`MIN_UNCERTAINTY`): a float64 comparison cannot
+  judge its curvature;
+- with ``weight_tying`` (when a fuzz property tests it), a square Linear or Conv2d layer applied
+  twice in one network in four, the ``["tied", index]`` of the architecture language.
 
 A drawn case rebuilds itself from its ``repr`` (a frozen dataclass), which is what the
 ``--case`` files of ``kfac-conformance fuzz`` hold.
@@ -27,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from kfac_conformance.cases.architectures import build_model, parameter_layers
@@ -39,11 +46,26 @@ from kfac_conformance.contract.problem import (
     Problem,
     Request,
 )
+from kfac_conformance.fuzzing.exact_layers import (
+    ACTIVATIONS,
+    PARAMETER_KINDS,
+    conv_output_size,
+    exactness_map,
+    output_shapes,
+    positions,
+)
 
-ACTIVATIONS = ("none", "tanh", "sigmoid", "relu")
 SHARED_AXES_ENDINGS = ("keep", "sum", "mean", "flatten")
+# A float64 comparison cannot judge a problem whose outputs saturate: the loss Hessian of a
+# probability p near 1 holds 1 - p, whose rounding error is 1e-16 / (1 - p) relative to it;
+# from 1 - p >= 1e-4 on that is 1e-12, a hundredth of the float64 tolerance. Below it, drawn
+# problems failed on the reference (ekfac/correction-exact-type-2, relative error 0.011 where
+# 1 - p = 1e-21 on every datum: a CNN's logits sum-pooled over 56 positions).
+MIN_UNCERTAINTY = 1e-4
+# float32 problems run few properties (numbers are compared on float64 problems only): one
+# problem in four, where claimed
+DTYPES = ("float64", "float64", "float64", "float32")
 LOSS_NAMES = {"mse": "MSELoss", "ce": "CrossEntropyLoss", "bce": "BCEWithLogitsLoss"}
-PARAMETER_KINDS = ("linear", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -80,120 +102,46 @@ def case_id(fields: dict) -> str:
     return f"fuzz-{digest}"
 
 
-# --- shapes and the exactness map -----------------------------------------------------------
+@dataclass(frozen=True)
+class _Size:
+    """How large a drawn network may be, and whether a module may be applied twice."""
+
+    max_layers: int
+    max_width: int
+    weight_tying: bool
 
 
-def output_shapes(architecture: list, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """The shape (without the batch axis) after every module of the architecture."""
-    shape, shapes = tuple(input_shape[1:]), []
-    for kind, *args in architecture:
-        if kind == "linear":
-            shape = (*shape[:-1], args[1])
-        elif kind == "conv2d":
-            _, c_out, kernel, stride, padding, dilation, _ = args
-            spatial = tuple(
-                conv_output_size(size, kernel, stride, padding, dilation) for size in shape[1:]
-            )
-            shape = (c_out, *spatial)
-        elif kind in ("sum", "mean"):
-            shape = tuple(size for axis, size in enumerate(shape, 1) if axis not in args[0])
-        elif kind == "flatten":
-            shape = (math.prod(shape),)
-        elif kind == "movedim":
-            moved = list(shape)
-            source, destination = (axis - 1 if axis > 0 else axis for axis in args)
-            moved.insert(destination % (len(moved) + 1), moved.pop(source))
-            shape = tuple(moved)
-        shapes.append(shape)
-    return shapes
+# One drawn network in four has a module applied twice, when a property tests weight tying
+# (the rest are for every other property); shrinking removes it first.
+_TIED = st.sampled_from((False, False, False, True))
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """``floor((size + 2 padding - dilation (kernel - 1) - 1) / stride) + 1`` (PyTorch's Conv2d)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def _tied_position(draw, weight_tying: bool, depth: int) -> int | None:
+    """Before which layer (``depth``: after the last) a square layer applied twice goes."""
+    if not (weight_tying and draw(_TIED, label="a module applied twice")):
+        return None
+    return draw(st.integers(0, depth), label="position of the module applied twice")
 
 
-def _positions(spec: list, shape: tuple[int, ...]) -> int:
-    """Shared positions a parameter layer's output has per datum."""
-    return math.prod(shape[1:]) if spec[0] == "conv2d" else math.prod(shape[:-1])
-
-
-def _pointwise(spec: list) -> bool:
-    """A parameter layer that maps every shared position on its own, the same way."""
-    if spec[0] == "linear":
-        return True
-    _, _, _, kernel, stride, padding, _, _ = spec
-    return kernel == 1 and stride == 1 and padding == 0
-
-
-def exactness_map(
-    architecture: list, input_shape: tuple[int, ...], loss: str, num_data: int
-) -> dict[str, tuple[str, ...]]:
-    r"""Where KFAC equals the exact curvature block, ``{"<fisher type>/<flavour>": layers}``.
-
-    Three theorems, each applied only where its assumptions hold literally:
-
-    1. One datum, no shared positions in any layer: type-2 KFAC is the GGN block and empirical
-       KFAC the empirical Fisher block, in both flavours (KFAC tutorial, arXiv 2507.05127: the
-       sum over data has one term, so the Kronecker factorisation is an identity).
-    2. MSE and no shared positions from a layer on: type-2 KFAC of the layer is its GGN block
-       when everything after it is linear (KFAC tutorial, deep linear networks: the Jacobian
-       :math:`J` from the layer's output to the network's output and the loss Hessian are the
-       same for every datum, so :math:`\sum_n a_n a_n^\top \otimes J^\top H J` factorises;
-       the layer's input :math:`a_n` may come from anything before it).
-    3. MSE, a layer with shared positions and only pointwise linear layers after it
-       (Eschenhagen et al. 2023): KFAC-expand is exact when the loss sees every position, and
-       KFAC-reduce when the positions are sum- or mean-pooled (then linear layers only).
-    """
-    specs = list(enumerate(architecture))
-    shapes = output_shapes(architecture, input_shape)
-    layers = [(i, spec) for i, spec in specs if spec[0] in PARAMETER_KINDS]
-    positions = {i: _positions(spec, shapes[i]) for i, spec in layers}
-    if num_data == 1 and all(count == 1 for count in positions.values()):
-        names = tuple(str(i) for i, _ in layers)
-        keys = ("type-2/expand", "type-2/reduce", "empirical/expand", "empirical/reduce")
-        return dict.fromkeys(keys, names)
-    exact: dict[str, list[str]] = {"type-2/expand": [], "type-2/reduce": []}
-    if loss != "mse":
-        return {}
-    for i, _ in layers:
-        tail = [spec for _, spec in specs[i + 1 :]]
-        if any(spec[0] in ACTIVATIONS or spec[0] == "movedim" for spec in tail):
-            continue  # a nonlinearity after the layer: its Jacobian depends on the datum
-        if all(positions[j] == 1 for j, _ in layers if j >= i):
-            exact["type-2/expand"].append(str(i))
-            exact["type-2/reduce"].append(str(i))
-            continue
-        ending = next((spec[0] for spec in tail if spec[0] in ("sum", "mean", "flatten")), None)
-        before_ending = []
-        for spec in tail:
-            if spec[0] in ("sum", "mean", "flatten"):
-                break
-            before_ending.append(spec)
-        if not all(_pointwise(spec) for spec in before_ending):
-            continue
-        if ending is None:
-            exact["type-2/expand"].append(str(i))
-        elif ending in ("sum", "mean"):
-            exact["type-2/reduce"].append(str(i))
-    return {key: tuple(names) for key, names in exact.items() if names}
-
-
-# --- drawing ----------------------------------------------------------------------------------
-
-
-def _claims(capabilities: Capabilities, what: str, value: str) -> bool:
-    return value in getattr(capabilities, what)
+def _applied_twice(draw, architecture: list, spec: list) -> None:
+    """Append ``spec``, an optional activation, and ``spec`` applied once more."""
+    position = len(architecture)
+    architecture.append(spec)
+    activation = draw(st.sampled_from(ACTIVATIONS), label="activation between the two uses")
+    if activation != "none":
+        architecture.append([activation])
+    architecture.append(["tied", position])
 
 
 @st.composite
-def _mlp(draw, capabilities: Capabilities, loss: str, max_layers: int, max_width: int):
+def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size):
     """Linear layers on ``(N, *shared, D)``; the shared axes kept, pooled or flattened."""
     axes = []
     if capabilities.weight_sharing:
         axes = draw(st.lists(st.integers(1, 3), max_size=2), label="shared axes")
-    depth = draw(st.integers(1, max_layers), label="linear layers")
-    widths = [draw(st.integers(1, max_width), label="input width")]
+    depth = draw(st.integers(1, size.max_layers), label="linear layers")
+    tied_at = _tied_position(draw, size.weight_tying, depth)
+    widths = [draw(st.integers(1, size.max_width), label="input width")]
     ending, end_after = "keep", depth
     if axes:
         ending = draw(st.sampled_from(SHARED_AXES_ENDINGS), label="shared axes ending")
@@ -206,7 +154,9 @@ def _mlp(draw, capabilities: Capabilities, loss: str, max_layers: int, max_width
         if index == end_after:
             architecture.append(["flatten"] if ending == "flatten" else [ending, dims])
             width = width * math.prod(axes) if ending == "flatten" else width
-        out = draw(st.integers(1, max_width), label="width")
+        if index == tied_at:
+            _applied_twice(draw, architecture, ["linear", width, width, draw(st.booleans())])
+        out = draw(st.integers(1, size.max_width), label="width")
         if index == depth - 1 and loss == "ce":
             out = max(out, 2)
         bias = draw(st.booleans(), label="bias")
@@ -218,36 +168,41 @@ def _mlp(draw, capabilities: Capabilities, loss: str, max_layers: int, max_width
                 architecture.append([activation])
     if end_after == depth and ending != "keep":
         architecture.append(["flatten"] if ending == "flatten" else [ending, dims])
+    if tied_at == depth:
+        _applied_twice(draw, architecture, ["linear", width, width, draw(st.booleans())])
     if loss == "ce" and axes and ending == "keep":
         architecture.append(["movedim", -1, 1])  # classes on axis 1, positions after it
     return architecture, (*axes, widths[0])
 
 
 @st.composite
-def _cnn(draw, capabilities: Capabilities, loss: str, max_layers: int, max_width: int):
+def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
     """Conv2d layers on ``(N, C, H, W)``; the feature map kept, pooled or flattened into
     Linear layers."""
     height, width = draw(st.integers(1, 5), label="height"), draw(st.integers(1, 5), label="width")
     channels = draw(st.integers(1, 3), label="input channels")
-    depth = draw(st.integers(1, max_layers), label="conv layers")
+    depth = draw(st.integers(1, size.max_layers), label="conv layers")
+    # before one of the conv layers, never after the last (its channels may be the output's)
+    tied_at = _tied_position(draw, size.weight_tying, depth - 1)
     linear = "Linear" in capabilities.layer_types
     endings = SHARED_AXES_ENDINGS if linear else ("keep",)
     ending = draw(st.sampled_from(endings), label="feature map ending")
     architecture: list = []
     shape, c_in = (height, width), channels
     for index in range(depth):
-        padding = draw(st.integers(0, 1), label="padding")
-        dilation = draw(st.integers(1, 2), label="dilation")
-        stride = draw(st.integers(1, 2), label="stride")
-        largest = min((size + 2 * padding - 1) // dilation + 1 for size in shape)
-        kernel = draw(st.integers(1, max(1, min(3, largest))), label="kernel")
-        c_out = draw(st.integers(1, max_width), label="channels")
+        if index == tied_at:
+            geometry = draw(_conv_geometry(shape, uses=2), label="geometry applied twice")
+            shape = _conv_shape(_conv_shape(shape, *geometry), *geometry)
+            spec = ["conv2d", c_in, c_in, *geometry, draw(st.booleans())]
+            _applied_twice(draw, architecture, spec)
+        kernel, stride, padding, dilation = draw(_conv_geometry(shape), label="geometry")
+        c_out = draw(st.integers(1, size.max_width), label="channels")
         last = index == depth - 1 and ending == "keep"
         if last and loss == "ce":
             c_out = max(c_out, 2)
         bias = draw(st.booleans(), label="bias")
         architecture.append(["conv2d", c_in, c_out, kernel, stride, padding, dilation, bias])
-        shape = tuple(conv_output_size(s, kernel, stride, padding, dilation) for s in shape)
+        shape = _conv_shape(shape, kernel, stride, padding, dilation)
         c_in = c_out
         if not last:
             activation = draw(st.sampled_from(ACTIVATIONS), label="activation")
@@ -256,9 +211,35 @@ def _cnn(draw, capabilities: Capabilities, loss: str, max_layers: int, max_width
     if ending != "keep":
         architecture.append(["flatten"] if ending == "flatten" else [ending, [2, 3]])
         features = c_in * math.prod(shape) if ending == "flatten" else c_in
-        out = draw(st.integers(2 if loss == "ce" else 1, max_width), label="width")
+        out = draw(st.integers(2 if loss == "ce" else 1, size.max_width), label="width")
         architecture.append(["linear", features, out, draw(st.booleans(), label="bias")])
     return architecture, (channels, height, width)
+
+
+def _conv_shape(shape: tuple[int, ...], kernel, stride, padding, dilation) -> tuple[int, ...]:
+    return tuple(conv_output_size(size, kernel, stride, padding, dilation) for size in shape)
+
+
+@st.composite
+def _conv_geometry(draw, shape: tuple[int, ...], uses: int = 1) -> tuple[int, int, int, int]:
+    """``(kernel, stride, padding, dilation)`` of a Conv2d that fits ``shape``, and its own
+    output shape as often as it is applied (a kernel of 1 always fits). The dilation is drawn
+    after the kernel, among those that fit it, so that a dilation often matters."""
+    padding = draw(st.integers(0, 1), label="padding")
+    stride = draw(st.integers(1, 2), label="stride")
+
+    def fits(kernel: int, dilation: int) -> bool:
+        current = shape
+        for _ in range(uses):
+            if min(current) + 2 * padding - dilation * (kernel - 1) < 1:
+                return False
+            current = _conv_shape(current, kernel, stride, padding, dilation)
+        return True
+
+    largest = max(kernel for kernel in (1, 2, 3) if fits(kernel, 1))
+    kernel = draw(st.integers(1, largest), label="kernel")
+    dilation = draw(st.integers(1, 2 if fits(kernel, 2) else 1), label="dilation")
+    return kernel, stride, padding, dilation
 
 
 @st.composite
@@ -269,8 +250,10 @@ def kfac_problems(
     max_width: int = 4,
     max_data: int = 4,
     max_batches: int = 3,
+    weight_tying: bool = False,
 ) -> DrawnCase:
-    """A problem inside ``capabilities`` (everything the contract can express by default)."""
+    """A problem inside ``capabilities`` (everything the contract can express by default);
+    with ``weight_tying``, one in four has a module applied twice."""
     capabilities = capabilities or Capabilities()
     losses = [name for name, cls in LOSS_NAMES.items() if cls in capabilities.losses]
     kinds = [
@@ -279,7 +262,7 @@ def kfac_problems(
         if layer in capabilities.layer_types
     ]
     reductions = sorted(capabilities.reductions)
-    dtypes = [dtype for dtype in ("float64", "float32") if dtype in capabilities.dtypes]
+    dtypes = [dtype for dtype in DTYPES if dtype in capabilities.dtypes]
     if not (losses and kinds and reductions and dtypes):
         raise ValueError(
             f"the capabilities claim no problem the fuzzer can draw: losses "
@@ -290,7 +273,8 @@ def kfac_problems(
     kind = draw(st.sampled_from(kinds), label="network")
     loss = draw(st.sampled_from(losses), label="loss")
     build = _mlp if kind == "mlp" else _cnn
-    architecture, sample_shape = draw(build(capabilities, loss, max_layers, max_width))
+    size = _Size(max_layers, max_width, weight_tying)
+    architecture, sample_shape = draw(build(capabilities, loss, size))
     batches = draw(st.integers(1, max_batches if capabilities.multiple_batches else 1))
     batch_sizes = tuple(
         draw(st.lists(st.integers(1, max_data), min_size=batches, max_size=batches), label="sizes")
@@ -307,13 +291,13 @@ def kfac_problems(
     }
     exact = exactness_map(architecture, fields["input_shape"], loss, sum(batch_sizes))
     shared = any(
-        _positions(spec, shape) > 1
+        positions(spec, shape) > 1
         for spec, shape in zip(
             architecture, output_shapes(architecture, fields["input_shape"]), strict=True
         )
         if spec[0] in PARAMETER_KINDS
     )
-    return DrawnCase(
+    case = DrawnCase(
         id=case_id(fields),
         exact=exact,
         per_position=kind == "mlp" and len(sample_shape) > 1 and _keeps_positions(architecture),
@@ -321,6 +305,27 @@ def kfac_problems(
         source=ESCHENHAGEN if shared else TUTORIAL,
         **fields,
     )
+    assume(least_uncertainty(case) >= MIN_UNCERTAINTY)
+    return case
+
+
+def least_uncertainty(case: Case) -> float:
+    """The smallest ``1 - p`` of the most likely class (CE) or label (BCE) over the problem's
+    data and positions, computed without cancellation; 1 for MSE."""
+    if case.loss == "mse":
+        return 1.0
+    problem = case.make_problem(torch.float64)
+    with torch.no_grad():
+        outputs = [problem.model(X) for X, _ in problem.batches]
+    if case.loss == "bce":
+        return min(torch.minimum(f.sigmoid(), (-f).sigmoid()).min().item() for f in outputs)
+    least = 1.0
+    for f in outputs:
+        probabilities = f.softmax(dim=1)
+        likeliest = probabilities.argmax(dim=1, keepdim=True)
+        others = probabilities.scatter(1, likeliest, 0.0).sum(dim=1)
+        least = min(least, others.min().item())
+    return least
 
 
 def _keeps_positions(architecture: list) -> bool:

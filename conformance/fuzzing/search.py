@@ -9,19 +9,26 @@ narrowed to the drawn Fisher type and flavour (so one example costs a few calls,
 search, not a loop inside a check, covers the requests). Each check says on which drawn
 examples it runs; among them:
 
-- ``exactness/*`` on the layers :func:`~kfac_conformance.fuzzing.problems.exactness_map` derives;
+- ``exactness/*`` on the layers :func:`~kfac_conformance.fuzzing.exact_layers.exactness_map`
+  derives;
 - ``agreement/*`` against ``kfac_ref`` on every layer (differential; the checks' own
   restriction to non-exact cases does not apply here);
 - ``mc/*``, with the catalogue's statistics and their stated false-positive rates
-  (docs/statistics.md), when MC is drawn;
+  (docs/statistics.md), when MC is drawn; a statistical failure counts only where
+  ``kfac_ref`` passes the same test on the same example;
 - ``invariance/*``, ``structure/*`` and ``side-effects/*``, and for candidates that claim
-  EKFAC the correction, eigenbasis and Frobenius-optimality checks of ``ekfac/*``.
+  EKFAC the correction, eigenbasis and Frobenius-optimality checks of ``ekfac/*``;
+- on the problems with a module applied twice (drawn only when a property declares
+  ``FuzzProperty(weight_tying=True)``), those properties alone.
 
-Each distinct failure (:func:`~kfac_conformance.fuzzing.properties.signature`) raises its own
-exception type, so hypothesis shrinks each separately; after the first failure only the failed
-properties run, which keeps the shrinking cheap, and later rounds search on for other failures
-(:func:`search`). Failing examples are saved in hypothesis' example database and replayed
-first on the next search.
+Each distinct failure (:func:`~kfac_conformance.fuzzing.properties.signature`: its property,
+the kind of its first wrong layer and its diagnosis' finding) raises its own exception type, so
+hypothesis shrinks each separately; after the first failure only the failed properties run,
+which keeps the shrinking cheap, and later rounds search on for other failures, ignoring those
+found (:func:`search`). ``max_examples`` counts every example that calls the candidate,
+shrinking included, and is never exceeded: hypothesis' last replay of a shrunk failure reuses
+the failure instead of calling the candidate again. Failing examples are saved in hypothesis'
+example database and replayed first on the next search.
 """
 
 from __future__ import annotations
@@ -50,13 +57,19 @@ from kfac_conformance.fuzzing.properties import (
     PropertyFailure,
     assert_conforms,
     check_example,
-    signature,
 )
+from kfac_conformance.reference_candidate import ReferenceCandidate
 
 DEFAULT_DATABASE = ".kfac-conformance/fuzz-examples"
+# a statistical failure counts only where the reference passes the same test (check_example)
+REFERENCE = ReferenceCandidate()
 # The last part of the time budget is kept for shrinking (at most this many seconds, and at
 # most a quarter of the budget); then the smallest failure found so far stands.
 SHRINK_ALLOWANCE = 30.0
+# Examples a round may spend after its first failure (hypothesis draws on a little, then
+# shrinks): shrinking one failure took up to 222 examples unbounded, which left no budget to
+# search for the next; most of the reduction comes in the first few dozen.
+SHRINK_EXAMPLES = 60
 
 
 @dataclass
@@ -67,6 +80,7 @@ class Failure:
     case: Case
     request: Request
     result: Result
+    signature: str
     found_after: tuple[int, float] = (0, 0.0)  # examples and seconds when first met
     shrunk_after: float = 0.0  # seconds into the search when shrinking ended
     case_file: str | None = None
@@ -77,6 +91,7 @@ class Failure:
         return {
             "property": self.property,
             "status": self.result.status,
+            "signature": self.signature,
             "problem": {
                 **dataclasses.asdict(self.case),
                 "request": dataclasses.asdict(self.request),
@@ -102,14 +117,21 @@ class SearchState:
     time_budget: float
     progress: Callable[[SearchState], None] | None = None
     started: float = field(default_factory=time.perf_counter)
-    examples: int = 0
+    examples: int = 0  # that called the candidate, shrinking included
     found: int = 0  # failures reported by earlier rounds
+    # in this round: each failure's signature and the examples and seconds when first met
+    failing: dict[str, tuple[int, float]] = field(default_factory=dict)
     failed_properties: set[str] = field(default_factory=set)  # in this round
-    first_failure: tuple[int, float] = (0, 0.0)  # examples and seconds, in this round
+    # in this round: each failing example's failure, by the example's repr, for the last replay
+    replays: dict[str, PropertyFailure] = field(default_factory=dict)
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.examples >= self.max_examples
 
     @property
     def out_of_time(self) -> bool:
@@ -117,12 +139,18 @@ class SearchState:
         return self.elapsed > self.time_budget - min(SHRINK_ALLOWANCE, self.time_budget / 4)
 
     @property
-    def shrinking_over(self) -> bool:
-        return self.elapsed > self.time_budget
+    def shrinking_spent(self) -> bool:
+        """The round's first failure was :data:`SHRINK_EXAMPLES` examples ago, or the time
+        budget is spent."""
+        first = min((examples for examples, _ in self.failing.values()), default=self.examples)
+        return self.examples - first >= SHRINK_EXAMPLES or self.elapsed > self.time_budget
+
+    def start_round(self) -> None:
+        self.failing, self.failed_properties, self.replays = {}, set(), {}
 
 
-class _OutOfTime(BaseException):
-    """The time budget ended a round before any failure."""
+class _SearchOver(BaseException):
+    """The example or time budget ended a round before any failure."""
 
 
 @dataclass
@@ -153,28 +181,33 @@ def search(
 ) -> SearchOutcome:
     """Search for failing properties of ``candidate``; every failure comes back shrunk.
 
-    The search runs in rounds: hypothesis stops drawing at the first failure and shrinks it,
-    so each later round ignores the failures found so far (by :func:`signature`) and draws on,
-    until ``max_examples`` examples (shrinking included) are spent, a round finds nothing, or
-    ``max_failures`` are found.
+    The search runs in rounds: hypothesis stops drawing soon after the first failure and
+    shrinks what it found, so each later round ignores the failures found so far (by their
+    :func:`~kfac_conformance.fuzzing.properties.signature`) and draws on, until
+    ``max_examples`` examples (shrinking included: a hard cap) are spent, a round finds
+    nothing, or ``max_failures`` are found.
     ``time_budget`` (seconds) bounds the whole search: drawing stops
     :data:`SHRINK_ALLOWANCE` seconds before its end (a quarter of it if shorter), shrinking
-    at its end (the example running then, and the final replay, still finish). ``database``
-    is the folder of hypothesis' example database (``None``: none); each round replays the
-    failures it saved there before drawing anything new.
+    at its end (the example running then still finishes). ``database`` is the folder of
+    hypothesis' example database (``None``: none); each round replays the failures it saved
+    there before drawing anything new.
     """
     unknown = sorted(set(properties or ()) - set(PROPERTY_IDS))
     if unknown:
         raise ValueError(f"unknown fuzz properties {unknown}; known: {sorted(PROPERTY_IDS)}")
     state = SearchState(max_examples, time_budget, progress)
     failures: list[Failure] = []
-    while state.examples < max_examples and not state.out_of_time:
-        known = frozenset(signature(failure.result) for failure in failures)
-        found = _round(candidate, state, seed, database, expected, properties, known, len(failures))
+    round = 0
+    while not (state.budget_spent or state.out_of_time):
+        known = frozenset(failure.signature for failure in failures)
+        found = _round(candidate, state, seed, database, expected, properties, known, round)
+        round += 1
         failures += found
         state.found = len(failures)
         if not found or (max_failures is not None and len(failures) >= max_failures):
             break
+    if max_failures is not None:
+        failures = failures[:max_failures]
     return SearchOutcome(failures, state.examples, state.elapsed, seed, state.out_of_time)
 
 
@@ -188,29 +221,40 @@ def _round(
     known: frozenset[str],
     round: int,
 ) -> list[Failure]:
-    """One hypothesis run: draw until a new failure, shrink it, and return it (or nothing)."""
+    """One hypothesis run: draw until a new failure, shrink it and any other that hypothesis
+    met meanwhile, and return them (or nothing: the budget was spent first)."""
     baseline = GlobalState.take()
     capabilities = candidate.capabilities
-    state.failed_properties = set()
+    state.start_round()
+    selected = [check for check in PROPERTIES if properties is None or check.id in properties]
+    weight_tying = any(check.fuzz.weight_tying for check in selected)
 
     def example(drawn: tuple[Case, Request]) -> None:
-        if not state.failed_properties and state.out_of_time:
-            raise _OutOfTime  # not an Exception: hypothesis stops without shrinking it
-        if (
-            state.failed_properties
-            and state.shrinking_over
-            and not current_build_context().is_final
-        ):
-            return  # shrinking past its allowance: no further candidate counts as smaller
         case, request = drawn
+        replay = state.replays.get(repr(drawn))
+        if replay is not None:  # as hypothesis' last replay of a shrunk failure: no new call
+            raise replay
+        final = current_build_context().is_final
+        if not (state.failing or final) and (state.budget_spent or state.out_of_time):
+            raise _SearchOver  # not an Exception: hypothesis stops without shrinking it
+        if state.failing and not final and (state.budget_spent or state.shrinking_spent):
+            return  # shrinking past the budget: no further candidate counts as smaller
         state.examples += 1
-        selected = state.failed_properties or properties
         try:
-            check_example(candidate, case, request, selected, expected, baseline, known)
+            check_example(
+                candidate,
+                case,
+                request,
+                state.failed_properties or properties,
+                expected,
+                baseline,
+                known,
+                reference=REFERENCE,
+            )
         except PropertyFailure as failure:
-            if not state.failed_properties:
-                state.first_failure = (state.examples, state.elapsed)
+            state.failing.setdefault(failure.signature, (state.examples, state.elapsed))
             state.failed_properties.add(failure.property_id)
+            state.replays[repr(drawn)] = failure
             raise
         finally:
             if state.progress is not None:
@@ -228,21 +272,34 @@ def _round(
         verbosity=Verbosity.quiet,
     )(
         hypothesis_seed(seed + round)(
-            given(st.tuples(kfac_problems(capabilities), kfac_requests(capabilities)))(example)
+            given(
+                st.tuples(
+                    kfac_problems(capabilities, weight_tying=weight_tying),
+                    kfac_requests(capabilities),
+                )
+            )(example)
         )
     )
     # one database entry per candidate and round: the test is the same closure for all of them
     test._hypothesis_internal_database_key = database_key(candidate, properties, round)
     try:
         test()
-    except _OutOfTime:
+    except _SearchOver:
         return []
     except BaseException as raised:  # noqa: B036 - sorted below; anything else is re-raised
         found = list(_property_failures(raised))
         if not found:
             raise
         return [
-            Failure(f.property_id, f.case, f.request, f.result, state.first_failure, state.elapsed)
+            Failure(
+                f.property_id,
+                f.case,
+                f.request,
+                f.result,
+                f.signature,
+                state.failing[f.signature],
+                state.elapsed,
+            )
             for f in found
         ]
     return []

@@ -4,14 +4,16 @@ MC KFAC is biased (scale test): |t| = 24.9 > 8.0 over 32 seeds with mc_samples=4
 
 Diagnosis: off by a constant factor x 0.2503?
 
-Drawn request: fisher_type='mc', kfac_approx='expand', bias='separate', mc_samples=1, seed=0
+Drawn: fisher_type='mc', kfac_approx='expand'
 
-Reproduce through the catalogue:
+Reproduce through the catalogue (``problem`` carries the drawn case, with its exactness map,
+and the drawn request, so the plan runs on it the properties the fuzzer ran):
 
-    kfac-conformance run --candidate asdl --case docs/repro/fuzz/asdl-A1-mc-unbiased.py:problem --select '*[fuzz-1cd4e2d39f]'
+    kfac-conformance run --candidate asdl --case docs/repro/fuzz/asdl-A1-mc-unbiased.py:problem --select 'mc/unbiased[fuzz-1cd4e2d39f]'
 """
 
 from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.case_files import DrawnExample
 from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
@@ -29,6 +31,7 @@ CASE = DrawnCase(
         "empirical/reduce": ("0",),
     },
     per_position=False,
+    quick=False,
     statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
     source="KFAC tutorial (arXiv 2507.05127), exactness tests",
     batch_sizes=(1,),
@@ -43,7 +46,5 @@ REQUEST = Request(
     approximation="kfac",
 )
 
-
-def problem():
-    """The shrunk problem, rebuilt from its seed (the same every call)."""
-    return CASE.make_problem()
+# the --case factory: rebuilds the problem (the same every call) and carries CASE and REQUEST
+problem = DrawnExample(CASE, REQUEST)

@@ -6,12 +6,14 @@ Diagnosis: off by a constant factor x 3.19766: a reduction or convention factor?
 
 Drawn: fisher_type='type-2', kfac_approx='expand'
 
-Reproduce through the catalogue:
+Reproduce through the catalogue (``problem`` carries the drawn case, with its exactness map,
+and the drawn request, so the plan runs on it the properties the fuzzer ran):
 
-    kfac-conformance run --candidate backpack-kflr --case docs/repro/fuzz/backpack-kflr-B1-agreement-type-2.py:problem --select '*[fuzz-5c68a3765b]'
+    kfac-conformance run --candidate backpack-kflr --case docs/repro/fuzz/backpack-kflr-B1-agreement-type-2.py:problem --select 'agreement/type-2[fuzz-5c68a3765b]'
 """
 
 from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.case_files import DrawnExample
 from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
@@ -24,6 +26,7 @@ CASE = DrawnCase(
     seed=0,
     exact={"type-2/expand": ("2",), "type-2/reduce": ("2",)},
     per_position=False,
+    quick=False,
     statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
     source="Eschenhagen et al. 2023, KFAC-expand and KFAC-reduce",
     batch_sizes=(1,),
@@ -38,7 +41,5 @@ REQUEST = Request(
     approximation="kfac",
 )
 
-
-def problem():
-    """The shrunk problem, rebuilt from its seed (the same every call)."""
-    return CASE.make_problem()
+# the --case factory: rebuilds the problem (the same every call) and carries CASE and REQUEST
+problem = DrawnExample(CASE, REQUEST)

@@ -4,12 +4,14 @@ the candidate raised RuntimeError: expected scalar type Double but found Float
 
 Drawn: fisher_type='type-2', kfac_approx='expand'
 
-Reproduce through the catalogue:
+Reproduce through the catalogue (``problem`` carries the drawn case, with its exactness map,
+and the drawn request, so the plan runs on it the properties the fuzzer ran):
 
-    kfac-conformance run --candidate backpack-kfra --case docs/repro/fuzz/backpack-kfra-B3-exactness-type-2-expand.py:problem --select '*[fuzz-2de3ea1d52]'
+    kfac-conformance run --candidate backpack-kfra --case docs/repro/fuzz/backpack-kfra-B3-exactness-type-2-expand.py:problem --select 'exactness/type-2-expand[fuzz-2de3ea1d52]'
 """
 
 from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.case_files import DrawnExample
 from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
@@ -27,6 +29,7 @@ CASE = DrawnCase(
         "empirical/reduce": ("0", "1"),
     },
     per_position=False,
+    quick=False,
     statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
     source="KFAC tutorial (arXiv 2507.05127), exactness tests",
     batch_sizes=(1,),
@@ -41,7 +44,5 @@ REQUEST = Request(
     approximation="kfac",
 )
 
-
-def problem():
-    """The shrunk problem, rebuilt from its seed (the same every call)."""
-    return CASE.make_problem()
+# the --case factory: rebuilds the problem (the same every call) and carries CASE and REQUEST
+problem = DrawnExample(CASE, REQUEST)

@@ -2,14 +2,16 @@
 
 layer '0' (bias=separate): relative error 1 > tolerance 1e-10
 
-Drawn request: fisher_type='type-2', kfac_approx='reduce', bias='separate'
+Drawn: fisher_type='type-2', kfac_approx='reduce'
 
-Reproduce through the catalogue:
+Reproduce through the catalogue (``problem`` carries the drawn case, with its exactness map,
+and the drawn request, so the plan runs on it the properties the fuzzer ran):
 
-    kfac-conformance run --candidate curvlinops --case docs/repro/fuzz/curvlinops-C1-exactness-type-2-reduce.py:problem --select '*[fuzz-5009da2878]'
+    kfac-conformance run --candidate curvlinops --case docs/repro/fuzz/curvlinops-C1-exactness-type-2-reduce.py:problem --select 'exactness/type-2-reduce[fuzz-5009da2878]'
 """
 
 from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.case_files import DrawnExample
 from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
@@ -27,6 +29,7 @@ CASE = DrawnCase(
         "empirical/reduce": ("0",),
     },
     per_position=False,
+    quick=False,
     statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
     source="KFAC tutorial (arXiv 2507.05127), exactness tests",
     batch_sizes=(1,),
@@ -41,7 +44,5 @@ REQUEST = Request(
     approximation="kfac",
 )
 
-
-def problem():
-    """The shrunk problem, rebuilt from its seed (the same every call)."""
-    return CASE.make_problem()
+# the --case factory: rebuilds the problem (the same every call) and carries CASE and REQUEST
+problem = DrawnExample(CASE, REQUEST)

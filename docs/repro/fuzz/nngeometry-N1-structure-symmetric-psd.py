@@ -2,14 +2,16 @@
 
 the candidate raised RuntimeError: expected m1 and m2 to have the same dtype, but got: double != float
 
-Drawn request: fisher_type='type-2', kfac_approx='expand', bias='joint'
+Drawn: fisher_type='type-2', kfac_approx='expand'
 
-Reproduce through the catalogue:
+Reproduce through the catalogue (``problem`` carries the drawn case, with its exactness map,
+and the drawn request, so the plan runs on it the properties the fuzzer ran):
 
-    kfac-conformance run --candidate nngeometry --case docs/repro/fuzz/nngeometry-N1-structure-symmetric-psd.py:problem --select '*[fuzz-1cd4e2d39f]'
+    kfac-conformance run --candidate nngeometry --case docs/repro/fuzz/nngeometry-N1-structure-symmetric-psd.py:problem --select 'structure/symmetric-psd[fuzz-1cd4e2d39f]'
 """
 
 from kfac_conformance.contract.problem import Request
+from kfac_conformance.fuzzing.case_files import DrawnExample
 from kfac_conformance.fuzzing.problems import DrawnCase
 
 CASE = DrawnCase(
@@ -27,6 +29,7 @@ CASE = DrawnCase(
         "empirical/reduce": ("0",),
     },
     per_position=False,
+    quick=False,
     statement="drawn by kfac-conformance fuzz; exact layers by exactness_map",
     source="KFAC tutorial (arXiv 2507.05127), exactness tests",
     batch_sizes=(1,),
@@ -41,7 +44,5 @@ REQUEST = Request(
     approximation="kfac",
 )
 
-
-def problem():
-    """The shrunk problem, rebuilt from its seed (the same every call)."""
-    return CASE.make_problem()
+# the --case factory: rebuilds the problem (the same every call) and carries CASE and REQUEST
+problem = DrawnExample(CASE, REQUEST)
