@@ -179,7 +179,7 @@ def _unbiased(session: Session, entry: CaseEntry):
         measurement.record(abs(t), T_CRITICAL)
         if not abs(t) <= T_CRITICAL:
             ratio = statistics.mean_ratio
-            diagnosis = _scale_diagnosis(session, entry, ratio) if what == "scale" else None
+            diagnosis = f"off by a constant factor x {ratio:.4g}?" if what == "scale" else None
             raise CheckFailed(
                 f"MC KFAC is biased ({what} test): |t| = {abs(t):.3g} > {T_CRITICAL} over {len(seeds)} seeds "
                 f"with mc_samples={UNBIASED_SAMPLES}; mean estimate / type-2 along the target = {ratio:.4g}",
@@ -188,21 +188,6 @@ def _unbiased(session: Session, entry: CaseEntry):
                 diagnosis=diagnosis,
             )
     return measurement
-
-
-# an estimated ratio this close to a convention's factor is named as that convention; the
-# scale test's estimate over mc_seeds seeds is far tighter than this on every MC case
-_CONVENTION_MARGIN = 0.1
-
-
-def _scale_diagnosis(session: Session, entry: CaseEntry, ratio: float) -> str:
-    problem = session.fresh(entry)
-    hints = session.convention_hints(problem, _request(session, entry, UNBIASED_SAMPLES, 0))
-    named = [
-        hint for hint, factor in hints.items() if abs(ratio / factor - 1) <= _CONVENTION_MARGIN
-    ]
-    guess = f"off by a constant factor x {ratio:.4g}?"
-    return f"{guess} {'; or '.join(named)}" if named else guess
 
 
 def convergence_statistics(
