@@ -14,11 +14,11 @@ TOP_LEVEL = {
     "schema_version", "suite_version", "complete", "state", "interruption", "candidate",
     "torch_version", "device", "profile", "timeout_s", "isolate", "execution",
     "max_consecutive_timeouts", "maxfail", "max_time_s", "stopped", "summary", "not_run",
-    "unused_expected_failures", "results",
+    "unused_expected_failures", "results", "scale_summary",
 }  # fmt: skip
 RESULT_FIELDS = {
     "id", "check_id", "case_id", "status", "message", "observed", "tolerance", "diagnosis",
-    "reproduction", "duration_s", "evidence",
+    "reproduction", "duration_s", "evidence", "scale",
 }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ The tutorial's definitions, each used where marked:
 :class:`TutorialKFAC` can also follow another scale convention, computing it from that
 convention's own formula (not by rescaling its tutorial answer), and declares what it does
 only when told to: that is how the tests show that a declared convention passes and an
-undeclared one is named by the diagnosis.
+undeclared one is named by the run's scale summary.
 """
 
 from __future__ import annotations
@@ -136,8 +136,12 @@ class TutorialKFAC:
         convention = (
             self.follows.empirical_fisher if fisher_type == "empirical" else self.follows.curvature
         )
+        if convention == "mean-squared-error" and fisher_type != "empirical" and mse:
+            return 2.0 / N  # ∇²c' = 2 ∇²c; for MC, ∇c' = 2(f − ŷ) with ŷ ~ N(f, ½)
         if convention in ("mean-nll", "mean-squared-error"):
             return 1.0 / N
+        if convention == "sum-nll":
+            return 1.0
         if convention == "loss-gradients":
             return R**2  # ∇ℓ_n = R ∇c_n
         if convention == "squared-error" and mse:

@@ -27,7 +27,6 @@ def _agreement_check(fisher_type: str) -> Check:
             for bias in session.supported_bias_modes(entry, fisher_type, flavour):
                 request = Request(fisher_type, flavour, bias=bias)
                 problem = session.fresh(entry)
-                hints = session.convention_hints(problem, request)
                 result = session.call(problem, request)
                 reference = dense_blocks(session.reference(entry, request))
                 compare_diagnosed(
@@ -38,7 +37,7 @@ def _agreement_check(fisher_type: str) -> Check:
                     tolerance_for(problem),
                     measurement,
                     f"kfac_approx={flavour}, bias={bias}",
-                    convention_hints=hints,
+                    request=request,
                 )
                 ran = True
         if not ran:

@@ -26,7 +26,6 @@ def _exactness_check(fisher_type: str, flavour: str) -> Check:
         def body(bias, measurement):
             problem = session.fresh(entry)
             request = Request(fisher_type, flavour, bias=bias)
-            hints = session.convention_hints(problem, request)
             result = session.call(problem, request)
             compare_diagnosed(
                 problem,
@@ -37,7 +36,7 @@ def _exactness_check(fisher_type: str, flavour: str) -> Check:
                 measurement,
                 f"bias={bias}",
                 alternatives,
-                hints,
+                request,
             )
 
         return run_for_bias_modes(session, entry, fisher_type, flavour, body)

@@ -38,6 +38,8 @@ def _compare_transformed(
         tolerance_for(problem),
         measurement,
         f"{context}, {request.describe()}",
+        request=request,
+        against=transform(session.fresh(entry)),
     )
     return measurement
 

@@ -148,11 +148,6 @@ def _unbiased(session: Session, entry: CaseEntry):
     return measurement
 
 
-# an estimated ratio this close to a convention's factor is named as that convention; the
-# scale test's estimate over mc_seeds seeds is far tighter than this on every MC case
-_CONVENTION_MARGIN = 0.1
-
-
 def _bias_diagnosis(
     session: Session,
     entry: CaseEntry,
@@ -171,21 +166,15 @@ def _bias_diagnosis(
         parts.append(f"off by a factor on some layers only: {factors}")
     elif scaled:
         ratio = sum(ratios[block] for block in scaled) / len(scaled)
-        parts.append(_scale_diagnosis(session, entry, ratio))
+        parts.append(_scale_diagnosis(ratio))
     errors = {layer: float(layer in wrong_layers) for layer in types}
     parts.append(layer_pattern(errors, 0.5, problem_counts(session.fresh(entry))[1]) or "")
     return "; ".join(part for part in parts if part) or None
 
 
-def _scale_diagnosis(session: Session, entry: CaseEntry, ratio: float) -> str:
-    problem = session.fresh(entry)
-    request = mc_requests(session, entry)[0]
-    hints = session.convention_hints(problem, request)
-    named = [
-        hint for hint, factor in hints.items() if abs(ratio / factor - 1) <= _CONVENTION_MARGIN
-    ]
-    guess = f"off by a constant factor x {ratio:.4g}?"
-    return f"{guess} {'; or '.join(named)}" if named else guess
+def _scale_diagnosis(ratio: float) -> str:
+    # which convention, if any, explains the factor is judged across the run (scale_summary.py)
+    return f"off by a constant factor x {ratio:.4g}?"
 
 
 def _convergence(session: Session, entry: CaseEntry):

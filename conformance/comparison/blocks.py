@@ -65,16 +65,17 @@ def diagnose(
     tolerance: float,
     alternatives: Mapping[str, Tensor] | None = None,
     quantities: Mapping[str, float] | None = None,
-    convention_hints: Mapping[str, float] | None = None,
 ) -> str | None:
     """Name the most likely cause of a mismatch, testing hypotheses against the exact block.
 
     ``alternatives`` are other exact blocks of the same layer (e.g. the empirical Fisher when
     the GGN was asked for); a candidate equal to one of them is named after it. A constant
-    factor is named first as a known scale convention (``convention_hints``, hint -> factor,
-    see :func:`kfac_conformance.contract.conventions.convention_hints`), and only then through the
-    problem's counts (``quantities``, see :func:`name_factor`). An EKFAC block is told apart by
-    whether its eigenbasis or its corrected eigenvalues are wrong (:func:`_diagnose_ekfac`).
+    factor on the whole block is given but not named: one problem's counts name it by
+    coincidence as often as not, so the run's scale summary names it against the counts of
+    every such failure (:mod:`kfac_conformance.reports.scale_summary`). ``quantities`` (see
+    :func:`name_factor`) name a factor on the weight or the bias block alone. An EKFAC block is
+    told apart by whether its eigenbasis or its corrected eigenvalues are wrong
+    (:func:`_diagnose_ekfac`).
     """
     candidate = factors.to_dense().detach().double().cpu()
     exact = exact.detach().double().cpu()
@@ -84,18 +85,9 @@ def diagnose(
         return "the block has NaN or inf entries"
     if candidate.shape != target.shape:
         return f"block shape {tuple(candidate.shape)} differs from the exact {tuple(target.shape)}"
-    scale = (candidate * target).sum() / (target * target).sum().clamp_min(1e-300)
-    if scale.abs() > 0 and relative_error(candidate / scale, target) <= tolerance:
-        conventions = [
-            hint
-            for hint, factor in (convention_hints or {}).items()
-            if abs(scale.item() - factor) <= 1e-6 * abs(factor)
-        ]
-        if conventions:
-            return f"off by a constant factor x {scale.item():.6g}: " + "; or ".join(conventions)
-        named = name_factor(scale.item(), quantities or {})
-        explanation = f" = {named}" if named else ""
-        return f"off by a constant factor x {scale.item():.6g}{explanation}: a reduction or convention factor?"
+    scale, residual = fitted_factor(candidate, target)
+    if scale != 0 and residual <= tolerance:
+        return f"off by a constant factor x {scale:.6g}: a reduction or convention factor?"
     kronecker = isinstance(factors, KroneckerFactors)
     swapped = (
         KroneckerFactors(factors.B, factors.A, "none")
@@ -135,12 +127,14 @@ def diagnose(
     return None
 
 
-def _constant_factor(candidate: Tensor, target: Tensor, tolerance: float) -> float | None:
-    """``c`` when ``candidate`` is ``c * target`` within ``tolerance``, else ``None``."""
+def fitted_factor(candidate: Tensor, target: Tensor) -> tuple[float, float]:
+    """``(c, r)``: the least-squares ``c`` with ``candidate ≈ c * target``, and the relative
+    error ``r`` of ``candidate / c`` against ``target`` (``(0, inf)`` when ``c`` is 0)."""
+    candidate, target = candidate.detach().double().cpu(), target.detach().double().cpu()
     scale = ((candidate * target).sum() / (target * target).sum().clamp_min(1e-300)).item()
-    if scale != 0 and relative_error(candidate / scale, target) <= tolerance:
-        return scale
-    return None
+    if scale == 0:
+        return 0.0, float("inf")
+    return scale, relative_error(candidate / scale, target)
 
 
 def _diagnose_separate_bias(
@@ -162,8 +156,8 @@ def _diagnose_separate_bias(
         if right[wrong]:
             continue
         other = "bias" if wrong == "weight" else "weight"
-        scale = _constant_factor(*parts[wrong], tolerance) if right[other] else None
-        if scale is not None:
+        scale, residual = fitted_factor(*parts[wrong])
+        if right[other] and scale != 0 and residual <= tolerance:
             named = name_factor(scale, quantities)
             explanation = f" = {named}" if named else ""
             return (

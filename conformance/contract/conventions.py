@@ -174,31 +174,6 @@ def scale(conventions: Conventions, fisher_type: str, quantities: Quantities) ->
     return _REGISTRY[field][getattr(conventions, field)].scale(quantities)
 
 
-def convention_hints(
-    conventions: Conventions, fisher_type: str, quantities: Quantities
-) -> dict[str, float]:
-    """Other known conventions for ``fisher_type``, each as ``{hint: ratio}``.
-
-    ``ratio`` is what a candidate that follows that convention but declared ``conventions``
-    shows after the harness's conversion (its block over the tutorial's); the hint says what
-    it matches and how to declare it. Conventions whose ratio is 1 here are left out, since
-    the problem cannot tell them apart from the declared one.
-    """
-    field = governing_field(fisher_type)
-    if field is None:
-        return {}
-    declared = scale(conventions, fisher_type, quantities)
-    hints: dict[str, float] = {}
-    for name, convention in _REGISTRY[field].items():
-        ratio = convention.scale(quantities) / declared
-        if name != getattr(conventions, field) and abs(ratio - 1.0) > 1e-12:
-            hints[
-                f"matches the convention {name!r}, {convention.formula}; "
-                f"declare Conventions({field}={name!r})"
-            ] = ratio
-    return hints
-
-
 def reduction_factor(loss: str, reduction: str, num_data: int, terms_per_datum: int) -> float:
     """The tutorial's ``R``: ``k`` for ``"sum"`` and ``k/(N dim Y)`` for ``"mean"``, with
     ``k = 2`` for MSE (whose criterion carries the ½) and 1 otherwise."""
@@ -232,7 +207,6 @@ __all__ = [
     "TUTORIAL",
     "Convention",
     "Conventions",
-    "convention_hints",
     "governing_field",
     "reduction_factor",
     "scale",

@@ -9,7 +9,8 @@ class CheckFailed(AssertionError):
     """The property does not hold; carries the observed error and the tolerance.
 
     ``evidence`` holds the compared blocks of the first wrong layer, when blocks were compared
-    (see :mod:`kfac_conformance.comparison.evidence`).
+    (see :mod:`kfac_conformance.comparison.evidence`); ``scale`` the factors of a scale-only
+    failure (see :mod:`kfac_conformance.comparison.scale_records`).
     """
 
     def __init__(
@@ -19,6 +20,7 @@ class CheckFailed(AssertionError):
         tolerance: float | None = None,
         diagnosis: str | None = None,
         evidence: dict | None = None,
+        scale: dict | None = None,
     ) -> None:
         super().__init__(message)
         self.message, self.observed, self.tolerance, self.diagnosis = (
@@ -27,7 +29,7 @@ class CheckFailed(AssertionError):
             tolerance,
             diagnosis,
         )
-        self.evidence = evidence
+        self.evidence, self.scale = evidence, scale
 
 
 class CheckSkipped(Exception):

@@ -73,7 +73,8 @@ class Problem:
         return sorted(set(found))
 
     def scale_quantities(self) -> dict[str, object]:
-        """What scale conventions depend on: data ``N``, the tutorial's ``R``, the loss class."""
+        """What scale conventions depend on: data ``N``, the tutorial's ``R``, the loss class
+        (and its ``reduction``, which ``R`` already reflects)."""
         num_data = sum(X.shape[0] for X, _ in self.batches)
         # integer CE labels have no class axis: every label element is one loss term
         terms = self.batches[0][1].shape[1:].numel()
@@ -83,6 +84,7 @@ class Problem:
             "N": num_data,
             "R": conventions.reduction_factor(loss, reduction, num_data, terms),
             "loss": loss,
+            "reduction": reduction,
         }
 
     def describe(self) -> dict:

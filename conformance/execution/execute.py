@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from kfac_conformance.checks.base import CheckFailed, CheckSkipped
+from kfac_conformance.comparison.scale_records import item_record
 from kfac_conformance.execution.calling import CandidateError
 from kfac_conformance.execution.plan import Item
 from kfac_conformance.execution.result import Result
@@ -22,7 +23,9 @@ def execute(session: Session, item: Item, baseline: GlobalState | None = None) -
         baseline.restore_and_report()
     start = time.perf_counter()
     session.side_effects.clear()
+    session.answers.clear()
     result = Result(item.check.id, item.entry.id, "passed")
+    scale_failure = None
     try:
         measurement = item.check.run(session, item.entry)
         if measurement is not None:
@@ -37,6 +40,7 @@ def execute(session: Session, item: Item, baseline: GlobalState | None = None) -
             failed.diagnosis,
             failed.evidence,
         )
+        scale_failure = failed.scale
     except CandidateError as error:
         session.side_effects.extend(error.side_effects)
         result.status = "error"
@@ -48,6 +52,7 @@ def execute(session: Session, item: Item, baseline: GlobalState | None = None) -
             dict.fromkeys(session.side_effects)
         )
         result.message = f"{result.message}\n{note}" if result.message else note
+    result.scale = item_record(item.check.id, item.check.kind, session.answers, scale_failure)
     result.duration_s = time.perf_counter() - start
     return result
 

@@ -18,6 +18,7 @@ class Result:
     reproduction: dict = field(default_factory=dict)
     duration_s: float = 0.0
     evidence: dict | None = None  # the compared blocks of a failure, see evidence.py
+    scale: dict | None = None  # what a scale convention would change, see scale_records.py
 
     @property
     def item_id(self) -> str:

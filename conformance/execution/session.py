@@ -19,6 +19,7 @@ from kfac_conformance.comparison.blocks import (
     round_off_tolerance,
 )
 from kfac_conformance.comparison.evidence import block_evidence
+from kfac_conformance.comparison.scale_records import answer_record
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.problem import BIAS_MODES, Candidate, Problem, Request
 from kfac_conformance.execution.calling import CandidateError, call_candidate
@@ -33,6 +34,8 @@ class Session:
     profile: Profile = PROFILES["default"]
     device: str = "cpu"
     side_effects: list[str] = field(default_factory=list)
+    # every converted answer's scale record, for the run's scale summary (see scale_records.py)
+    answers: list[dict] = field(default_factory=list)
     _exact_cache: dict = field(default_factory=dict)
     _reference_cache: dict = field(default_factory=dict)
 
@@ -53,18 +56,13 @@ class Session:
         quantities = problem.scale_quantities()
         result, side_effects = call_candidate(self.candidate, problem, request)
         self.side_effects.extend(side_effects)
+        answer = answer_record(request.fisher_type, quantities)
+        if answer is not None:
+            self.answers.append(answer)
         scale = conventions.scale(declared, request.fisher_type, quantities)
         if scale == 1.0:
             return result
         return {layer: factors.scaled(1.0 / scale) for layer, factors in result.items()}
-
-    def convention_hints(self, problem: Problem, request: Request) -> dict[str, float]:
-        """Other known conventions the candidate's answer might follow (for the diagnosis)."""
-        return conventions.convention_hints(
-            self.candidate.capabilities.conventions,
-            request.fisher_type,
-            problem.scale_quantities(),
-        )
 
     def supported_bias_modes(
         self, entry: CaseEntry, fisher_type: str, flavour: str, approximation: str = "kfac"

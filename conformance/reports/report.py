@@ -20,7 +20,8 @@ Schema (``schema_version`` 2)::
       "unused_expected_failures": [pattern, ...],
       "results": [{"id", "check_id", "case_id", "status", "message", "observed", "tolerance",
                    "diagnosis", "reproduction": {"command", "problem"}, "duration_s",
-                   "evidence": {...} | null}, ...]
+                   "evidence": {...} | null, "scale": {...} | null}, ...],
+      "scale_summary": {...} | null
     }
 
 ``candidate.conventions`` is the candidate's declared scale conventions (absent in older
@@ -28,6 +29,21 @@ reports: read it as the tutorial's). Version 2 added ``candidate.capabilities`` 
 :class:`Capabilities`, sets as sorted lists) and ``evidence``: the compared blocks of a failure's first wrong layer, downsampled to
 at most 64 x 64, with its Kronecker tile sizes (see :mod:`kfac_conformance.comparison.evidence`). Readers
 of version 1 reports (the HTML report, ``docs/generate_matrix.py``) treat both as absent.
+
+``scale`` (added within version 2; absent in older reports) is what a scale convention would
+change for the item: ``{"verdict_scale": "absolute" | "relative" | "unknown", "answers":
+[{"fisher_type", "loss", "reduction", "N", "R"}, ...], "failure": {...} | null}``, the
+``failure`` (a scale-only failure: every compared layer a constant multiple of its target)
+holding the answer's fields, ``T``, ``K``, ``tolerance``, ``against`` (the candidate's own
+answer that was the target, or null) and ``layers`` ``[{"layer", "type", "S", "factor",
+"residual"}, ...]``; null when the item converted no answer a convention governs (see
+:mod:`kfac_conformance.comparison.scale_records`). ``scale_summary`` (also added within
+version 2) is null while the run is running and when no item failed by a constant factor
+only; otherwise
+``{"scale_only_failures", "passing_items_judged", "items_left_out", "table": [{"factor",
+"named", "fisher_type", "loss", "reduction", "layer_type", "N", "T", "S", "R", "K", "target",
+"items"}, ...], "fitting_conventions": [{"curvature", "empirical_fisher"}, ...], "verdict",
+"depends_on": [str, ...]}`` (see :mod:`kfac_conformance.reports.scale_summary`).
 
 ``status`` is one of ``passed``, ``failed``, ``error``, ``skipped``, ``xfailed``, ``xpassed``.
 ``ran`` counts the results recorded (every status); ``ran + not_run == total``.
@@ -57,9 +73,10 @@ from pathlib import Path
 import torch
 
 from kfac_conformance.checks.base import STATUSES
-from kfac_conformance.contract.conventions import TUTORIAL
+from kfac_conformance.contract.conventions import TUTORIAL, Conventions
 from kfac_conformance.contract.loading import suite_version
 from kfac_conformance.execution.result import Result
+from kfac_conformance.reports.scale_summary import ScaleSummary, summarize
 
 SCHEMA_VERSION = 2
 
@@ -123,7 +140,14 @@ class Report:
         counts = self.counts()
         return self.complete and counts["failed"] == 0 and counts["error"] == 0
 
+    def scale_summary(self) -> ScaleSummary | None:
+        """Constant factors judged across the run (:mod:`~kfac_conformance.reports.scale_summary`)."""
+        declared = (self.capabilities or {}).get("conventions", TUTORIAL.describe())
+        return summarize(self.results, Conventions(**declared))
+
     def to_json(self) -> dict:
+        # judged once the run is over: while it runs, each result would redo the judgement
+        scales = None if self.state == "running" else self.scale_summary()
         return {
             "schema_version": SCHEMA_VERSION,
             "suite_version": suite_version(),
@@ -152,6 +176,7 @@ class Report:
             "not_run": self.not_run(),
             "unused_expected_failures": self.unused_expected_failures,
             "results": [result.to_json() for result in self.results],
+            "scale_summary": None if scales is None else scales.to_json(),
         }
 
     def write(self, path: str | Path) -> None:
@@ -196,6 +221,9 @@ def summary_text(report: Report) -> str:
             lines.append(f"  diagnosis: {result.diagnosis}")
         if result.reproduction.get("command"):
             lines.append(f"  reproduce: {result.reproduction['command']}")
+    scales = report.scale_summary()
+    if scales is not None:
+        lines += ["", *scales.text_lines()]
     not_run = report.not_run()
     if not_run and not report.complete:
         lines.append("")

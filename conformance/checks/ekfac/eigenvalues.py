@@ -11,8 +11,8 @@ from kfac_conformance.checks.drawn import drawn, float64
 from kfac_conformance.checks.ekfac.calls import EKFAC_FISHER_TYPES, FUZZ_ORDER, Attempts
 from kfac_conformance.checks.ekfac.curvature import CURVATURE, NAMES, exact_curvature
 from kfac_conformance.checks.ekfac.factors import corrected_eigenvalues, flat_eigenvalues
-from kfac_conformance.comparison.blocks import name_factor, relative_error
-from kfac_conformance.comparison.diagnosis import problem_counts
+from kfac_conformance.comparison.blocks import fitted_factor, relative_error
+from kfac_conformance.comparison.diagnosis import problem_counts, scale_failure
 from kfac_conformance.execution.session import Session, tolerance_for
 from kfac_ref.factors import EKFACFactors
 
@@ -22,15 +22,12 @@ def diagnose_correction(
     expected: Tensor,
     tolerance: float,
     alternatives: dict[str, Tensor],
-    quantities: dict[str, float],
 ) -> str | None:
     """Name the likely mistake when ``S`` is not ``diag(Q^T F Q)``."""
     observed = flat_eigenvalues(factors)
-    scale = (observed @ expected) / (expected @ expected).clamp_min(1e-300)
-    if scale.abs() > 0 and relative_error(observed / scale, expected) <= tolerance:
-        named = name_factor(scale.item(), quantities)
-        explanation = f" = {named}" if named else ""
-        return f"off by a constant factor x {scale.item():.6g}{explanation}: a reduction or convention factor?"
+    scale, residual = fitted_factor(observed, expected)
+    if scale != 0 and residual <= tolerance:
+        return f"off by a constant factor x {scale:.6g}: a reduction or convention factor?"
     S = factors.S.detach().double().cpu()
     weight = S.numel()
     # the (dim A, dim B) matrix of the right values, its buffer read as (dim B, dim A)
@@ -79,18 +76,22 @@ def _correction_check(fisher_type: str) -> Check:
                         else {}
                     )
                     counts, shared = problem_counts(session.fresh(entry))
+                    fitted = {
+                        name: fitted_factor(
+                            flat_eigenvalues(result[name]),
+                            corrected_eigenvalues(result[name], exact[name]),
+                        )
+                        for name in problem.layers
+                    }
                     raise CheckFailed(
                         f"layer {layer!r} ({request.describe()}): S differs from diag(QᵀFQ) of the "
                         f"exact {NAMES[curvature]} in the candidate's own basis, relative error "
                         f"{error:.3g} > tolerance {tolerance:.1g}",
                         observed=error,
                         tolerance=tolerance,
-                        diagnosis=diagnose_correction(
-                            factors,
-                            expected,
-                            tolerance,
-                            alternatives,
-                            {**counts, "S": shared.get(layer, 1)},
+                        diagnosis=diagnose_correction(factors, expected, tolerance, alternatives),
+                        scale=scale_failure(
+                            session.fresh(entry), request, counts, shared, fitted, tolerance
                         ),
                     )
         return attempts.outcome(measurement, fisher_type)

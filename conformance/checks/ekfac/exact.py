@@ -60,6 +60,7 @@ def _equals_exact(session: Session, entry: CaseEntry):
                 tolerance_for(problem),
                 measurement,
                 f"EKFAC {request.describe()}",
+                request=request,
             )
     return attempts.outcome(measurement)
 
