@@ -15,6 +15,7 @@ from fuzz_defects import (
     UnequalBatchesWeightedEqually,
 )
 from hypothesis import HealthCheck, Phase, given, settings
+from running import inline
 from zoo import ReductionFactorMissing
 
 from kfac_conformance.cases.architectures import tied_layers
@@ -320,7 +321,7 @@ def test_every_case_file_replays_its_named_property(path):
     entries = custom_entries([f"{path}:problem"])
     items = [item for item in plan("default", entries) if item.check.id == named]
     assert [item.entry.id for item in items] == [entry.id for entry in entries]
-    results = list(run_items(ReferenceCandidate(), items, "default"))
+    results = list(run_items(ReferenceCandidate(), items, inline("default")))
     assert [result.status for result in results] == ["passed"], results[0].message
 
 
