@@ -18,6 +18,7 @@ from torch import Tensor
 
 from kfac_conformance.cases.architectures import tied_layers
 from kfac_conformance.cases.canonical import Case
+from kfac_conformance.comparison.scale_records import VERDICT_SCALES
 from kfac_conformance.contract.outcomes import STATUSES, CheckFailed, CheckSkipped
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.execution.profiles import PROFILES
@@ -148,6 +149,9 @@ class Check:
     needs: Needs = Needs()
     profiles: frozenset[str] = frozenset(PROFILES)
     fuzz: FuzzProperty | None = None
+    # how the verdict depends on the scale of the answers where the kind says otherwise (see
+    # kfac_conformance.comparison.scale_records.VERDICT_SCALES); None: as the kind says
+    verdict_scale: str | None = None
 
     def __post_init__(self) -> None:
         family, _, name = self.id.partition("/")
@@ -155,6 +159,11 @@ class Check:
             raise ValueError(f"check id {self.id!r} must be 'family/name'")
         if self.kind not in KINDS:
             raise ValueError(f"check {self.id}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.verdict_scale not in (None, *VERDICT_SCALES):
+            raise ValueError(
+                f"check {self.id}: verdict_scale must be one of {VERDICT_SCALES} or None, "
+                f"got {self.verdict_scale!r}"
+            )
         unknown = sorted(self.profiles - set(PROFILES))
         if unknown:
             raise ValueError(

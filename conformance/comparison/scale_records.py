@@ -7,8 +7,8 @@ and a convention that fixes one failure may break an item that passes. So each i
 - ``answers``: every answer :meth:`Session.call` converted for a fisher type that a
   convention governs (its fisher type, loss, reduction, ``N`` and ``R``, distinct, in call
   order): declaring another convention would rescale exactly these;
-- ``verdict_scale``: how the item's verdict depends on the scale of those answers
-  (:func:`verdict_scale`);
+- ``verdict_scale``: how the item's verdict depends on the scale of those answers (see
+  :data:`VERDICT_SCALES`);
 - ``failure``: for a failure whose every compared layer is a constant multiple of its target
   (a *scale-only* failure), each layer's factor with the counts of its problem
   (:func:`failure_record`).
@@ -19,10 +19,12 @@ and a convention that fixes one failure may break an item that passes. So each i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from kfac_conformance.contract.conventions import governing_field
 
-# How a check's verdict depends on the scale of the candidate's answers, by its kind:
+# How a check's verdict depends on the scale of the candidate's answers, by its kind (a check
+# whose kind says otherwise sets Check.verdict_scale):
 # - "absolute": it compares answers with exact or reference blocks (or their statistics) at
 #   a tolerance far below any convention's factor, so it changes unless every answer keeps
 #   its scale;
@@ -36,17 +38,15 @@ _VERDICT_SCALE_OF_KIND = {
     "invariance": "relative",
     "guard": "relative",
 }
-# checks whose kind says otherwise; "unknown": a wrong scale can pass or fail them, so they are
-# left out of the judgement
-_VERDICT_SCALE_OF_CHECK = {
-    "ekfac/kfac-eigenbasis": "relative",  # an eigenbasis does not depend on the scale
-    "ekfac/frobenius-optimal": "unknown",  # an inequality between two answers and the exact block
-}
+# and "unknown": a wrong scale can pass or fail the check, which is left out of the judgement
+VERDICT_SCALES = ("absolute", "relative", "unknown")
 
 
-def verdict_scale(check_id: str, kind: str) -> str:
-    """``"absolute"``, ``"relative"`` or ``"unknown"`` (see the tables above)."""
-    return _VERDICT_SCALE_OF_CHECK.get(check_id, _VERDICT_SCALE_OF_KIND.get(kind, "unknown"))
+class Judged(Protocol):
+    """What :func:`item_record` reads of a check (a :class:`~kfac_conformance.checks.base.Check`)."""
+
+    kind: str
+    verdict_scale: str | None
 
 
 def _answer_fields(fisher_type: str, quantities: Mapping[str, object]) -> dict:
@@ -96,18 +96,16 @@ def failure_record(
     }
 
 
-def item_record(
-    check_id: str, kind: str, answers: Sequence[dict], failure: dict | None
-) -> dict | None:
-    """``Result.scale``: ``None`` when the item converted no governed answer and has no
-    scale-only failure (nothing a convention could change)."""
+def item_record(check: Judged, answers: Sequence[dict], failure: dict | None) -> dict | None:
+    """``Result.scale`` of an item of ``check``: ``None`` when the item converted no governed
+    answer and has no scale-only failure (nothing a convention could change)."""
     distinct: dict[tuple, dict] = {}
     for answer in answers:
         distinct.setdefault(tuple(sorted(answer.items())), answer)
     if not distinct and failure is None:
         return None
     return {
-        "verdict_scale": verdict_scale(check_id, kind),
+        "verdict_scale": check.verdict_scale or _VERDICT_SCALE_OF_KIND.get(check.kind, "unknown"),
         "answers": list(distinct.values()),
         "failure": failure,
     }

@@ -52,7 +52,7 @@ def execute(session: Session, item: Item, baseline: GlobalState | None = None) -
             dict.fromkeys(session.side_effects)
         )
         result.message = f"{result.message}\n{note}" if result.message else note
-    result.scale = item_record(item.check.id, item.check.kind, session.answers, scale_failure)
+    result.scale = item_record(item.check, session.answers, scale_failure)
     result.duration_s = time.perf_counter() - start
     return result
 

@@ -24,8 +24,9 @@ class Mutant:
     """
 
     killers: tuple[str, ...] = ()
-    # a phrase the diagnosis of at least one failing killer carries; None where no check
-    # names the pitfall (the failure alone says that something is wrong)
+    # a phrase the diagnosis of at least one failing killer carries (or, for a constant
+    # factor, "= <name>" as the killers' scale summary names it); None where no check names
+    # the pitfall (the failure alone says that something is wrong)
     diagnosis: str | None = None
     capabilities = Capabilities()
 

@@ -119,7 +119,7 @@ class EkfacReductionFactorMissing(EkfacMutant):
     """The corrected eigenvalues are not multiplied by R (KFAC's B is): with reduction='mean'
     S is that of the summed loss.
 
-    Killed by ekfac/correction-exact on mean-reduced cases; the diagnosis names N*T.
+    Killed by ekfac/correction-exact on mean-reduced cases; the run's scale summary names 1/R.
     """
 
     killers = ("ekfac/correction-exact-type-2[mlp[tanh-ce-batch]]",)

@@ -72,6 +72,8 @@ CHECKS = [
         SOURCE,
         kind="exact",
         measure=_frobenius_optimal,
+        # an inequality between two answers and the exact block: a rescaling can pass or fail it
+        verdict_scale="unknown",
         fuzz=FuzzProperty(float64(always), FUZZ_ORDER),
     ),
     Check(
