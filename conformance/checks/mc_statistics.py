@@ -108,8 +108,10 @@ def block_estimates(
     skipped when type-2 KFAC is zero on every layer (nothing to estimate)."""
     rows: dict[str, list[Tensor]] = {}
     targets = None
+    # one problem for all seeds: every call restores it (and reports any change as a side
+    # effect), and building it per seed was a third of the cost of the checks
+    problem = session.fresh(entry)
     for seed in seeds:
-        problem = session.fresh(entry)
         asked = dataclasses.replace(request, mc_samples=mc_samples, seed=seed)
         result = session.call(problem, asked)
         if targets is None:

@@ -49,8 +49,8 @@ def mc_traces(
 ) -> dict[str, Tensor]:
     """Every layer's ``tr(EKFAC)`` per seed, for ``request`` with ``UNBIASED_SAMPLES``."""
     traces: dict[str, list[float]] = {}
+    problem = session.fresh(entry)  # restored by every call, as in block_estimates
     for seed in seeds:
-        problem = session.fresh(entry)
         asked = dataclasses.replace(request, mc_samples=UNBIASED_SAMPLES, seed=seed)
         result = session.call(problem, asked)
         for layer in problem.layers:
