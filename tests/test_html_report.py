@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -85,7 +86,7 @@ def test_the_json_report_stores_the_first_failing_layer_of_each_failure(failing_
 def test_without_matplotlib_the_page_renders_and_says_how_to_get_pictures(failing_report):
     page = html_report.render(html_report.load(failing_report), draw=False)
     assert not HEATMAP.search(page)
-    assert heatmaps.INSTALL_HINT.replace('"', "&quot;") in page
+    assert html.escape(heatmaps.INSTALL_HINT) in page
     for needle in ("zoo:ConvPatchesIgnoreGeometry", "Declared capabilities", "exactness"):
         assert needle in page
     assert page.count('class="failure failed"') == 2

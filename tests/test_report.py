@@ -154,10 +154,12 @@ def test_the_summary_puts_failures_first_then_skips_by_reason_then_the_table_las
     ]
 
 
-def test_quiet_gives_one_line_per_failure():
-    text = summary_text(report_with_skips(), quiet=True)
+def test_quiet_gives_one_line_per_failure_with_its_diagnosis():
+    report = report_with_skips()
+    report.results[1].diagnosis = "off by a constant factor x 2"
+    text = summary_text(report, quiet=True)
     assert text.splitlines()[:2] == [
-        "FAILED a/y[c1]: layer '0': relative error",
+        "FAILED a/y[c1]: layer '0': relative error; diagnosis: off by a constant factor x 2",
         "ERROR b/z[c2]: timed out after 5 s",
     ]
     assert "second line" not in text and "observed" not in text

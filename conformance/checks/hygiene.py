@@ -68,7 +68,7 @@ def _first_note(marker: str):
 
 SOURCE = (
     "the candidate contract: results are plain tensors in the problem's dtype "
-    "(README, 'The candidate contract')"
+    "(README, 'Plugging in your implementation')"
 )
 CHECKS = [
     Check(

@@ -212,22 +212,18 @@ def summary_text(report: Report, quiet: bool = False) -> str:
     grouped by reason, then the per-family table and the totals, last, where they stay in view.
     """
     problems = [r for r in report.results if r.status in ("failed", "error", "xpassed")]
-    lines = [_one_line(r) for r in problems] if quiet else _in_full(problems)
+    blocks = [[_one_line(r) for r in problems]] if quiet else [_in_full(r) for r in problems]
     not_run = report.not_run()
     if not_run and not report.complete:
-        lines.append("")
-        lines.append(f"NOT RUN ({len(not_run)}): " + ", ".join(not_run[:_NOT_RUN_SHOWN]))
+        block = [f"NOT RUN ({len(not_run)}): " + ", ".join(not_run[:_NOT_RUN_SHOWN])]
         if len(not_run) > _NOT_RUN_SHOWN:
-            lines.append(f"  ... and {len(not_run) - _NOT_RUN_SHOWN} more (see the JSON report)")
-    lines.extend(_skips_by_reason(report.results))
-    for pattern in report.unused_expected_failures:
-        lines.append(f"warning: expected failure {pattern!r} matched no check")
-    if lines:
-        lines.append("")
-    lines.extend(_family_table(report.results))
-    lines.append("")
-    lines.append(_totals(report))
-    return "\n".join(lines)
+            block.append(f"  ... and {len(not_run) - _NOT_RUN_SHOWN} more (see the JSON report)")
+        blocks.append(block)
+    unused = report.unused_expected_failures
+    warnings = [f"warning: expected failure {pattern!r} matched no check" for pattern in unused]
+    blocks += [_skips_by_reason(report.results), warnings]
+    blocks += [_family_table(report.results), [_totals(report)]]
+    return "\n\n".join("\n".join(block) for block in blocks if block)
 
 
 def _first_line(message: str) -> str:
@@ -235,21 +231,19 @@ def _first_line(message: str) -> str:
 
 
 def _one_line(result: Result) -> str:
-    return f"{result.status.upper()} {result.item_id}: {_first_line(result.message)}"
+    diagnosis = f"; diagnosis: {result.diagnosis}" if result.diagnosis else ""
+    return f"{result.status.upper()} {result.item_id}: {_first_line(result.message)}{diagnosis}"
 
 
-def _in_full(problems: list[Result]) -> list[str]:
-    lines: list[str] = []
-    for result in problems:
-        lines.append("")
-        lines.append(f"{result.status.upper()} {result.item_id}")
-        lines.extend(f"  {line}" for line in result.message.strip().splitlines())
-        if result.observed is not None:
-            lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
-        if result.diagnosis:
-            lines.append(f"  diagnosis: {result.diagnosis}")
-        if result.reproduction.get("command"):
-            lines.append(f"  reproduce: {result.reproduction['command']}")
+def _in_full(result: Result) -> list[str]:
+    lines = [f"{result.status.upper()} {result.item_id}"]
+    lines.extend(f"  {line}" for line in result.message.strip().splitlines())
+    if result.observed is not None:
+        lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
+    if result.diagnosis:
+        lines.append(f"  diagnosis: {result.diagnosis}")
+    if result.reproduction.get("command"):
+        lines.append(f"  reproduce: {result.reproduction['command']}")
     return lines
 
 
@@ -259,7 +253,7 @@ def _skips_by_reason(results: list[Result]) -> list[str]:
     if not reasons:
         return []
     width = len(str(max(reasons.values())))
-    lines = ["", f"SKIPPED ({sum(reasons.values())}) by reason:"]
+    lines = [f"SKIPPED ({sum(reasons.values())}) by reason:"]
     # most frequent first; among equals, in the order first met
     for reason, count in sorted(reasons.items(), key=lambda pair: -pair[1]):
         lines.append(f"  {count:>{width}}  {reason or '(no reason given)'}")
