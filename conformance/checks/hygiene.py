@@ -9,7 +9,7 @@ fails a check of its own.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
 from kfac_conformance.checks.side_effects import FISHER_TYPE_PREFERENCE
@@ -28,7 +28,7 @@ def _two_linear_problem() -> Problem:
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
     X = torch.randn(5, 4, generator=generator, dtype=torch.float64)
-    y: Tensor = torch.randn(5, 2, generator=generator, dtype=torch.float64)
+    y = torch.randn(5, 2, generator=generator, dtype=torch.float64)
     return Problem(model, nn.MSELoss(), [(X, y)], ["0", "2"], "two-linear[mse]")
 
 
@@ -60,7 +60,9 @@ def _first_note(marker: str):
                     if note.endswith(marker):
                         raise CheckFailed(f"{request.describe()}, {name}: {note}")
         if not ran:
-            raise CheckSkipped(unclaimed[0] if unclaimed else f"not supported: dtypes {DTYPES}")
+            raise CheckSkipped(
+                unclaimed[0] if unclaimed else f"not supported: dtypes {list(DTYPES)}"
+            )
         return Measurement()
 
     return run
