@@ -6,9 +6,9 @@ storage, a rescaled Kronecker pair, another valid EKFAC eigenbasis, a different 
 computed under ``torch.no_grad`` or ``inference_mode``. The numbers are right, so each must
 pass every item the reference passes: a red verdict here is a defect of the suite.
 
-Two forms break the contract's hygiene rule (results detached, in the problem's dtype) while
+Three forms break the contract's hygiene rule (results detached, in the problem's dtype) while
 their values are right. ``hygiene`` names the message the suite owes them: one item of its own
-that fails, everything else judged on the values (NOTES-phase2.md, "hygiene checks").
+that fails (``hygiene/*``), everything else judged on the values.
 
 Importable as ``equivalent_zoo`` from ``tests/`` (pytest puts that folder on the path).
 """

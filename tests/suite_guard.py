@@ -1,7 +1,8 @@
 """The guard every run of a known candidate passes: the suite's own code never raised.
 
 An exception from harness code is a defect of the suite, never a verdict on the candidate;
-the runner reports it as an ``error`` whose message starts with :data:`SUITE_RAISED`.
+the runner reports it as an ``error`` whose message starts with :data:`SUITE_RAISED` (an
+internal error of the suite, with a request for a bug report).
 Importable as ``suite_guard`` from ``tests/`` (pytest puts that folder on the path).
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from kfac_conformance.execution.execute import INTERNAL_ERROR
 from kfac_conformance.execution.result import Result
 
-SUITE_RAISED = "the check raised"
+SUITE_RAISED = INTERNAL_ERROR
 
 
 def suite_exceptions(results: Iterable[Result]) -> list[str]:

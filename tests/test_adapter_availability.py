@@ -104,10 +104,11 @@ def test_availability_lists_every_registered_candidate_with_its_version_or_absen
 
 
 @pytest.mark.skipif(not ABSENT, reason="every adapter's library is installed here")
-def test_the_command_line_exits_2_with_the_install_line():
+@pytest.mark.parametrize("command", ["run", "fuzz"])
+def test_the_command_line_exits_2_with_the_install_line(command):
     name = ABSENT[0]
     result = subprocess.run(
-        [sys.executable, "-m", "kfac_conformance.frontends.cli", "run", "--candidate", name],
+        [sys.executable, "-m", "kfac_conformance.frontends.cli", command, "--candidate", name],
         capture_output=True,
         text=True,
         timeout=120,
@@ -116,3 +117,21 @@ def test_the_command_line_exits_2_with_the_install_line():
     (line,) = result.stderr.strip().splitlines()
     assert line.endswith(requirement_of(name).install_command())
     assert result.stdout == ""
+
+
+@pytest.mark.skipif(not ABSENT, reason="every adapter's library is installed here")
+def test_the_pytest_plugin_stops_with_a_usage_error_and_the_install_line(tmp_path):
+    name = ABSENT[0]
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--kfac-candidate", name, "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("ERROR: ")
+    assert line.endswith(requirement_of(name).install_command())
+    assert "Traceback" not in result.stdout + result.stderr

@@ -2,8 +2,9 @@
 
 The library author's repository is simulated in a temporary folder: the example adapter
 (``examples/external_candidate.py``) as ``tests/kfac_candidate.py`` and an expected-failures
-file. The install step cannot run here (it downloads); its lines are checked instead: torch
-first, every later install constrained to the torch just installed, and the extras exist.
+file. Here the install step's lines are checked: torch first, every later install
+constrained to the torch just installed, and the extras exist; tests/test_install_lines.py
+runs them, against a local copy of the checkout in a fresh, offline venv.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ import hostile
 import pytest
 import torch
 
+from kfac_conformance.contract.loading import candidate_availability
 from kfac_conformance.frontends.cli import main
+from kfac_conformance.frontends.environment import CANDIDATE_VARIABLE, NO_CANDIDATE
 
 HOSTILE = str(Path(hostile.__file__))
 MLP = "mlp[tanh-ce-batch]"
@@ -23,8 +25,12 @@ TWO_ITEMS = ["--select", ONE_ITEM, "--select", f"side-effects/repeatable[{MLP}]"
 
 
 def run_cli(tmp_path: Path, *args: str) -> tuple[int, dict | None]:
+    """``run`` on the quick profile; the reference unless ``args`` name another candidate."""
     report = tmp_path / "report.json"
-    code = main(["run", "--profile", "quick", "-q", "--report-json", str(report), *args])
+    code = main(
+        ["run", "--candidate", "kfac_ref", "--profile", "quick", "-q"]
+        + ["--report-json", str(report), *args]
+    )
     return code, json.loads(report.read_text()) if report.exists() else None
 
 
@@ -82,6 +88,41 @@ def test_a_candidate_file_that_fails_to_import_is_a_usage_error(tmp_path, capsys
 def test_device_cuda_without_cuda_is_a_usage_error(tmp_path, capsys):
     assert run_cli(tmp_path, "--device", "cuda")[0] == 2
     assert "--device cuda was given but CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "fuzz"])
+@pytest.mark.parametrize("variable", [None, "", "  "], ids=["unset", "empty", "blank"])
+def test_no_candidate_exits_2_with_one_line_saying_what_to_pass(
+    monkeypatch, capsys, command, variable
+):
+    monkeypatch.delenv(CANDIDATE_VARIABLE, raising=False)
+    if variable is not None:
+        monkeypatch.setenv(CANDIDATE_VARIABLE, variable)
+    assert main([command]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {NO_CANDIDATE}\n"
+    assert "--candidate SPEC" in NO_CANDIDATE and CANDIDATE_VARIABLE in NO_CANDIDATE
+    assert captured.out == ""
+
+
+def test_the_environment_variable_names_the_candidate(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(CANDIDATE_VARIABLE, f"{HOSTILE}:Raising")
+    report = tmp_path / "report.json"
+    code = main(["run", "--profile", "quick", "-q", "--report-json", str(report), *TWO_ITEMS])
+    assert code == 1
+    assert json.loads(report.read_text())["candidate"]["spec"] == f"{HOSTILE}:Raising"
+    # the option wins over the variable
+    assert main(["run", "--candidate", "kfac_ref", "--profile", "quick", "-q", *TWO_ITEMS]) == 0
+
+
+def test_list_candidates_shows_whether_each_can_run(capsys):
+    assert main(["list-candidates"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    availability = candidate_availability()
+    assert len(lines) == len(availability)
+    for line, (name, status) in zip(lines, availability.items(), strict=True):
+        assert line.split(maxsplit=1) == [name, status]
+    assert "kfac_ref             built in" in lines
 
 
 def test_an_unknown_option_is_a_usage_error(capsys):

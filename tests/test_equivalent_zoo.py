@@ -3,8 +3,7 @@
 Each candidate of :mod:`equivalent_zoo` runs the whole default profile; its status on every
 item must be the reference's (passed where it passed, skipped where it skipped), and the suite
 must never raise. The forms that break the hygiene rule (results detached, in the problem's
-dtype) are owed one failing item of their own and a verdict on their values everywhere else;
-until that check exists they are expected to fail (NOTES-phase2.md, "hygiene checks").
+dtype) fail one ``hygiene/*`` item of their own, and are judged on their values everywhere else.
 """
 
 from __future__ import annotations
@@ -87,7 +86,6 @@ def test_the_equivalent_candidate_passes_every_item_the_reference_passes(
     assert not wrong, f"{len(wrong)} items differ from the reference: {wrong[:10]}"
 
 
-@pytest.mark.xfail(strict=True, reason="hygiene check: see NOTES-phase2.md")
 @pytest.mark.parametrize("form", UNHYGIENIC, ids=lambda form: form.__name__)
 def test_a_hygiene_problem_fails_its_own_check_and_nothing_else(
     form: type[Equivalent], reference_statuses

@@ -97,9 +97,12 @@ def test_the_command_saves_replayable_cases_and_replays_its_database_first(tmp_p
 
 
 def test_usage_errors_exit_with_two(capsys):
-    assert main(["fuzz", "--max-examples", "0"]) == 2
+    assert main(["fuzz", "--candidate", "kfac_ref", "--max-examples", "0"]) == 2
+    assert "--max-examples" in capsys.readouterr().err
     assert main(["fuzz", "--candidate", "no-such-candidate"]) == 2
-    assert main(["fuzz", "--property", "no/such-property"]) == 2
+    assert "no-such-candidate" in capsys.readouterr().err
+    assert main(["fuzz", "--candidate", "kfac_ref", "--property", "no/such-property"]) == 2
+    assert "no/such-property" in capsys.readouterr().err
 
 
 @settings(max_examples=5)

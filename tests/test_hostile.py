@@ -10,6 +10,7 @@ import hostile
 import pytest
 import torch
 from running import run_items
+from suite_guard import suite_exceptions
 
 from kfac_conformance.contract.problem import Request
 from kfac_conformance.execution.calling import CallAbandoned, abandon, call_candidate
@@ -32,7 +33,9 @@ def items():
 
 
 def outcomes(candidate, items, **options) -> list[tuple[str, str]]:
-    return [(r.status, r.message) for r in run_items(candidate, items, "quick", **options)]
+    results = list(run_items(candidate, items, "quick", **options))
+    assert suite_exceptions(results) == []
+    return [(r.status, r.message) for r in results]
 
 
 def assert_correct_candidate_still_passes(items) -> None:
@@ -52,10 +55,7 @@ def assert_correct_candidate_still_passes(items) -> None:
         (hostile.InfFactor, INVALID + "has 0 NaN and 2 inf entries"),
         (hostile.ComplexFactor, INVALID + "dtype torch.complex128 is not a real floating dtype"),
         (hostile.IntegerFactor, INVALID + "dtype torch.int64 is not a real floating dtype"),
-        (hostile.WrongDtype, INVALID + "dtype expected the problem's torch.float64, got torch.float32"),
         (hostile.WrongDevice, INVALID + "device expected cpu, got meta"),
-        (hostile.RequiresGrad, INVALID + "requires grad or carries an autograd graph; detach it"),
-        (hostile.CarriesGraph, INVALID + "requires grad or carries an autograd graph; detach it"),
     ],
 )  # fmt: skip
 def test_a_malformed_result_fails_its_check_with_a_precise_message(items, candidate, message):
@@ -64,6 +64,48 @@ def test_a_malformed_result_fails_its_check_with_a_precise_message(items, candid
         ("passed", ""),
         ("passed", ""),
     ]
+
+
+HYGIENE_ITEMS = ["hygiene/*", "exactness/type-2-expand[deep-linear[mse-sum-1batch]]"]
+
+
+def hygiene_outcomes(candidate) -> dict[str, object]:
+    items = plan("default", case_entries("default"), HYGIENE_ITEMS)
+    results = list(run_items(candidate(), items, "default"))
+    assert suite_exceptions(results) == []
+    return {result.check_id: result for result in results}
+
+
+@pytest.mark.parametrize("candidate", [hostile.RequiresGrad, hostile.CarriesGraph])
+def test_a_factor_that_carries_autograd_fails_hygiene_only(candidate):
+    results = hygiene_outcomes(candidate)
+    detached = results["hygiene/detached"]
+    assert detached.status == "failed"
+    assert detached.message.endswith(
+        "layer '0', factor A: requires grad or carries an autograd graph; detach it"
+    )
+    assert results["hygiene/problem-dtype"].status == "passed"
+    exactness = results["exactness/type-2-expand"]
+    assert exactness.status == "passed"
+    assert exactness.message == (
+        "note: the candidate's results were repaired (see hygiene/*): "
+        "requires grad or carries an autograd graph; detach it"
+    )
+
+
+def test_a_factor_in_another_dtype_fails_hygiene_and_is_judged_on_its_values():
+    results = hygiene_outcomes(hostile.WrongDtype)
+    dtype = results["hygiene/problem-dtype"]
+    assert dtype.status == "failed"
+    assert dtype.message.endswith(
+        "float64: layer '0', factor A: dtype torch.float32, not the problem's torch.float64; "
+        "return the problem's dtype"
+    )
+    assert results["hygiene/detached"].status == "passed"
+    # its A was cast to float32 and back: the values really lost precision
+    exactness = results["exactness/type-2-expand"]
+    assert exactness.status == "failed"
+    assert "float32 round-off level" in exactness.diagnosis
 
 
 @pytest.mark.parametrize(

@@ -177,8 +177,8 @@ def test_the_ci_recipe_installs_from_the_git_repository(tmp_path):
     environment = FreshEnvironment(tmp_path)
     clone = checkout_copy(tmp_path)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "-C", str(clone)]
-    # --force: the copy holds exactly the checkout's files, and .gitignore's "reports/" would
-    # also drop conformance/reports/ (NOTES-phase2.md)
+    # --force: the copy holds exactly the checkout's files, and none may be left out by an
+    # ignore pattern (an unanchored "reports/" once dropped conformance/reports/)
     for command in (["init", "-q"], ["add", "--force", "-A"], ["commit", "-q", "-m", "snapshot"]):
         subprocess.run([*git, *command], check=True, capture_output=True)
     repository = author_repository(tmp_path)

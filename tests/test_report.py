@@ -110,3 +110,81 @@ def test_summary_of_a_complete_run_lists_nothing_as_not_run():
     text = summary_text(report)
     assert "NOT RUN" not in text
     assert "4 checks ran of 4 (complete): 1 passed, 1 failed, 1 errors, 1 skipped" in text
+
+
+def report_with_skips() -> Report:
+    report = report_with_three_results()
+    skips = {
+        "c/s[c1]": "not supported: layer types ['Conv2d']",
+        "c/s[c2]": "not supported: fisher types ['mc']",
+        "c/s[c3]": "not supported: layer types ['Conv2d']\nnote: a second line",
+        "c/t[c1]": "not supported: fisher types ['mc']",
+        "c/t[c2]": "not supported: layer types ['Conv2d']",
+    }
+    report.planned += list(skips)
+    report.results.append(Result("b/z", "c3", "passed"))
+    for item_id, reason in skips.items():
+        check_id, _, case_id = item_id.partition("[")
+        report.results.append(Result(check_id, case_id[:-1], "skipped", reason))
+    report.complete = True
+    return report
+
+
+def test_the_summary_puts_failures_first_then_skips_by_reason_then_the_table_last():
+    text = summary_text(report_with_skips())
+    lines = text.splitlines()
+    failure, skips = lines.index("FAILED a/y[c1]"), lines.index("SKIPPED (5) by reason:")
+    table = next(i for i, line in enumerate(lines) if line.startswith("family "))
+    assert failure < lines.index("ERROR b/z[c2]") < skips < table
+    # grouped by their first line, most frequent first
+    assert lines[skips + 1 : skips + 3] == [
+        "  3  not supported: layer types ['Conv2d']",
+        "  2  not supported: fisher types ['mc']",
+    ]
+    assert lines[skips + 3] == ""
+    assert [line.split() for line in lines[table + 2 : table + 5]] == [
+        ["a", "1", "1", "0", "0", "0", "0"],
+        ["b", "1", "0", "1", "0", "0", "0"],
+        ["c", "0", "0", "0", "5", "0", "0"],
+    ]
+    assert lines[table + 5 :] == [
+        "",
+        "cand: 9 checks ran of 9 (complete): 2 passed, 1 failed, 1 errors, 5 skipped, "
+        "0 xfailed, 0 xpassed",
+    ]
+
+
+def test_quiet_gives_one_line_per_failure_with_its_diagnosis():
+    report = report_with_skips()
+    report.results[1].diagnosis = "off by a constant factor x 2"
+    text = summary_text(report, quiet=True)
+    assert text.splitlines()[:2] == [
+        "FAILED a/y[c1]: layer '0': relative error; diagnosis: off by a constant factor x 2",
+        "ERROR b/z[c2]: timed out after 5 s",
+    ]
+    assert "second line" not in text and "observed" not in text
+    assert "SKIPPED (5) by reason:" in text
+
+
+def test_a_run_without_problems_or_skips_prints_the_table_and_the_totals_only():
+    report = Report("s", "c", None, "quick", "cpu", ["a/x[c1]"], complete=True)
+    report.results.append(Result("a/x", "c1", "passed"))
+    assert summary_text(report).splitlines()[0].startswith("family ")
+
+
+def test_a_report_read_back_from_json_gives_the_same_summary(tmp_path):
+    for report in (report_with_three_results(), report_with_skips()):
+        report.unused_expected_failures = ["never/matches"]
+        report.write(tmp_path / "report.json")
+        again = Report.from_json(json.loads((tmp_path / "report.json").read_text()))
+        assert summary_text(again) == summary_text(report)
+        assert again.to_json() == report.to_json()
+
+
+def test_the_report_command_prints_the_summary_when_nothing_else_is_asked(tmp_path, capsys):
+    from kfac_conformance.frontends.cli import main
+
+    report = report_with_skips()
+    report.write(tmp_path / "report.json")
+    assert main(["report", str(tmp_path / "report.json"), "--format", "text"]) == 0
+    assert capsys.readouterr().out == summary_text(report) + "\n"

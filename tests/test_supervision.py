@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hostile
 import pytest
+from suite_guard import SUITE_RAISED
 
 from kfac_conformance.frontends.cli import main
 
@@ -71,8 +72,11 @@ def run_in_process(tmp_path: Path, candidate: str, *args: str, items=ITEMS) -> t
 
 
 def assert_complete(report: dict, items: list[str] = ITEMS) -> None:
-    """Every planned item has a status, and the report says the run is complete."""
+    """Every planned item has a status, the report says the run is complete, and the suite's
+    own code never raised."""
     assert (report["complete"], report["state"], report["not_run"]) == (True, "complete", [])
+    raised = [r["id"] for r in report["results"] if r["message"].startswith(SUITE_RAISED)]
+    assert raised == []
     assert [result["id"] for result in report["results"]] == items
     assert report["summary"]["ran"] == report["summary"]["total"] == len(items)
 
@@ -219,7 +223,7 @@ def test_unsupervised_a_stray_thread_does_not_turn_exit_1_into_an_abort(tmp_path
     ],
 )
 def test_usage_errors_of_the_limits_exit_2(capsys, args, message):
-    assert main(["run", "--profile", "quick", "-q", *args]) == 2
+    assert main(["run", "--candidate", "kfac_ref", "--profile", "quick", "-q", *args]) == 2
     assert message in capsys.readouterr().err
 
 

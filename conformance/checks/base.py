@@ -83,7 +83,8 @@ def every_case(entry: CaseEntry) -> bool:
 
 @dataclass(frozen=True)
 class Needs:
-    """Claims a check needs whatever the problem; without them it is skipped before it runs.
+    """Claims a check needs whatever the problem; without them it is skipped before it runs,
+    and the skip names them before any claim of the problem (its layer types, loss, ...).
 
     Only what is decided up front belongs here: what depends on the problem (its layer
     types, loss, bias) is decided by the check's own calls, against the candidate's
@@ -95,12 +96,13 @@ class Needs:
 
     def unmet(self, capabilities: Capabilities) -> str | None:
         """Why ``capabilities`` lack what is needed (the skip message), or ``None``."""
-        missing_fisher_types = sorted(self.fisher_types - capabilities.fisher_types)
-        if missing_fisher_types:
-            return f"not supported: fisher type {missing_fisher_types[0]!r}"
+        # worded as Capabilities.unsupported words them, so that a run's skips group by claim
         missing_approximations = sorted(self.approximations - capabilities.approximations)
         if missing_approximations:
             return f"not supported: approximations {missing_approximations}"
+        missing_fisher_types = sorted(self.fisher_types - capabilities.fisher_types)
+        if missing_fisher_types:
+            return f"not supported: fisher types {missing_fisher_types}"
         return None
 
 

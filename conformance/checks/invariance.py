@@ -9,7 +9,14 @@ from torch import nn
 
 from kfac_conformance.cases.architectures import MoveDim
 from kfac_conformance.checks import drawn
-from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, FuzzProperty, Measurement
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckSkipped,
+    FuzzProperty,
+    Measurement,
+    Needs,
+)
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
 from kfac_conformance.contract.problem import Problem, Request
 from kfac_conformance.execution.session import (
@@ -210,6 +217,7 @@ CHECKS = [
         "the ones row of a joint bias contributes A[-1, -1] = 1",
         kind="invariance",
         measure=_bias_joint_vs_separate,
+        needs=Needs(fisher_types=frozenset({"type-2"})),
         fuzz=FuzzProperty(drawn.float64(drawn.always), FUZZ_ORDER),
     ),
 ]

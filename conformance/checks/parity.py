@@ -20,12 +20,18 @@ FLOAT32_TOLERANCE = round_off_tolerance(torch.float32)
 
 
 def _request(session: Session, problems: list[Problem]) -> Request:
-    """The first deterministic request the candidate claims for every problem of ``problems``."""
+    """The first deterministic request the candidate claims for every problem of ``problems``;
+    a skip names a claim of the problems themselves (layer types, dtype, ...) first."""
+    capabilities = session.candidate.capabilities
+    for problem in problems:
+        reason = capabilities.unsupported_problem(problem)
+        if reason is not None:
+            raise CheckSkipped(reason)
     reasons = []
     for fisher_type in ("type-2", "empirical", "forward-only"):
         for bias in ("separate", "joint"):
             request = Request(fisher_type, "expand", bias=bias)
-            why = [session.candidate.capabilities.unsupported(p, request) for p in problems]
+            why = [capabilities.unsupported(p, request) for p in problems]
             if not any(why):
                 return request
             reasons.extend(reason for reason in why if reason)

@@ -48,7 +48,7 @@ def _run(session: Session, entry: CaseEntry):
                     )
         ran = True
     if not ran:
-        raise CheckSkipped("not supported: no fisher type claimed for this problem")
+        raise CheckSkipped(session.why_unclaimed(FISHER_TYPES))
     return measurement
 
 

@@ -53,10 +53,12 @@ def _expect_raise(what: str):
         if session.candidate.capabilities.unsupported(problem, Request()) is None:
             raise CheckSkipped(f"the candidate claims to support {what}")
         try:
-            result, side_effects = call_candidate(
+            result, side_effects, hygiene = call_candidate(
                 session.candidate, problem, Request(), check_capabilities=False
             )
         except CandidateError as raised:
+            if raised.could_not_import:  # not the exception expected: an error
+                raise
             session.side_effects.extend(raised.side_effects)
             return Measurement(details={"raised": str(raised)})
         except CandidateRefused as refused:
@@ -67,6 +69,7 @@ def _expect_raise(what: str):
                 f"raising ({invalid.message})"
             ) from None
         session.side_effects.extend(side_effects)
+        session.hygiene.extend(hygiene)
         raise CheckFailed(
             f"returned an answer for {what} it does not claim to support, instead of raising "
             f"(layers {sorted(result)})"

@@ -47,6 +47,8 @@ def _weight_tying(session: Session, entry: CaseEntry):
     try:
         result = session.call(problem, Request("type-2", "expand", bias=modes[0]))
     except CandidateError as raised:
+        if raised.could_not_import:  # not the exception expected: an error
+            raise
         session.side_effects.extend(raised.side_effects)
         return Measurement(details={"raised": str(raised)})
     except CandidateRefused as refused:

@@ -229,10 +229,6 @@ def suite_version() -> str:
     return installed_version("kfac-conformance") or "unknown"
 
 
-def registered_names() -> list[str]:
-    return sorted(registered_candidates())
-
-
 def candidate_availability() -> dict[str, str]:
     """Each registered candidate's library, for ``list-candidates``: its installed version,
     ``"not installed: ..."`` with the install command, or ``"built in"`` for a candidate that

@@ -144,22 +144,36 @@ class Capabilities:
     conventions: Conventions = TUTORIAL
 
     def unsupported(self, problem: Problem, request: Request) -> str | None:
-        """Why ``(problem, request)`` is outside the claim, or ``None`` when inside it."""
+        """Why ``(problem, request)`` is outside the claim, or ``None`` when inside it.
+
+        The problem's own claims come first (:meth:`unsupported_problem`): outside them no
+        request is claimed, and the reason names what the problem needs.
+        """
+        reason = self.unsupported_problem(problem)
+        if reason is not None:
+            return reason
+        checks = [
+            ("fisher types", {request.fisher_type} - self.fisher_types),
+            ("flavours", {request.kfac_approx} - self.flavours),
+            ("bias modes", {request.bias} - self.bias_modes),
+            ("approximations", {request.approximation} - self.approximations),
+        ]
+        return _first_missing(checks)
+
+    def unsupported_problem(self, problem: Problem) -> str | None:
+        """Why ``problem`` is outside the claim whatever the request (its layer types, loss,
+        reduction, device, dtype, batches), or ``None``."""
         model_layers = {type(problem.model.get_submodule(name)).__name__ for name in problem.layers}
         checks = [
             ("layer types", model_layers - self.layer_types),
             ("losses", {type(problem.loss_func).__name__} - self.losses),
             ("reductions", {problem.loss_func.reduction} - self.reductions),
-            ("fisher types", {request.fisher_type} - self.fisher_types),
-            ("flavours", {request.kfac_approx} - self.flavours),
-            ("bias modes", {request.bias} - self.bias_modes),
-            ("approximations", {request.approximation} - self.approximations),
             ("devices", {problem.device.type} - self.devices),
             ("dtypes", {str(problem.dtype).removeprefix("torch.")} - self.dtypes),
         ]
-        for what, missing in checks:
-            if missing:
-                return f"not supported: {what} {sorted(missing)}"
+        reason = _first_missing(checks)
+        if reason is not None:
+            return reason
         if len(problem.batches) > 1 and not self.multiple_batches:
             return "not supported: several batches"
         if not self.weight_sharing:
@@ -167,6 +181,13 @@ class Capabilities:
             if shared:
                 return f"not supported: Linear layers {shared} on inputs with shared axes"
         return None
+
+
+def _first_missing(checks: list[tuple[str, set[str]]]) -> str | None:
+    for what, missing in checks:
+        if missing:
+            return f"not supported: {what} {sorted(missing)}"
+    return None
 
 
 @runtime_checkable

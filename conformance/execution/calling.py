@@ -9,9 +9,11 @@ change as a side effect, then validates the result.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import traceback
 from collections.abc import Mapping
+from types import TracebackType
 
 import torch
 from torch import Tensor
@@ -39,11 +41,29 @@ class CandidateError(Exception):
         self.side_effects = side_effects or []
         # The first frame is call_candidate's own; the rest are the candidate's.
         tb = exception.__traceback__.tb_next if exception.__traceback__ else None
-        frames = traceback.format_tb(tb)[-_TRACEBACK_FRAMES:]
-        self.traceback_tail = "".join(
-            frames + traceback.format_exception_only(type(exception), exception)
-        )
+        self.traceback_tail = traceback_tail(exception, tb)
         super().__init__(f"{type(exception).__name__}: {exception}")
+
+    @property
+    def could_not_import(self) -> bool:
+        """The candidate failed to import a module (its library is missing): no verdict on
+        its KFAC, and no exception raised "as it should" either."""
+        return isinstance(self.exception, ImportError)
+
+    def describe(self) -> str:
+        """The message of the item it ends: what the candidate raised and its last frames."""
+        if self.could_not_import:
+            module = getattr(self.exception, "name", None) or "a module"
+            cause = f"the candidate could not import {module}: install it ({self})"
+        else:
+            cause = f"the candidate raised {self}"
+        return f"{cause}\n{self.traceback_tail}"
+
+
+def traceback_tail(exception: BaseException, tb: TracebackType | None) -> str:
+    """The last frames of ``tb`` and the exception's own line, as Python prints them."""
+    frames = traceback.format_tb(tb)[-_TRACEBACK_FRAMES:]
+    return "".join(frames + traceback.format_exception_only(type(exception), exception))
 
 
 class CallAbandoned(BaseException):
@@ -82,32 +102,46 @@ def expected_shapes(problem: Problem, layer: str, bias: str) -> tuple[int, int, 
     return d_in + (bias == "joint"), d_out, bias
 
 
-def _validate_factor(where: str, factor: object, shape: tuple[int, ...], problem: Problem) -> None:
+def _validate_factor(
+    where: str, factor: object, shape: tuple[int, ...], problem: Problem, hygiene: list[str]
+) -> Tensor:
+    """The factor to judge: ``CheckFailed`` when its values cannot be judged; a factor that
+    carries autograd or has another dtype than the problem's is repaired (detached, cast)
+    and the breach of the contract appended to ``hygiene`` (the ``hygiene/*`` checks report it)."""
+
+    def invalid(reason: str) -> CheckFailed:
+        return CheckFailed(f"invalid result for {where}: {reason}")
+
     if not isinstance(factor, Tensor):
-        raise CheckFailed(f"{where}: expected a torch.Tensor, got {type(factor).__name__}")
+        raise invalid(f"expected a torch.Tensor, got {type(factor).__name__}")
     if factor.layout != torch.strided:
-        raise CheckFailed(f"{where}: layout {factor.layout}, expected a dense (strided) tensor")
+        raise invalid(f"layout {factor.layout}, expected a dense (strided) tensor")
     if factor.is_complex() or not factor.is_floating_point():
-        raise CheckFailed(f"{where}: dtype {factor.dtype} is not a real floating dtype")
+        raise invalid(f"dtype {factor.dtype} is not a real floating dtype")
     if tuple(factor.shape) != shape:
-        raise CheckFailed(f"{where}: shape expected {shape}, got {tuple(factor.shape)}")
-    if factor.dtype != problem.dtype:
-        raise CheckFailed(
-            f"{where}: dtype expected the problem's {problem.dtype}, got {factor.dtype}"
-        )
+        raise invalid(f"shape expected {shape}, got {tuple(factor.shape)}")
     if factor.device != problem.device:
-        raise CheckFailed(f"{where}: device expected {problem.device}, got {factor.device}")
+        raise invalid(f"device expected {problem.device}, got {factor.device}")
     if factor.requires_grad or factor.grad_fn is not None:
-        raise CheckFailed(f"{where}: requires grad or carries an autograd graph; detach it")
+        hygiene.append(f"{where}: requires grad or carries an autograd graph; detach it")
+        factor = factor.detach()
+    if factor.dtype != problem.dtype:
+        hygiene.append(
+            f"{where}: dtype {factor.dtype}, not the problem's {problem.dtype}; "
+            "return the problem's dtype"
+        )
+        factor = factor.to(problem.dtype)
     nan, inf = int(torch.isnan(factor).sum()), int(torch.isinf(factor).sum())
     if nan or inf:
-        raise CheckFailed(f"{where}: has {nan} NaN and {inf} inf entries")
+        raise invalid(f"has {nan} NaN and {inf} inf entries")
+    return factor
 
 
 def validate_result(
-    result: object, problem: Problem, request: Request
+    result: object, problem: Problem, request: Request, hygiene: list[str]
 ) -> dict[str, KroneckerFactors]:
-    """Raise ``CheckFailed`` with a precise message when the result is malformed."""
+    """The result as the checks judge it: ``CheckFailed`` with a precise message when it is
+    malformed; factors repaired as :func:`_validate_factor` says, noted in ``hygiene``."""
     if not isinstance(result, Mapping):
         raise CheckFailed(
             f"invalid result: compute must return a mapping of layer name to KroneckerFactors, got {type(result).__name__}"
@@ -137,17 +171,25 @@ def validate_result(
                 shapes["S_bias"] = (size_B,)
         else:
             shapes = {"A": (size_A, size_A), "B": (size_B, size_B)}
-        for name, shape in shapes.items():
-            where = f"invalid result for layer {layer!r}, factor {name}"
-            _validate_factor(where, getattr(factors, name), shape, problem)
-        validated[layer] = factors
+        repaired = {
+            name: _validate_factor(
+                f"layer {layer!r}, factor {name}",
+                getattr(factors, name),
+                shape,
+                problem,
+                hygiene,
+            )
+            for name, shape in shapes.items()
+        }
+        validated[layer] = dataclasses.replace(factors, **repaired)
     return validated
 
 
 def call_candidate(
     candidate: Candidate, problem: Problem, request: Request, check_capabilities: bool = True
-) -> tuple[dict[str, KroneckerFactors], list[str]]:
-    """Run ``candidate.compute`` under watch; returns the validated result and its side effects.
+) -> tuple[dict[str, KroneckerFactors], list[str], list[str]]:
+    """Run ``candidate.compute`` under watch; returns the validated result, its side effects
+    and its breaches of hygiene (see :func:`validate_result`).
 
     Raises :class:`CheckSkipped` outside the claimed capabilities (:class:`CandidateRefused`
     when the candidate itself raises :class:`NotSupported`), :class:`CandidateError`
@@ -185,4 +227,5 @@ def call_candidate(
     if _is_abandoned():
         raise CallAbandoned
     side_effects = restore()
-    return validate_result(result, problem, request), side_effects
+    hygiene: list[str] = []
+    return validate_result(result, problem, request, hygiene), side_effects, hygiene

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -32,3 +32,14 @@ class Result:
             if value is not None and not math.isfinite(value):
                 fields[name] = str(value)
         return {"id": self.item_id, **fields}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Result:
+        """The result :meth:`to_json` wrote (fields a report of an older schema lacks keep
+        their defaults)."""
+        known = {f.name for f in fields(cls)}
+        values = {name: value for name, value in data.items() if name in known}
+        for name in ("observed", "tolerance"):
+            if isinstance(values.get(name), str):  # "inf", "nan"
+                values[name] = float(values[name])
+        return cls(**values)

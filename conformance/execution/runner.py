@@ -26,7 +26,7 @@ from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.session import Session
 from kfac_conformance.execution.supervisor import Supervisor
-from kfac_conformance.execution.watched_state import GlobalState
+from kfac_conformance.execution.watched_state import GlobalState, seeded_baseline
 from kfac_conformance.execution.worker import WorkerConfig
 
 __all__ = ["ItemRun", "apply_expected_failures", "execute", "open_executor", "run_items"]
@@ -110,14 +110,15 @@ class ItemRun:
         options = self._options
         self._stopper = Stopper(options.limits)
         session = Session(self._candidate, PROFILES[options.profile], options.device)
-        baseline = GlobalState.take()
+        caller = GlobalState.take()
+        baseline = seeded_baseline()
         executor = open_executor(options, session, baseline, self._specs)
         try:
             for item in self._items:
                 yield self._run_one(executor, item, baseline)
         finally:
             executor.close()
-            baseline.restore_and_report()
+            caller.restore_and_report()  # the caller's generators too, not the items' seed
 
     def _run_one(self, executor: Executor, item: Item, baseline: GlobalState) -> Result:
         options, stopper = self._options, self._stopper

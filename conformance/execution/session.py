@@ -36,6 +36,7 @@ class Session:
     side_effects: list[str] = field(default_factory=list)
     # every converted answer's scale record, for the run's scale summary (see scale_records.py)
     answers: list[dict] = field(default_factory=list)
+    hygiene: list[str] = field(default_factory=list)
     _exact_cache: dict = field(default_factory=dict)
     _reference_cache: dict = field(default_factory=dict)
 
@@ -54,24 +55,40 @@ class Session:
         declared = self.candidate.capabilities.conventions
         # read before the call: a candidate may change the problem it is given
         quantities = problem.scale_quantities()
-        result, side_effects = call_candidate(self.candidate, problem, request)
+        result, side_effects, hygiene = call_candidate(self.candidate, problem, request)
         self.side_effects.extend(side_effects)
         answer = answer_record(request.fisher_type, quantities)
         if answer is not None:
             self.answers.append(answer)
+        self.hygiene.extend(hygiene)
         scale = conventions.scale(declared, request.fisher_type, quantities)
         if scale == 1.0:
             return result
         return {layer: factors.scaled(1.0 / scale) for layer, factors in result.items()}
 
     def supported_bias_modes(
-        self, entry: CaseEntry, fisher_type: str, flavour: str, approximation: str = "kfac"
+        self,
+        entry: CaseEntry,
+        fisher_type: str,
+        flavour: str,
+        approximation: str = "kfac",
+        dtype: torch.dtype | None = None,
     ) -> list[str]:
-        problem = self.fresh(entry)
+        """The bias modes the candidate claims for the request on the entry's problem (in
+        ``dtype`` if given).
+
+        Raises :class:`CheckSkipped` naming the problem's own claim the candidate lacks (a
+        layer type, the loss, ...): no request is claimed then, and that is the reason.
+        """
+        problem = self.fresh(entry, dtype=dtype)
+        capabilities = self.candidate.capabilities
+        reason = capabilities.unsupported_problem(problem)
+        if reason is not None:
+            raise CheckSkipped(reason)
         return [
             bias
             for bias in BIAS_MODES
-            if self.candidate.capabilities.unsupported(
+            if capabilities.unsupported(
                 problem, Request(fisher_type, flavour, bias=bias, approximation=approximation)
             )
             is None
@@ -83,15 +100,28 @@ class Session:
         fisher_types: Sequence[str],
         flavour: str = "expand",
         approximation: str = "kfac",
+        dtype: torch.dtype | None = None,
     ) -> Request:
         """The first of ``fisher_types`` the candidate claims for the entry, with a claimed bias."""
         for fisher_type in fisher_types:
-            modes = self.supported_bias_modes(entry, fisher_type, flavour, approximation)
+            modes = self.supported_bias_modes(entry, fisher_type, flavour, approximation, dtype)
             if modes:
                 return Request(fisher_type, flavour, bias=modes[0], approximation=approximation)
-        raise CheckSkipped(
-            f"not supported: none of the fisher types {list(fisher_types)} is claimed"
-        )
+        raise CheckSkipped(self.why_unclaimed(fisher_types, flavour, approximation))
+
+    def why_unclaimed(
+        self, fisher_types: Sequence[str], flavour: str = "expand", approximation: str = "kfac"
+    ) -> str:
+        """Why no request of ``fisher_types`` is claimed on a problem the candidate claims:
+        the flavour or approximation every such request has, else the fisher types."""
+        capabilities = self.candidate.capabilities
+        for what, value, claimed in (
+            ("approximations", approximation, capabilities.approximations),
+            ("flavours", flavour, capabilities.flavours),
+        ):
+            if value not in claimed:
+                return f"not supported: {what} {[value]}"
+        return f"not supported: none of the fisher types {list(fisher_types)} is claimed"
 
     def exact(self, entry: CaseEntry, curvature: str) -> dict[str, Tensor]:
         """Exact blocks of every layer of the entry's problem, in float64 on the CPU (cached)."""

@@ -179,3 +179,25 @@ class GlobalState(Snapshot):
     @classmethod
     def take(cls) -> GlobalState:
         return cls(GLOBAL_STATE, None)
+
+
+# The state of torch's global generators every item starts from.
+ITEM_SEED = 0
+
+
+def seeded_baseline() -> GlobalState:
+    """The baseline every item of a run starts from: global torch state as it is now, with
+    torch's global generators seeded with :data:`ITEM_SEED`. Torch seeds them at random in
+    each process, so without this a candidate that draws from them (against the contract)
+    would get another verdict in every run. The caller's state is left as it was.
+
+    The CUDA generators are seeded only once CUDA is in use: seeding them earlier would
+    initialise CUDA, or leave a seed queued for when it is.
+    """
+    caller = GlobalState.take()
+    torch.default_generator.manual_seed(ITEM_SEED)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(ITEM_SEED)
+    baseline = GlobalState.take()
+    caller.restore_and_report()
+    return baseline

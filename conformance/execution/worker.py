@@ -23,7 +23,7 @@ from kfac_conformance.execution.plan import case_entries, custom_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.session import Session
-from kfac_conformance.execution.watched_state import GlobalState
+from kfac_conformance.execution.watched_state import seeded_baseline
 
 READY = "ready"
 
@@ -76,7 +76,7 @@ def serve(connection, config: WorkerConfig, log_path: str) -> None:
         connection.send(LoadFailed(f"{type(error).__name__}: {error}"))
         return
     session = Session(candidate, PROFILES[config.profile], config.device)
-    baseline = GlobalState.take()
+    baseline = seeded_baseline()
     connection.send(READY)
     while True:
         try:

@@ -16,12 +16,17 @@ import torch
 from kfac_conformance.api import NothingSelected, check_candidate
 from kfac_conformance.checks.catalogue import ALL_CHECKS
 from kfac_conformance.contract import conventions
-from kfac_conformance.contract.loading import SpecError, registered_names
+from kfac_conformance.contract.loading import SpecError, candidate_availability
 from kfac_conformance.execution.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, RunLimits
 from kfac_conformance.execution.options import DEFAULT_TIMEOUT_S, RunOptions
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.frontends import fuzz_command
+from kfac_conformance.frontends.environment import (
+    CANDIDATE_OPTION_HELP,
+    NO_CANDIDATE,
+    chosen_candidate,
+)
 from kfac_conformance.reports.report import Report, summary_text
 
 _PROGRESS = {
@@ -38,9 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kfac-conformance", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the checks against a candidate")
-    run.add_argument(
-        "--candidate", default="kfac_ref", help="registered name, module:attr or file.py:attr"
-    )
+    run.add_argument("--candidate", help=CANDIDATE_OPTION_HELP)
     run.add_argument(
         "--case", action="append", default=[], help="extra problems: module:attr or file.py:attr"
     )
@@ -103,10 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default 1: the problems are tiny, and more threads only "
         "add synchronisation; see docs/performance.md)",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress output; one line per failure"
+    )
     _add_output_options(run, html_option="--report-html")
     report = commands.add_parser(
-        "report", help="turn a JSON report into HTML, JUnit XML or GitHub annotations"
+        "report",
+        help="turn a JSON report into HTML, JUnit XML or GitHub annotations; without any of "
+        "them, print its text summary",
     )
     report.add_argument("json", metavar="REPORT.json", help="a report written by --report-json")
     _add_output_options(report, html_option="--html")
@@ -115,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--verbose", "-v", action="store_true", help="also list every check[case] item"
     )
-    commands.add_parser("list-candidates", help="list the registered candidates")
+    commands.add_parser(
+        "list-candidates", help="list the registered candidates and whether each can run"
+    )
     fuzz_command.add_parser(commands)
     return parser
 
@@ -261,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.report_json:
         report.write(args.report_json)
-    print(summary_text(report))
+    print(summary_text(report, quiet=args.quiet))
     _write_outputs(args, report.to_json())
     if exit_code is not None:
         return exit_code
@@ -269,15 +278,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def convert_report(args: argparse.Namespace) -> int:
-    """A JSON report of an earlier run as HTML, JUnit XML or GitHub annotations."""
+    """A JSON report of an earlier run as HTML, JUnit XML or GitHub annotations; as the text
+    summary a run prints when none of them is asked for."""
     from kfac_conformance.reports.html import ReportFormatError, load
 
-    if not (args.html or args.junit_xml or args.format == "github"):
-        raise UsageError("nothing to write: give --html, --junit-xml or --format github")
     try:
         data = load(args.json)
     except ReportFormatError as error:
         raise UsageError(str(error)) from None
+    if not (args.html or args.junit_xml or args.format == "github"):
+        print(summary_text(Report.from_json(data)))
     _write_outputs(args, data)
     return 0
 
@@ -298,8 +308,10 @@ def list_checks(args: argparse.Namespace) -> int:
 
 
 def list_candidates(args: argparse.Namespace) -> int:
-    for name in registered_names():
-        print(name)
+    """Each registered candidate and whether it can run: its library's installed version,
+    "built in", or "not installed" with the command that installs it."""
+    for name, status in candidate_availability().items():
+        print(f"{name:<20} {status}")
     return 0
 
 
@@ -318,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fuzz": fuzz_command.fuzz,
     }[args.command]
     try:
+        if args.command in ("run", "fuzz"):
+            args.candidate = chosen_candidate(args.candidate)
+            if args.candidate is None:
+                raise UsageError(NO_CANDIDATE)
         return command(args)
     except (SpecError, FileNotFoundError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ import torch
 
 from kfac_conformance.contract.expected_failures import read_expected_failures
 from kfac_conformance.contract.loading import load_candidate
+from kfac_conformance.frontends.environment import CANDIDATE_OPTION_HELP
 from kfac_conformance.fuzzing.case_files import case_file_text, reproduction_command
 from kfac_conformance.fuzzing.properties import PROPERTY_IDS, drawn_request
 from kfac_conformance.fuzzing.search import (
@@ -40,9 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="search drawn problems for a property the candidate breaks (hypothesis)",
         description=__doc__,
     )
-    fuzz.add_argument(
-        "--candidate", default="kfac_ref", help="registered name, module:attr or file.py:attr"
-    )
+    fuzz.add_argument("--candidate", help=CANDIDATE_OPTION_HELP)
     fuzz.add_argument(
         "--max-examples",
         type=int,

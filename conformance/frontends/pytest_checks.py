@@ -32,12 +32,12 @@ from kfac_conformance.contract.expected_failures import (
     unmatched,
 )
 from kfac_conformance.contract.problem import Candidate
-from kfac_conformance.execution.calling import GlobalState
 from kfac_conformance.execution.plan import Item, case_entries, custom_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.runner import apply_expected_failures, execute
 from kfac_conformance.execution.session import Session
+from kfac_conformance.execution.watched_state import seeded_baseline
 
 
 class ConformanceFailure(AssertionError):
@@ -65,7 +65,8 @@ class KfacCheck:
         self, session: Session, item: Item, expected_failure: ExpectedFailure | None = None
     ) -> None:
         self.session, self.item, self.expected_failure = session, item, expected_failure
-        self.baseline = GlobalState.take()  # every check starts from the state at collection
+        # every check starts from the state at collection, torch's generators seeded
+        self.baseline = seeded_baseline()
 
     def __repr__(self) -> str:
         return self.item.id

@@ -179,6 +179,25 @@ class Report:
             "scale_summary": None if scales is None else scales.to_json(),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> Report:
+        """The report :meth:`to_json` wrote; a setting an older schema lacks keeps its default."""
+        candidate = data.get("candidate", {})
+        results = [Result.from_json(result) for result in data.get("results", [])]
+        settings = {name: data[name] for name in _SETTINGS if name in data}
+        return cls(
+            candidate.get("spec", ""),
+            candidate.get("name", ""),
+            candidate.get("version"),
+            data.get("profile", ""),
+            data.get("device", ""),
+            [result.item_id for result in results] + list(data.get("not_run", [])),
+            results,
+            list(data.get("unused_expected_failures", [])),
+            capabilities=candidate.get("capabilities"),
+            **settings,
+        )
+
     def write(self, path: str | Path) -> None:
         """Write atomically, so an interrupted run still leaves a valid (incomplete) report."""
         path = Path(path)
@@ -189,6 +208,18 @@ class Report:
         os.replace(temporary, path)
 
 
+# the report's fields that to_json writes under their own names
+_SETTINGS = (
+    "complete",
+    "interruption",
+    "timeout_s",
+    "isolate",
+    "execution",
+    "max_consecutive_timeouts",
+    "maxfail",
+    "max_time_s",
+    "stopped",
+)
 _NOT_RUN_SHOWN = 10
 _SHORT = {
     "passed": "passed",
@@ -200,48 +231,84 @@ _SHORT = {
 }
 
 
-def summary_text(report: Report) -> str:
-    """Per-family counts, then every failure and error with its reproduction."""
+def summary_text(report: Report, quiet: bool = False) -> str:
+    """What a terminal shows after a run, the most pressing first: every failure, error and
+    unexpected pass (in full, or one line each when ``quiet``), what did not run, the skips
+    grouped by reason, then the per-family table and the totals, last, where they stay in view.
+    """
+    problems = [r for r in report.results if r.status in ("failed", "error", "xpassed")]
+    blocks = [[_one_line(r) for r in problems]] if quiet else [_in_full(r) for r in problems]
+    scales = report.scale_summary()
+    if scales is not None:
+        blocks.append(scales.text_lines())
+    not_run = report.not_run()
+    if not_run and not report.complete:
+        block = [f"NOT RUN ({len(not_run)}): " + ", ".join(not_run[:_NOT_RUN_SHOWN])]
+        if len(not_run) > _NOT_RUN_SHOWN:
+            block.append(f"  ... and {len(not_run) - _NOT_RUN_SHOWN} more (see the JSON report)")
+        blocks.append(block)
+    unused = report.unused_expected_failures
+    warnings = [f"warning: expected failure {pattern!r} matched no check" for pattern in unused]
+    blocks += [_skips_by_reason(report.results), warnings]
+    blocks += [_family_table(report.results), [_totals(report)]]
+    return "\n\n".join("\n".join(block) for block in blocks if block)
+
+
+def _first_line(message: str) -> str:
+    return message.strip().partition("\n")[0]
+
+
+def _one_line(result: Result) -> str:
+    diagnosis = f"; diagnosis: {result.diagnosis}" if result.diagnosis else ""
+    return f"{result.status.upper()} {result.item_id}: {_first_line(result.message)}{diagnosis}"
+
+
+def _in_full(result: Result) -> list[str]:
+    lines = [f"{result.status.upper()} {result.item_id}"]
+    lines.extend(f"  {line}" for line in result.message.strip().splitlines())
+    if result.observed is not None:
+        lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
+    if result.diagnosis:
+        lines.append(f"  diagnosis: {result.diagnosis}")
+    if result.reproduction.get("command"):
+        lines.append(f"  reproduce: {result.reproduction['command']}")
+    return lines
+
+
+def _skips_by_reason(results: list[Result]) -> list[str]:
+    """``SKIPPED (n) by reason:`` and one line per reason (its first line), most frequent first."""
+    reasons = Counter(_first_line(r.message) for r in results if r.status == "skipped")
+    if not reasons:
+        return []
+    width = len(str(max(reasons.values())))
+    lines = [f"SKIPPED ({sum(reasons.values())}) by reason:"]
+    # most frequent first; among equals, in the order first met
+    for reason, count in sorted(reasons.items(), key=lambda pair: -pair[1]):
+        lines.append(f"  {count:>{width}}  {reason or '(no reason given)'}")
+    return lines
+
+
+def _family_table(results: list[Result]) -> list[str]:
     families: dict[str, Counter] = {}
-    for result in report.results:
+    for result in results:
         families.setdefault(result.check_id.split("/")[0], Counter())[result.status] += 1
     width = max([len(name) for name in families] + [6])
     header = f"{'family':<{width}}  " + "  ".join(f"{_SHORT[s]:>7}" for s in STATUSES)
     lines = [header, "-" * len(header)]
     for family, counts in families.items():
         lines.append(f"{family:<{width}}  " + "  ".join(f"{counts.get(s, 0):>7}" for s in STATUSES))
-    problems = [r for r in report.results if r.status in ("failed", "error", "xpassed")]
-    for result in problems:
-        lines.append("")
-        lines.append(f"{result.status.upper()} {result.item_id}")
-        lines.extend(f"  {line}" for line in result.message.strip().splitlines())
-        if result.observed is not None:
-            lines.append(f"  observed {result.observed:.3g}, tolerance {result.tolerance:.3g}")
-        if result.diagnosis:
-            lines.append(f"  diagnosis: {result.diagnosis}")
-        if result.reproduction.get("command"):
-            lines.append(f"  reproduce: {result.reproduction['command']}")
-    scales = report.scale_summary()
-    if scales is not None:
-        lines += ["", *scales.text_lines()]
-    not_run = report.not_run()
-    if not_run and not report.complete:
-        lines.append("")
-        lines.append(f"NOT RUN ({len(not_run)}): " + ", ".join(not_run[:_NOT_RUN_SHOWN]))
-        if len(not_run) > _NOT_RUN_SHOWN:
-            lines.append(f"  ... and {len(not_run) - _NOT_RUN_SHOWN} more (see the JSON report)")
-    for pattern in report.unused_expected_failures:
-        lines.append(f"warning: expected failure {pattern!r} matched no check")
+    return lines
+
+
+def _totals(report: Report) -> str:
     counts = report.counts()
     if report.complete:
         status = "complete"
     else:
         why = f", {report.interruption}" if report.interruption else ""
         status = f"INCOMPLETE{why}: {counts['not_run']} not run"
-    lines.append("")
-    lines.append(
+    return (
         f"{report.candidate_name}: {counts['ran']} checks ran of {counts['total']} ({status}): "
         f"{counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
         f"{counts['skipped']} skipped, {counts['xfailed']} xfailed, {counts['xpassed']} xpassed"
     )
-    return "\n".join(lines)

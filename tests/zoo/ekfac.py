@@ -97,15 +97,16 @@ class EkfacBasisFromWrongFactor(EkfacMutant):
 
     The result keeps valid shapes only where A and B have the same size, so only such layers
     are affected. The correction is exact in the candidate's own basis, so only the basis can
-    show it: killed by ekfac/kfac-eigenbasis on the one-datum MLP's 3x3 layer, and by
-    ekfac/equals-exact-where-kfac-is there, whose diagnosis says the eigenbasis is wrong.
+    show it: killed by ekfac/kfac-eigenbasis on the one-datum MLP's 3x3 layer, whose diagnosis
+    says QA and QB are exchanged, and by ekfac/equals-exact-where-kfac-is there, whose
+    diagnosis says the eigenbasis is wrong.
     """
 
     killers = (
         "ekfac/kfac-eigenbasis[one-datum-mlp[tanh-mse-mean]]",
         "ekfac/equals-exact-where-kfac-is[one-datum-mlp[tanh-mse-mean]]",
     )
-    diagnosis = "the eigenbasis is wrong"
+    diagnosis = "QA and QB exchanged"
 
     def patches(self, request: Request):
         def exchanged(factors):
@@ -149,15 +150,15 @@ class EkfacEigenvectorsAsRows(EkfacMutant):
     QB transposed), with the eigenvalues corrected consistently in that wrong basis.
 
     Still orthonormal, and S is right in the candidate's own basis, so only the basis can show
-    it: killed by ekfac/kfac-eigenbasis and ekfac/equals-exact-where-kfac-is, where the
-    diagnosis says the eigenbasis is wrong.
+    it: killed by ekfac/kfac-eigenbasis, whose diagnosis says the eigenvectors were read from
+    rows, and by ekfac/equals-exact-where-kfac-is, whose diagnosis says the eigenbasis is wrong.
     """
 
     killers = (
         "ekfac/kfac-eigenbasis[deep-linear[mse-sum-1batch]]",
         "ekfac/equals-exact-where-kfac-is[deep-linear[mse-sum-1batch]]",
     )
-    diagnosis = "the eigenbasis is wrong"
+    diagnosis = "eigenvectors read from rows"
 
     def patches(self, request: Request):
         def rows(factors):

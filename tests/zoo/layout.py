@@ -100,10 +100,12 @@ class AccumulatesState(Mutant):
     """Factors kept on the candidate and added to on every call (running sums never reset), so
     the second call on the same problem returns twice A and twice B.
 
-    Killed by side-effects/repeatable; the diagnosis names the factor 4.
+    Killed by side-effects/repeatable, whose diagnosis says the second call differs from the
+    first.
     """
 
     killers = ("side-effects/repeatable",)
+    diagnosis = "state kept across calls"
 
     def __init__(self) -> None:
         super().__init__()

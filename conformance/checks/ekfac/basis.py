@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kfac_conformance.checks.base import CaseEntry, Check, FuzzProperty, Measurement
+from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, FuzzProperty, Measurement
 from kfac_conformance.checks.drawn import always, float64
 from kfac_conformance.checks.ekfac.calls import (
     EKFAC_FISHER_TYPES,
@@ -16,6 +16,7 @@ from kfac_conformance.checks.ekfac.calls import (
 from kfac_conformance.checks.ekfac.factors import off_diagonal, orthonormality_error
 from kfac_conformance.contract.problem import FLAVOURS, Request
 from kfac_conformance.execution.session import Session, tolerance_for
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 SOURCE = (
     "George et al. 2018 (EKFAC); the correction is the Frobenius projection onto KFAC's eigenbasis"
@@ -32,6 +33,28 @@ def kfac_to_compare(session: Session, entry: CaseEntry, request: Request):
     if request.fisher_type == "mc":
         return None, None
     return session.reference(entry, kfac_request), "kfac_ref's KFAC"
+
+
+def basis_mix_up(
+    factors: EKFACFactors, kfac: KroneckerFactors, basis_name: str, tolerance: float
+) -> str | None:
+    """The usual mistake that explains a basis which does not diagonalise its KFAC factor:
+    the bases of ``A`` and ``B`` exchanged, or eigenvectors read from the rows of ``eigh``'s
+    matrix; ``None`` when neither does."""
+    QA, QB = factors.QA, factors.QB
+    if (
+        QA.shape == kfac.B.shape
+        and off_diagonal(QA, kfac.B) <= tolerance
+        and off_diagonal(QB, kfac.A) <= tolerance
+    ):
+        return "QA and QB exchanged: QA diagonalises B and QB diagonalises A"
+    basis, factor_name = (QA, "A") if basis_name == "QA" else (QB, "B")
+    if off_diagonal(basis.T, getattr(kfac, factor_name)) <= tolerance:
+        return (
+            f"eigenvectors read from rows: {basis_name}ᵀ diagonalises {factor_name} "
+            "(torch.linalg.eigh returns them as columns)"
+        )
+    return None
 
 
 def _eigenbasis(session: Session, entry: CaseEntry):
@@ -55,12 +78,18 @@ def _eigenbasis(session: Session, entry: CaseEntry):
                         tolerance,
                         f"{where}: {basis_name} is not orthonormal: ‖QᵀQ − I‖/√d",
                     )
-                    measurement.hold(
-                        off_diagonal(basis, getattr(kfac[layer], factor_name)),
-                        tolerance,
-                        f"{where}: {basis_name} does not diagonalise {whose} {factor_name}: "
-                        f"‖offdiag(Qᵀ{factor_name}Q)‖/‖{factor_name}‖",
-                    )
+                    try:
+                        measurement.hold(
+                            off_diagonal(basis, getattr(kfac[layer], factor_name)),
+                            tolerance,
+                            f"{where}: {basis_name} does not diagonalise {whose} {factor_name}: "
+                            f"‖offdiag(Qᵀ{factor_name}Q)‖/‖{factor_name}‖",
+                        )
+                    except CheckFailed as failed:
+                        failed.diagnosis = basis_mix_up(
+                            result[layer], kfac[layer], basis_name, tolerance
+                        )
+                        raise
     return attempts.outcome(measurement)
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, FuzzProperty, Measurement
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckFailed,
+    FuzzProperty,
+    Measurement,
+    Needs,
+)
 from kfac_conformance.checks.drawn import drawn, float64
 from kfac_conformance.checks.ekfac.calls import EKFAC_FISHER_TYPES, FUZZ_ORDER, Attempts
 from kfac_conformance.checks.ekfac.curvature import CURVATURE, NAMES, exact_curvature
@@ -102,6 +109,7 @@ def _correction_check(fisher_type: str) -> Check:
         source="George et al. 2018 (EKFAC), eq. for the corrected eigenvalues; exact for any architecture",
         kind="exact",
         measure=measure,
+        needs=Needs(fisher_types=frozenset({fisher_type}), approximations=frozenset({"ekfac"})),
         fuzz=None if fisher_type == "mc" else FuzzProperty(float64(drawn(fisher_type)), FUZZ_ORDER),
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from kfac_conformance.checks.base import CaseEntry, Check, FuzzProperty, Measurement
 from kfac_conformance.checks.drawn import always, float64
 from kfac_conformance.checks.ekfac.basis import SOURCE, kfac_to_compare
-from kfac_conformance.checks.ekfac.calls import FUZZ_ORDER, Attempts
+from kfac_conformance.checks.ekfac.calls import FUZZ_ORDER, NEEDS_EKFAC, Attempts
 from kfac_conformance.checks.ekfac.curvature import CURVATURE, NAMES, exact_curvature
 from kfac_conformance.comparison.blocks import kfac_pattern, restrict
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
@@ -74,6 +74,7 @@ CHECKS = [
         measure=_frobenius_optimal,
         # an inequality between two answers and the exact block: a rescaling can pass or fail it
         verdict_scale="unknown",
+        needs=NEEDS_EKFAC,
         fuzz=FuzzProperty(float64(always), FUZZ_ORDER),
     ),
     Check(
@@ -82,6 +83,7 @@ CHECKS = [
         "KFAC tutorial (arXiv 2507.05127) and Eschenhagen et al. 2023 exactness, with George et al. 2018",
         kind="exact",
         measure=_equals_exact,
+        needs=NEEDS_EKFAC,
         cases=lambda entry: bool(_exact_pairs(entry)),
     ),
 ]

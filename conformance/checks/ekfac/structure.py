@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kfac_conformance.checks.base import CaseEntry, Check, Measurement
-from kfac_conformance.checks.ekfac.calls import EKFAC_FISHER_TYPES, Attempts
+from kfac_conformance.checks.ekfac.calls import EKFAC_FISHER_TYPES, NEEDS_EKFAC, Attempts
 from kfac_conformance.checks.ekfac.factors import flat_eigenvalues, orthonormality_error
 from kfac_conformance.execution.session import Session, tolerance_for
 
@@ -40,5 +40,6 @@ CHECKS = [
         "definition: each corrected eigenvalue is a sum of squares",
         kind="guard",
         measure=_structure,
+        needs=NEEDS_EKFAC,
     ),
 ]
