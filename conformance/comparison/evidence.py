@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from kfac_ref.factors import KroneckerFactors
+from kfac_conformance.comparison.blocks import factor_sizes
+from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 MAX_STORED = 64
 ENCODING = "float32-le-base64"
@@ -41,7 +42,9 @@ def _downsample(matrix: Tensor, size: int, pool) -> Tensor:
     return pool(matrix[None, None], size)[0, 0] if matrix.shape[0] > size else matrix
 
 
-def block_evidence(layer: str, factors: KroneckerFactors, expected: Tensor) -> dict | None:
+def block_evidence(
+    layer: str, factors: KroneckerFactors | EKFACFactors, expected: Tensor
+) -> dict | None:
     """The blocks of ``layer`` as the report stores them; ``None`` when they cannot be compared."""
     candidate = factors.to_dense().detach().double().cpu()
     expected = expected.detach().double().cpu()
@@ -50,13 +53,13 @@ def block_evidence(layer: str, factors: KroneckerFactors, expected: Tensor) -> d
     size = candidate.shape[0]
     stored = min(size, MAX_STORED)
     difference = (candidate - expected).abs()
-    dim_b = factors.B.shape[0]
+    dim_a, dim_b = factor_sizes(factors)
     return {
         "layer": layer,
         "size": size,
         "stored_size": stored,
         "downsampled": stored < size,
-        "dim_a": factors.A.shape[0] - (factors.bias == "joint"),
+        "dim_a": dim_a - (factors.bias == "joint"),
         "dim_b": dim_b,
         "bias_rows": 0 if factors.bias == "none" else dim_b,
         "bias": factors.bias,
