@@ -25,7 +25,7 @@ from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.runner import run_items
 from kfac_conformance.execution.supervisor import Supervisor
 from kfac_conformance.execution.worker import WorkerConfig
-from kfac_conformance.frontends import fuzz_command
+from kfac_conformance.frontends import coverage_command, fuzz_command
 from kfac_conformance.reports.report import Report, describe_capabilities, summary_text
 
 DEFAULT_TIMEOUT = 300.0
@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("list-candidates", help="list the registered candidates")
     fuzz_command.add_parser(commands)
+    coverage_command.add_parser(commands)
     return parser
 
 
@@ -389,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list-checks": list_checks,
         "list-candidates": list_candidates,
         "fuzz": fuzz_command.fuzz,
+        "coverage": coverage_command.coverage,
     }[args.command]
     try:
         return command(args)
