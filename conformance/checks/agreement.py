@@ -18,6 +18,7 @@ from kfac_conformance.checks.base import (
     Needs,
 )
 from kfac_conformance.checks.drawn import drawn, float64
+from kfac_conformance.checks.invariance import distinct_flavours
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
 from kfac_conformance.contract.problem import FLAVOURS, Request
 from kfac_conformance.execution.session import (
@@ -43,7 +44,7 @@ def _not_exact_for(fisher_type: str) -> Callable[[CaseEntry], bool]:
 def _agreement_check(fisher_type: str) -> Check:
     def measure(session: Session, entry: CaseEntry):
         measurement, ran = Measurement(), False
-        for flavour in FLAVOURS:
+        for flavour in distinct_flavours(session, session.fresh(entry)):
             for bias in session.supported_bias_modes(entry, fisher_type, flavour):
                 request = Request(fisher_type, flavour, bias=bias)
                 problem = session.fresh(entry)
@@ -112,7 +113,7 @@ def _mc_on_drawn_labels(session: Session, entry: CaseEntry):
             "(optional method sampled_labels(problem, request))"
         )
     measurement, ran = Measurement(), False
-    for flavour in FLAVOURS:
+    for flavour in distinct_flavours(session, session.fresh(entry)):
         for bias in session.supported_bias_modes(entry, "mc", flavour):
             request = Request("mc", flavour, mc_samples=MC_SAMPLES, seed=MC_SEED, bias=bias)
             problem = session.fresh(entry)
