@@ -154,6 +154,24 @@ def matrix_from_reports(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=False)
+def coverage(session: nox.Session) -> None:
+    """docs/coverage.md: which checks exercise each value of the reference's full claim, per
+    Fisher type and approximation, under the default profile (``kfac-conformance coverage``)."""
+    session.run(
+        "kfac-conformance",
+        "coverage",
+        "--candidate",
+        "kfac_ref",
+        "--profile",
+        "default",
+        "--format",
+        "markdown",
+        "--output",
+        "docs/coverage.md",
+    )
+
+
 @nox.session
 def browser(session: nox.Session) -> None:
     """The HTML report of a failing run in headless Chromium (tests/test_browser.py).

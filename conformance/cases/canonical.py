@@ -9,61 +9,7 @@ bias blocks count; a joint bias is exact in the whole block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import torch
-from torch import Tensor, nn
-
-from kfac_conformance.cases.architectures import build_model, parameter_layers
-from kfac_conformance.contract.problem import Problem
-
-LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
-
-
-@dataclass(frozen=True)
-class Case:
-    """A problem described as data; ``make_problem`` builds it the same way every time."""
-
-    id: str
-    architecture: list
-    input_shape: tuple[int, ...]
-    loss: str
-    reduction: str = "mean"
-    num_batches: int = 1
-    seed: int = 0
-    exact: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    per_position: bool = False  # the network acts on each shared position alone
-    quick: bool = False  # one of the few cases the quick profile runs
-    statement: str = ""
-    source: str = ""
-
-    def make_problem(self, dtype: torch.dtype = torch.float64) -> Problem:
-        generator = torch.Generator().manual_seed(self.seed)
-        model = build_model(self.architecture, dtype, generator)
-        batches = []
-        for _ in range(self.num_batches):
-            X = torch.randn(self.input_shape, generator=generator, dtype=dtype)
-            with torch.no_grad():
-                output = model(X)
-            batches.append((X, draw_labels(self.loss, output, generator)))
-        loss_func = LOSSES[self.loss](reduction=self.reduction)
-        return Problem(model, loss_func, batches, parameter_layers(model), self.id)
-
-    def exact_layers(self, fisher_type: str, flavour: str) -> tuple[str, ...]:
-        return self.exact.get(f"{fisher_type}/{flavour}", ())
-
-    @property
-    def num_data(self) -> int:
-        return self.input_shape[0] * self.num_batches
-
-
-def draw_labels(loss: str, output: Tensor, generator: torch.Generator) -> Tensor:
-    if loss == "mse":
-        return torch.randn(output.shape, generator=generator, dtype=output.dtype)
-    if loss == "bce":
-        return (torch.rand(output.shape, generator=generator) < 0.5).to(output.dtype)
-    shape = (output.shape[0], *output.shape[2:])
-    return torch.randint(output.shape[1], shape, generator=generator)
+from kfac_conformance.cases.case import LOSSES, Case, draw_labels
 
 
 def _all(architecture: list) -> tuple[str, ...]:
@@ -334,6 +280,79 @@ def _agreement_cases() -> list[Case]:
             reduction="sum",
             seed=504,
         ),
+        Case(
+            id="cnn[dilated-tanh-ce]",
+            architecture=[
+                ["conv2d", 2, 3, 3, 2, 1, 2, True],
+                ["tanh"],
+                ["conv2d", 3, 2, 2, 1, 1, 2, True],
+                ["flatten"],
+                ["linear", 18, 3, True],
+            ],
+            input_shape=(4, 2, 7, 7),
+            loss="ce",
+            seed=505,
+        ),
+    ]
+
+
+_IDENTICAL_INPUTS = (
+    "every datum has the same input (only the labels differ), so every layer sees one input a "
+    "for all data: the EF block is aa^T (x) sum_n g_n g_n^T and the GGN block likewise, and "
+    "KFAC type-2 and KFAC-empirical are exact on the whole data set"
+)
+
+
+_REPEATED_DATUM = "one-datum exactness (KFAC tutorial, arXiv 2507.05127) with the datum repeated"
+
+
+def _several_data_cases() -> list[Case]:
+    """Exactness on several data for the empirical Fisher (which no other case has), and on
+    batches of unequal sizes."""
+    deep_linear = Case(
+        id="deep-linear[mse-mean-uneven-batches]",
+        architecture=_DEEP_LINEAR,
+        input_shape=(2, 4),
+        loss="mse",
+        reduction="mean",
+        num_batches=3,
+        batch_sizes=(2, 5, 3),
+        seed=102,
+        exact=_exact_everywhere(_DEEP_LINEAR, *BOTH_TYPE2),
+        statement="deep linear network with MSE: KFAC type-2 is the GGN block on a whole data "
+        "set, in batches of unequal sizes",
+        source=TUTORIAL,
+    )
+    every_fisher = (*BOTH_TYPE2, "empirical/expand", "empirical/reduce")
+    mse_mlp = [["linear", 4, 3, True], ["tanh"], ["linear", 3, 2, True]]
+    ce_mlp = [["linear", 4, 3, True], ["sigmoid"], ["linear", 3, 3, False]]
+    return [
+        deep_linear,
+        Case(
+            id="identical-inputs-mlp[mse-mean-uneven-batches]",
+            architecture=mse_mlp,
+            input_shape=(1, 4),
+            loss="mse",
+            num_batches=3,
+            batch_sizes=(1, 3, 2),
+            identical_inputs=True,
+            seed=600,
+            exact=_exact_everywhere(mse_mlp, *every_fisher),
+            statement=_IDENTICAL_INPUTS,
+            source=_REPEATED_DATUM,
+        ),
+        Case(
+            id="identical-inputs-mlp[ce-sum]",
+            architecture=ce_mlp,
+            input_shape=(5, 4),
+            loss="ce",
+            reduction="sum",
+            identical_inputs=True,
+            seed=601,
+            exact=_exact_everywhere(ce_mlp, *every_fisher),
+            statement=_IDENTICAL_INPUTS,
+            source=_REPEATED_DATUM,
+        ),
     ]
 
 
@@ -343,6 +362,10 @@ CANONICAL_CASES: list[Case] = [
     *_expand_cases(),
     *_reduce_cases(),
     *_conv_cases(),
+    *_several_data_cases(),
 ]
 AGREEMENT_CASES: list[Case] = _agreement_cases()
 ALL_CASES: dict[str, Case] = {case.id: case for case in [*CANONICAL_CASES, *AGREEMENT_CASES]}
+
+# Case, LOSSES and draw_labels live in cases/case.py; importers of this module keep them
+__all__ = ["AGREEMENT_CASES", "ALL_CASES", "CANONICAL_CASES", "LOSSES", "Case", "draw_labels"]

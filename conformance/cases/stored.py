@@ -47,7 +47,12 @@ def file_name(case_id: str) -> str:
 
 
 def case_record(case: Case, kind: str, layers: list[str]) -> dict:
-    """The index entry of one case: everything needed to rebuild and describe it."""
+    """The index entry of one case: everything needed to rebuild and describe it (the optional
+    ``batch_sizes`` and ``identical_inputs`` only where a case sets them)."""
+    optional = {
+        "batch_sizes": list(case.batch_sizes),
+        "identical_inputs": case.identical_inputs,
+    }
     return {
         "file": file_name(case.id),
         "kind": kind,
@@ -56,6 +61,7 @@ def case_record(case: Case, kind: str, layers: list[str]) -> dict:
         "loss": case.loss,
         "reduction": case.reduction,
         "num_batches": case.num_batches,
+        **{key: value for key, value in optional.items() if value},
         "seed": case.seed,
         "layers": layers,
         "exact": {key: list(value) for key, value in case.exact.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -12,13 +13,15 @@ from kfac_conformance.checks import drawn
 from kfac_conformance.checks.base import (
     CaseEntry,
     Check,
+    CheckFailed,
     CheckSkipped,
     FuzzProperty,
     Measurement,
     Needs,
 )
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
-from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.contract import conventions
+from kfac_conformance.contract.problem import BIAS_MODES, FISHER_TYPES, FLAVOURS, Problem, Request
 from kfac_conformance.execution.session import (
     Session,
     compare_blocks,
@@ -27,27 +30,78 @@ from kfac_conformance.execution.session import (
     with_reduction,
 )
 
+# MC draws its labels batch by batch and datum by datum: splitting, permuting or flattening
+# the data changes the draws, so those invariances hold for the deterministic Fisher types
+# only. The reduction and the bias layout change no draw: with the same seed, MC holds too.
+DETERMINISTIC_FISHER_TYPES = ("type-2", "empirical", "forward-only")
+
+
+def claimed_requests(
+    session: Session,
+    entry: CaseEntry,
+    fisher_types: Sequence[str],
+    flavours: Sequence[str] = ("expand",),
+    approximation: str = "kfac",
+    every_bias_mode: bool = False,
+) -> list[Request]:
+    """A request for every claimed fisher type and flavour of these, with the first claimed
+    bias mode; with ``every_bias_mode``, the first claimed flavour also with every other
+    claimed bias mode (each value once, not every combination). Skipped when none is claimed."""
+    requests = []
+    for fisher_type in fisher_types:
+        first_flavour = True
+        for flavour in flavours:
+            modes = session.supported_bias_modes(entry, fisher_type, flavour, approximation)
+            chosen = modes if every_bias_mode and first_flavour else modes[:1]
+            requests += [
+                Request(fisher_type, flavour, bias=bias, approximation=approximation)
+                for bias in chosen
+            ]
+            first_flavour = first_flavour and not modes
+    if not requests:
+        raise CheckSkipped(
+            f"not supported: none of the fisher types {list(fisher_types)} is claimed"
+            + (f" for {approximation.upper()}" if approximation != "kfac" else "")
+        )
+    return requests
+
+
+def distinct_flavours(session: Session, problem: Problem) -> tuple[str, ...]:
+    """The flavours worth asking for on ``problem``: every one where a layer shares its weights
+    across positions, else the first claimed (without weight sharing reduce is expand)."""
+    shares = problem.linear_layers_with_shared_axes() or any(
+        isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+    )
+    claimed = [f for f in FLAVOURS if f in session.candidate.capabilities.flavours]
+    return tuple(claimed) if shares else tuple(claimed[:1])
+
 
 def _compare_transformed(
-    session, entry, transform, context, flavour="expand", scale=1.0, approximation="kfac"
-):
-    request = session.first_claimed(entry, ("type-2", "empirical"), flavour, approximation)
-    problem = session.fresh(entry)
-    original = session.call(problem, request)
-    transformed_problem = transform(session.fresh(entry))
-    transformed = session.call(transformed_problem, request)
+    session: Session,
+    entry: CaseEntry,
+    transform: Callable[[Problem], Problem],
+    context: str,
+    requests: Sequence[Request],
+    scale: Callable[[Request], float] = lambda request: 1.0,
+) -> Measurement:
+    """Every request's answer on the problem equals ``scale`` times its answer on
+    ``transform(problem)``."""
     measurement = Measurement()
-    compare_diagnosed(
-        session.fresh(entry),
-        original,
-        dense_blocks(transformed, scale),
-        problem.layers,
-        tolerance_for(problem),
-        measurement,
-        f"{context}, {request.describe()}",
-        request=request,
-        against=transform(session.fresh(entry)),
-    )
+    for request in requests:
+        problem = session.fresh(entry)
+        original = session.call(problem, request)
+        transformed = session.call(transform(session.fresh(entry)), request)
+        compare_diagnosed(
+            session.fresh(entry),
+            original,
+            dense_blocks(transformed, scale(request)),
+            problem.layers,
+            tolerance_for(problem),
+            measurement,
+            f"{context}, {request.describe()}",
+            request=request,
+            against=transform(session.fresh(entry)),
+        )
     return measurement
 
 
@@ -68,42 +122,70 @@ def _mean_over_sum(problem: Problem) -> float:
     return mean / with_reduction(problem, "sum").scale_quantities()["R"]
 
 
-def mean_vs_sum(session: Session, entry: CaseEntry, approximation: str = "kfac"):
+def mean_vs_sum(
+    session: Session,
+    entry: CaseEntry,
+    approximation: str = "kfac",
+    fisher_types: Sequence[str] = FISHER_TYPES,
+):
     reduction = session.fresh(entry).loss_func.reduction
     other = "sum" if reduction == "mean" else "mean"
     ratio = _mean_over_sum(session.fresh(entry))
+    factor = ratio if reduction == "mean" else 1 / ratio
+
+    def scale(request: Request) -> float:
+        # forward-only's B is no loss curvature: it does not depend on the reduction
+        return factor if conventions.governing_field(request.fisher_type) else 1.0
+
     return _compare_transformed(
         session,
         entry,
         lambda problem: with_reduction(problem, other),
-        f"reduction={other!r} scaled by R_mean / R_sum = {ratio:.6g}",
-        scale=ratio if reduction == "mean" else 1 / ratio,
-        approximation=approximation,
-    )
-
-
-def batch_splitting(session: Session, entry: CaseEntry, approximation: str = "kfac"):
-    problem = session.fresh(entry)
-    if len(problem.batches) > 1:
-        return _compare_transformed(
+        f"reduction={other!r} scaled by R_mean / R_sum = {ratio:.6g} (1 for forward-only)",
+        claimed_requests(
             session,
             entry,
-            concatenated,
-            "batches concatenated into one",
-            approximation=approximation,
-        )
-    if _num_data(problem) < 2:
-        raise CheckSkipped("needs at least two data to split")
-
-    def split(problem: Problem) -> Problem:
-        X, y = problem.batches[0]
-        half = X.shape[0] // 2
-        problem.batches = [(X[:half], y[:half]), (X[half:], y[half:])]
-        return problem
-
-    return _compare_transformed(
-        session, entry, split, "one batch split into two", approximation=approximation
+            fisher_types,
+            distinct_flavours(session, session.fresh(entry)),
+            approximation,
+            every_bias_mode=True,
+        ),
+        scale,
     )
+
+
+def batch_splitting(
+    session: Session,
+    entry: CaseEntry,
+    approximation: str = "kfac",
+    fisher_types: Sequence[str] = DETERMINISTIC_FISHER_TYPES,
+):
+    problem = session.fresh(entry)
+    requests = claimed_requests(session, entry, fisher_types, approximation=approximation)
+    if len(problem.batches) > 1:
+        sizes = [X.shape[0] for X, _ in problem.batches]
+        transform, context = concatenated, "batches concatenated into one"
+    elif _num_data(problem) < 2:
+        raise CheckSkipped("needs at least two data to split")
+    else:
+        half = _num_data(problem) // 2
+        sizes = [half, _num_data(problem) - half]
+
+        def transform(problem: Problem) -> Problem:
+            X, y = problem.batches[0]
+            problem.batches = [(X[:half], y[:half]), (X[half:], y[half:])]
+            return problem
+
+        context = "one batch split into two"
+    try:
+        return _compare_transformed(session, entry, transform, context, requests)
+    except CheckFailed as failed:
+        if len(set(sizes)) > 1 and failed.diagnosis is None:
+            failed.diagnosis = (
+                f"the batches have unequal sizes {sizes}: are per-batch factors averaged with "
+                "equal weights instead of by their numbers of data?"
+            )
+        raise
 
 
 def _permutation(session: Session, entry: CaseEntry):
@@ -116,7 +198,8 @@ def _permutation(session: Session, entry: CaseEntry):
         problem.batches = [(X[order], y[order])]
         return problem
 
-    return _compare_transformed(session, entry, permuted, "data permuted")
+    requests = claimed_requests(session, entry, DETERMINISTIC_FISHER_TYPES)
+    return _compare_transformed(session, entry, permuted, "data permuted", requests)
 
 
 def _flattened_output(session: Session, entry: CaseEntry):
@@ -135,7 +218,11 @@ def _flattened_output(session: Session, entry: CaseEntry):
         return problem
 
     return _compare_transformed(
-        session, entry, flattened, "shared positions flattened into the batch axis"
+        session,
+        entry,
+        flattened,
+        "shared positions flattened into the batch axis",
+        claimed_requests(session, entry, DETERMINISTIC_FISHER_TYPES),
     )
 
 
@@ -145,21 +232,25 @@ def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
         raise CheckSkipped("no layer has a bias")
     measurement = Measurement()
     ran = False
-    for flavour in ("expand", "reduce"):
-        modes = session.supported_bias_modes(entry, "type-2", flavour)
-        if set(modes) != {"separate", "joint"}:
-            continue
-        joint = session.call(session.fresh(entry), Request("type-2", flavour, bias="joint"))
-        separate = session.call(session.fresh(entry), Request("type-2", flavour, bias="separate"))
-        compare_blocks(
-            separate,
-            dense_blocks(joint),
-            problem.layers,
-            tolerance_for(problem),
-            measurement,
-            f"weight and bias blocks, separate vs joint, kfac_approx={flavour}",
-        )
-        ran = True
+    for fisher_type in FISHER_TYPES:
+        for flavour in distinct_flavours(session, problem):
+            modes = session.supported_bias_modes(entry, fisher_type, flavour)
+            if set(modes) != set(BIAS_MODES):
+                continue
+            joint, separate = (
+                session.call(session.fresh(entry), Request(fisher_type, flavour, bias=bias))
+                for bias in ("joint", "separate")
+            )
+            compare_blocks(
+                separate,
+                dense_blocks(joint),
+                problem.layers,
+                tolerance_for(problem),
+                measurement,
+                f"weight and bias blocks, separate vs joint, fisher_type={fisher_type!r}, "
+                f"kfac_approx={flavour}",
+            )
+            ran = True
     if not ran:
         raise CheckSkipped("not supported: both bias modes are needed")
     return measurement
@@ -178,7 +269,9 @@ FUZZ_ORDER = 3
 CHECKS = [
     Check(
         "invariance/mean-vs-sum",
-        "KFAC with reduction='mean' is R times KFAC with reduction='sum'",
+        "KFAC with reduction='mean' is R times KFAC with reduction='sum' (the same for "
+        "forward-only; MC with the same seed), for every claimed fisher type and bias mode, "
+        "and flavour where weights are shared",
         "definition of the reduction factor R (KFAC tutorial)",
         kind="invariance",
         measure=mean_vs_sum,
@@ -186,7 +279,8 @@ CHECKS = [
     ),
     Check(
         "invariance/batch-splitting",
-        "the same data as one batch or as several batches give the same KFAC",
+        "the same data as one batch or as several batches give the same KFAC (every claimed "
+        "deterministic fisher type)",
         SOURCE,
         kind="invariance",
         measure=batch_splitting,
@@ -195,7 +289,7 @@ CHECKS = [
     ),
     Check(
         "invariance/permutation",
-        "permuting the data leaves KFAC unchanged",
+        "permuting the data leaves KFAC unchanged (every claimed deterministic fisher type)",
         SOURCE,
         kind="invariance",
         measure=_permutation,
@@ -213,7 +307,8 @@ CHECKS = [
     ),
     Check(
         "invariance/bias-joint-vs-separate",
-        "joint and separate bias give the same weight block and the same bias block",
+        "joint and separate bias give the same weight block and the same bias block (every "
+        "claimed fisher type, and flavour where weights are shared; MC with the same seed)",
         "the ones row of a joint bias contributes A[-1, -1] = 1",
         kind="invariance",
         measure=_bias_joint_vs_separate,

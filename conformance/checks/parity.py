@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement
+from kfac_conformance.checks.ekfac.calls import EKFAC_FISHER_TYPES
+from kfac_conformance.checks.invariance import DETERMINISTIC_FISHER_TYPES
 from kfac_conformance.comparison.blocks import round_off_tolerance
-from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.contract.problem import APPROXIMATIONS, BIAS_MODES, Problem, Request
 from kfac_conformance.execution.session import Session, compare_blocks
 
 # CUDA float64 reductions sum in another order than the CPU's; 1e3 round-offs leaves room
@@ -19,26 +21,32 @@ CUDA_CPU_TOLERANCE = 1e3 * round_off_tolerance(torch.float64)
 FLOAT32_TOLERANCE = round_off_tolerance(torch.float32)
 
 
-def _request(session: Session, problems: list[Problem]) -> Request:
-    """The first deterministic request the candidate claims for every problem of ``problems``;
-    a skip names a claim of the problems themselves (layer types, dtype, ...) first."""
+def _requests(session: Session, problems: list[Problem]) -> list[Request]:
+    """For every deterministic fisher type and approximation claimed for every problem of
+    ``problems``, its first such bias mode."""
     capabilities = session.candidate.capabilities
-    for problem in problems:
+    for problem in problems:  # a skip names a claim of the problems themselves first
         reason = capabilities.unsupported_problem(problem)
         if reason is not None:
             raise CheckSkipped(reason)
-    reasons = []
-    for fisher_type in ("type-2", "empirical", "forward-only"):
-        for bias in ("separate", "joint"):
-            request = Request(fisher_type, "expand", bias=bias)
-            why = [capabilities.unsupported(p, request) for p in problems]
-            if not any(why):
-                return request
-            reasons.extend(reason for reason in why if reason)
-    raise CheckSkipped(
-        "no deterministic fisher type is claimed on both sides of the comparison: "
-        + "; ".join(dict.fromkeys(reasons))
-    )
+    requests, reasons = [], []
+    for approximation in APPROXIMATIONS:
+        for fisher_type in DETERMINISTIC_FISHER_TYPES:
+            if approximation == "ekfac" and fisher_type not in EKFAC_FISHER_TYPES:
+                continue
+            for bias in BIAS_MODES:
+                request = Request(fisher_type, "expand", bias=bias, approximation=approximation)
+                why = [capabilities.unsupported(p, request) for p in problems]
+                if not any(why):
+                    requests.append(request)
+                    break
+                reasons.extend(reason for reason in why if reason)
+    if not requests:
+        raise CheckSkipped(
+            "no deterministic fisher type is claimed on both sides of the comparison: "
+            + "; ".join(dict.fromkeys(reasons))
+        )
+    return requests
 
 
 def _compare(
@@ -50,14 +58,24 @@ def _compare(
     tolerance: float,
     context: str,
 ) -> Measurement:
-    baseline_problem = session.fresh(entry, device=baseline_device, dtype=torch.float64)
-    other_problem = session.fresh(entry, device=device, dtype=dtype)
-    request = _request(session, [baseline_problem, other_problem])
-    baseline = session.call(baseline_problem, request)
-    other = session.call(other_problem, request)
-    targets = {layer: factors.to_dense().to(device) for layer, factors in baseline.items()}
     measurement = Measurement(details={"device": device, "dtype": str(dtype)})
-    compare_blocks(other, targets, baseline_problem.layers, tolerance, measurement, context)
+    problems = [
+        session.fresh(entry, device=baseline_device, dtype=torch.float64),
+        session.fresh(entry, device=device, dtype=dtype),
+    ]
+    for request in _requests(session, problems):
+        baseline_problem = session.fresh(entry, device=baseline_device, dtype=torch.float64)
+        baseline = session.call(baseline_problem, request)
+        other = session.call(session.fresh(entry, device=device, dtype=dtype), request)
+        targets = {layer: factors.to_dense().to(device) for layer, factors in baseline.items()}
+        compare_blocks(
+            other,
+            targets,
+            baseline_problem.layers,
+            tolerance,
+            measurement,
+            f"{context}, {request.describe()}",
+        )
     return measurement
 
 
@@ -95,8 +113,8 @@ def _inexact_or_custom(entry: CaseEntry) -> bool:
 CHECKS = [
     Check(
         "parity/cuda-cpu",
-        f"the problem on CUDA gives the CPU's KFAC (float64, tolerance {CUDA_CPU_TOLERANCE:g}); "
-        "skipped where CUDA is absent",
+        f"the problem on CUDA gives the CPU's KFAC (float64, tolerance {CUDA_CPU_TOLERANCE:g}), "
+        "for every claimed deterministic fisher type, KFAC and EKFAC; skipped where CUDA is absent",
         "device independence",
         kind="invariance",
         measure=_cuda_cpu,
@@ -105,7 +123,8 @@ CHECKS = [
     Check(
         "parity/float32-float64",
         f"the problem in float32 gives the float64 KFAC to float32 accuracy "
-        f"(tolerance {FLOAT32_TOLERANCE:g}) on the run's device",
+        f"(tolerance {FLOAT32_TOLERANCE:g}) on the run's device, for every claimed "
+        "deterministic fisher type, KFAC and EKFAC",
         "dtype independence",
         kind="invariance",
         measure=_float32_float64,

@@ -21,7 +21,7 @@ from kfac_conformance.execution.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, 
 from kfac_conformance.execution.options import DEFAULT_TIMEOUT_S, RunOptions
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
-from kfac_conformance.frontends import fuzz_command
+from kfac_conformance.frontends import coverage_command, fuzz_command
 from kfac_conformance.frontends.environment import (
     CANDIDATE_OPTION_HELP,
     NO_CANDIDATE,
@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         "list-candidates", help="list the registered candidates and whether each can run"
     )
     fuzz_command.add_parser(commands)
+    coverage_command.add_parser(commands)
     return parser
 
 
@@ -328,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list-checks": list_checks,
         "list-candidates": list_candidates,
         "fuzz": fuzz_command.fuzz,
+        "coverage": coverage_command.coverage,
     }[args.command]
     try:
         if args.command in ("run", "fuzz"):

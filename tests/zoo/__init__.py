@@ -13,6 +13,7 @@ the repository root (``kfac_conformance.reports.kill_matrix`` does that).
 from __future__ import annotations
 
 from .base import Mutant
+from .claims import ConvIgnoresDilation, TiedModuleMixesUses, UnequalBatchesWeightedEqually
 from .curvature import CeSqrtWithoutRankOne, EmpiricalFromBatchGradient, Type2AnswersEmpirical
 from .ekfac import (
     EkfacBasisFromWrongFactor,
@@ -81,6 +82,9 @@ MUTANTS: list[type[Mutant]] = [
     EkfacEigenvaluesTooLarge,
     EkfacEigenvectorsAsRows,
     McConvBlockSixteenth,
+    ConvIgnoresDilation,
+    TiedModuleMixesUses,
+    UnequalBatchesWeightedEqually,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 

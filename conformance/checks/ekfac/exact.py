@@ -72,6 +72,7 @@ CHECKS = [
         SOURCE,
         kind="exact",
         measure=_frobenius_optimal,
+        # it holds EKFAC to the exact block; the KFAC it asks for is only the distance to beat
         # an inequality between two answers and the exact block: a rescaling can pass or fail it
         verdict_scale="unknown",
         needs=NEEDS_EKFAC,
