@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
-from kfac_conformance.checks.mc import T_CRITICAL, UNBIASED_SAMPLES, t_statistic
+from kfac_conformance.checks.mc_statistics import UNBIASED_SAMPLES, t_statistic
+from kfac_conformance.checks.significance import critical_t
 from kfac_conformance.comparison.blocks import kfac_pattern, restrict
 from kfac_conformance.contract.outcomes import CandidateRefused
 from kfac_conformance.contract.problem import Problem, Request
@@ -136,16 +137,19 @@ def _held_on_average(errors: Tensor, target: Tensor) -> Measurement:
             errors[half:] @ direction / (direction.norm().item() * norm2**0.5 or 1.0), 1.0
         ),
     }
+    # both tests at the family-wise level of mc/unbiased (Bonferroni over the two), with the
+    # smaller sample's degrees of freedom for both: conservative for the scale test
+    critical = critical_t(len(errors) - half - 1, len(statistics))
     measurement = Measurement()
     for what, t in statistics.items():
-        measurement.record(abs(t), T_CRITICAL)
-        if not abs(t) <= T_CRITICAL:
+        measurement.record(abs(t), critical)
+        if not abs(t) <= critical:
             raise CheckFailed(
                 f"a module applied twice: MC is neither refused nor exact on average ({what} "
-                f"test, |t| = {abs(t):.3g} > {T_CRITICAL} over {len(errors)} seeds); mean "
+                f"test, |t| = {abs(t):.3g} > {critical:.3g} over {len(errors)} seeds); mean "
                 f"estimate / GGN along it = {1 + (errors @ target).mean().item() / norm2:.4g}",
                 observed=abs(t),
-                tolerance=T_CRITICAL,
+                tolerance=critical,
                 diagnosis=ANSWERED,
             )
     return measurement
