@@ -118,11 +118,7 @@ class CaseReplay:
         for request, replay in zip(self.ekfac_requests, self.ekfac_replays, strict=True):
             called = mc_traces(session, entry, request, verified_seeds)
             replayed = replay.ekfac_traces(UNBIASED_SAMPLES, verified_seeds)
-            verify(
-                {k: v[:, None] for k, v in replayed.items()},
-                {k: v[:, None] for k, v in called.items()},
-                "EKFAC trace",
-            )
+            verify(replayed, called, "EKFAC trace")
         self.ggn_traces = ggn_traces(session, entry)
 
     def _blocks(self, index: int, samples: int, seeds: range) -> list[BlockEstimates]:
