@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from running import run_items
 from zoo import McNormalisedByM, TiedModuleMixesUses
 
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.execution.plan import case_entries, plan
-from kfac_conformance.execution.runner import run_items
 from kfac_conformance.reference_candidate import ReferenceCandidate
 
 PROFILE = "default"

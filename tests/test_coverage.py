@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from running import run_items
 
 from kfac_conformance.cases.canonical import ALL_CASES
 from kfac_conformance.checks.catalogue import ALL_CHECKS
@@ -25,7 +26,6 @@ from kfac_conformance.coverage.recording import (
 )
 from kfac_conformance.coverage.render import as_markdown
 from kfac_conformance.execution.plan import Item, case_entries
-from kfac_conformance.execution.runner import run_items
 from kfac_conformance.frontends.cli import main
 from kfac_conformance.reference_candidate import ReferenceCandidate
 

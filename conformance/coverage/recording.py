@@ -36,6 +36,7 @@ from kfac_conformance.contract.conventions import TUTORIAL
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.coverage import space
 from kfac_conformance.coverage.features import Call, describe_call
+from kfac_conformance.execution.options import RunOptions
 from kfac_conformance.execution.plan import Item, case_entries, plan
 from kfac_conformance.execution.runner import run_items
 from kfac_conformance.execution.session import reference_compute
@@ -162,7 +163,7 @@ def measure_coverage(
     # the problems are tiny: more intra-op threads only contend (the CLI's default is 1 too)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results = run_items(recorder, items, profile)
+    results = run_items(recorder, items, RunOptions(profile=profile, mode="inline", timeout_s=None))
     try:
         for item in items:
             recorder.calls = []
