@@ -163,7 +163,9 @@ def measure_coverage(
     # the problems are tiny: more intra-op threads only contend (the CLI's default is 1 too)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results = run_items(recorder, items, RunOptions(profile=profile, mode="inline", timeout_s=None))
+    results = iter(
+        run_items(recorder, items, RunOptions(profile=profile, mode="inline", timeout_s=None))
+    )
     try:
         for item in items:
             recorder.calls = []
