@@ -101,7 +101,8 @@ def _exact_or_raises(fisher_type: str, approximation: str):
                 "a module applied twice: raise, or be exact",
             )
         except CheckFailed as failed:
-            failed.diagnosis = failed.diagnosis or ANSWERED
+            # on a tied module the cause is the answer itself; what the comparison saw follows
+            failed.diagnosis = "; ".join(filter(None, [ANSWERED, failed.diagnosis]))
             raise
         return measurement
 
