@@ -3,6 +3,7 @@ the hostile tests vary the execution."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from kfac_conformance.contract.problem import Candidate
@@ -29,3 +30,16 @@ def run_items(
     mode = "child" if isolate else "inline" if timeout is None else "thread"
     options = RunOptions(profile=profile, mode=mode, timeout_s=timeout)
     return runner.run_items(candidate, items, options)
+
+
+def quick_run_command() -> list[str]:
+    """``kfac-conformance run --profile quick -q`` as a user starts it, in this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "kfac_conformance.frontends.cli",
+        "run",
+        "--profile",
+        "quick",
+        "-q",
+    ]

@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import hostile
 import pytest
 import torch
+from running import quick_run_command
 
 from kfac_conformance.contract.loading import candidate_availability
 from kfac_conformance.frontends.cli import main
@@ -36,15 +36,7 @@ def run_cli(tmp_path: Path, *args: str) -> tuple[int, dict | None]:
 
 def spawn(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     report = tmp_path / "report.json"
-    command = [
-        sys.executable,
-        "-m",
-        "kfac_conformance.frontends.cli",
-        "run",
-        "--profile",
-        "quick",
-        "-q",
-    ]
+    command = quick_run_command()
     process = subprocess.Popen(
         [*command, "--report-json", str(report), *args],
         stdout=subprocess.PIPE,

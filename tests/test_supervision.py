@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hostile
 import pytest
+from running import quick_run_command
 from suite_guard import SUITE_RAISED
 
 from kfac_conformance.frontends.cli import main
@@ -42,15 +43,7 @@ def selected(items: list[str]) -> list[str]:
 def run_subprocess(tmp_path: Path, candidate: str, *args: str, items=ITEMS) -> tuple[int, dict]:
     """``python -m kfac_conformance.frontends.cli run`` as a user starts it; its exit code and report."""
     report = tmp_path / "report.json"
-    command = [
-        sys.executable,
-        "-m",
-        "kfac_conformance.frontends.cli",
-        "run",
-        "--profile",
-        "quick",
-        "-q",
-    ]
+    command = quick_run_command()
     command += ["--candidate", f"{HOSTILE}:{candidate}", "--report-json", str(report)]
     completed = subprocess.run(
         [*command, *args, *selected(items)],
