@@ -33,14 +33,6 @@ PROFILE = "default"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "coverage.md"
 FULL_CLAIM = ReferenceCandidate.capabilities
 
-# The one MC statistics gap left: no statistical MC case has a Linear layer with two or more
-# shared axes (the MC statistics reach one shared axis, convolutions and pooling). Listed so
-# the test below fails as soon as it is filled, and cannot go stale.
-PENDING_MC_STATISTICS = [
-    (pair, "Linear shared axes", "2+") for pair in (("mc", "kfac"), ("mc", "ekfac"))
-]
-
-
 @pytest.fixture(scope="module")
 def reference_map():
     return measure_coverage(FULL_CLAIM, PROFILE)
@@ -69,7 +61,7 @@ def test_mc_statistics_reach_convolutions_and_shared_axes(reference_map):
             reference_map.kinds[check] == "statistical" for check in reference_map.checks(cell)
         )
     ]
-    assert without == PENDING_MC_STATISTICS
+    assert without == []
 
 
 def test_docs_coverage_md_is_the_generated_map(reference_map):

@@ -6,32 +6,29 @@ defects of issue 20 need, and replays its example database first. Every search h
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from random import Random
 
 import pytest
+import torch
 from fuzz_defects import (
     DilationIgnored,
     TiedLastInputFirstGradient,
     UnequalBatchesWeightedEqually,
 )
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, find, given, settings
 from running import inline
-from zoo import ReductionFactorMissing
+from zoo import McGlobalRng, ReductionFactorMissing
 
 from kfac_conformance.cases.architectures import tied_layers
 from kfac_conformance.cases.strategies import deep_linear_cases
-from kfac_conformance.checks.base import Check, FuzzProperty, Measurement
-from kfac_conformance.checks.drawn import always, float64
 from kfac_conformance.contract.loading import SpecError, load_case_factory
-from kfac_conformance.contract.outcomes import CandidateRefused
 from kfac_conformance.contract.problem import Capabilities, Request
-from kfac_conformance.execution.calling import CandidateError
 from kfac_conformance.execution.plan import custom_entries, plan
 from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.runner import run_items
-from kfac_conformance.execution.session import compare_blocks, tolerance_for
 from kfac_conformance.frontends.cli import main
-from kfac_conformance.fuzzing import properties
 from kfac_conformance.fuzzing import search as search_module
 from kfac_conformance.fuzzing.exact_layers import exactness_map
 from kfac_conformance.fuzzing.problems import DrawnCase, kfac_problems, kfac_requests
@@ -58,6 +55,26 @@ def test_the_reference_passes_a_seeded_search():
     outcome = search(ReferenceCandidate(), max_examples=6, seed=3, database=None)
     assert outcome.failures == []
     assert outcome.examples == 6
+
+
+def _search_after_seeding(caller_seed: int):
+    torch.manual_seed(caller_seed)
+    outcome = search(McGlobalRng(), 8, seed=0, database=None)
+    after = torch.rand(3)
+    torch.manual_seed(caller_seed)
+    return outcome, torch.equal(after, torch.rand(3))
+
+
+def test_a_search_seeds_the_global_generators_and_restores_the_callers():
+    """A candidate drawing from torch's global generator gets one verdict whatever the
+    caller's generator state, and the caller's state is as it was after the search."""
+    first, first_restored = _search_after_seeding(1)
+    second, second_restored = _search_after_seeding(2)
+    assert first_restored and second_restored
+    assert first.examples == second.examples
+    assert [(f.signature, f.result.observed) for f in first.failures] == [
+        (f.signature, f.result.observed) for f in second.failures
+    ]
 
 
 def test_a_planted_bug_is_found_and_shrunk_to_one_layer():
@@ -239,61 +256,30 @@ def test_the_fuzzer_finds_the_defect_unaided(defect, shows):
     outcome = search(defect(), FUZZ_EXAMPLES, seed=0, database=None, max_failures=1)
     assert outcome.failures, f"{defect.__name__} survived {outcome.examples} examples"
     [failure] = outcome.failures
-    assert failure.result.status == "failed"
+    assert failure.result.status == "failed", failure.result.message
     assert shows(failure.case), f"found where the defect cannot show: {failure.case!r}"
 
 
-def _tied_exact_or_raises(session, entry):
-    """The weight-tying property on a drawn problem: the tied layers' blocks are exact, or the
-    candidate raises (a test-local stand-in for the catalogue's)."""
-    problem = session.fresh(entry)
-    flavour = entry.drawn_request.kfac_approx
-    request = session.first_claimed(entry, ["empirical", "type-2"], flavour)
-    try:
-        result = session.call(problem, request)
-    except (CandidateError, CandidateRefused):
-        return Measurement()
-    measurement = Measurement()
-    exact = session.exact(entry, "empirical" if request.fisher_type == "empirical" else "ggn")
-    layers = tied_layers(entry.case.architecture)
-    compare_blocks(result, exact, layers, tolerance_for(problem), measurement, "tied")
-    return measurement
+TYING_PROPERTIES = [check.id for check in PROPERTIES if check.fuzz.weight_tying]
 
 
-TIED = Check(
-    "toy/tied-exact-or-raises",
-    "a module applied twice gives its exact block or an exception",
-    "a test of the fuzzer's weight-tying problems",
-    kind="exact",
-    measure=_tied_exact_or_raises,
-    fuzz=FuzzProperty(float64(always), order=0, weight_tying=True),
-)
-
-
-def test_a_weight_tying_property_gets_problems_with_a_module_applied_twice(monkeypatch):
-    with_tied = properties.fuzz_properties([*PROPERTIES, TIED])
-    monkeypatch.setattr(properties, "PROPERTIES", with_tied)
-    monkeypatch.setattr(search_module, "PROPERTIES", with_tied)
-    monkeypatch.setattr(search_module, "PROPERTY_IDS", (*PROPERTY_IDS, TIED.id))
+def test_the_fuzzer_finds_a_tied_module_with_a_and_g_from_different_uses():
+    """The defect claims only the empirical Fisher, so only the empirical tying property can
+    see it; every failure is on a drawn network with a module applied twice."""
     outcome = search(TiedLastInputFirstGradient(), FUZZ_EXAMPLES, seed=0, database=None)
     assert outcome.failures, "the tied module's A and G from different uses went unseen"
-    assert {failure.property for failure in outcome.failures} == {TIED.id}
+    assert {failure.property for failure in outcome.failures} == {
+        "weight-tying/empirical-exact-or-raises"
+    }
+    assert all(failure.result.status == "failed" for failure in outcome.failures)
     assert all(tied_layers(failure.case.architecture) for failure in outcome.failures)
-    # kfac_ref refuses a module applied twice, which the property accepts
-    reference = search(ReferenceCandidate(), 30, seed=0, database=None, properties=[TIED.id])
-    assert reference.failures == [] and reference.examples == 30
 
 
-@pytest.mark.skipif(
-    not any(check.fuzz.weight_tying for check in PROPERTIES),
-    reason="no catalogue property declares FuzzProperty(weight_tying=True) yet "
-    "(weight-tying/exact-or-raises, conformance/checks/weight_tying.py, is to)",
-)
-def test_the_fuzzer_finds_a_tied_module_with_a_and_g_from_different_uses():
-    outcome = search(TiedLastInputFirstGradient(), FUZZ_EXAMPLES, seed=0, database=None)
-    assert outcome.failures and all(
-        tied_layers(failure.case.architecture) for failure in outcome.failures
-    )
+def test_the_reference_raises_on_every_drawn_module_applied_twice():
+    """kfac_ref refuses a module applied twice, which every tying property accepts."""
+    assert TYING_PROPERTIES, "no catalogue check is a weight-tying fuzz property"
+    outcome = search(ReferenceCandidate(), 30, seed=0, database=None, properties=TYING_PROPERTIES)
+    assert outcome.failures == [] and outcome.examples == 30
 
 
 @settings(max_examples=40, suppress_health_check=list(HealthCheck))
@@ -308,6 +294,36 @@ def test_drawn_networks_with_a_module_applied_twice_run(case):
     assert len(calls) == 2 * len(problem.batches) * len(tied_layers(case.architecture))
     if calls:
         assert case.exact == {}  # the exactness theorems assume each layer is used once
+
+
+def _applied_twice_last_after_a_flatten(case) -> bool:
+    """The network ends flattening its shared axes, then a module applied twice."""
+    tied = [index for index, spec in enumerate(case.architecture) if spec[0] == "tied"]
+    if not tied:
+        return False
+    source = case.architecture[tied[0]][1]
+    flattened = math.prod(case.input_shape[1:-1])
+    return (
+        flattened > 1
+        and case.architecture[source - 1] == ["flatten"]
+        and all(spec[0] != "linear" for spec in case.architecture[source + 1 :])
+    )
+
+
+def test_a_module_applied_twice_after_the_shared_axes_are_flattened_fits_them():
+    """Its width is the flattened one (a drawn network once applied a layer of the unflattened
+    width there, and every property met the shape error)."""
+    case = find(
+        kfac_problems(weight_tying=True),
+        _applied_twice_last_after_a_flatten,
+        settings=settings(
+            max_examples=2000, database=None, suppress_health_check=list(HealthCheck)
+        ),
+        random=Random(0),
+    )
+    problem = case.make_problem()
+    for X, y in problem.batches:
+        problem.loss_func(problem.model(X), y)
 
 
 # --- case files ------------------------------------------------------------------------------------

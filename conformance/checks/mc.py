@@ -69,6 +69,7 @@ MC_CASE_IDS = frozenset(
         "one-datum-mlp[sigmoid-bce-mean]",
         "deep-linear[mse-mean-3batches]",
         "expand-deep-linear[1-axis]",
+        "expand-deep-linear[2-axes]",
         "reduce-deep-linear[pool-in-middle]",
         "conv-reduce[stride2-pad1-mean-pool]",
         "conv-expand[last-layer-stride2-pad1-dil2]",

@@ -11,7 +11,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kfac_conformance.checks.base import CaseEntry, Check, CheckFailed, CheckSkipped, Measurement
+from kfac_conformance.cases.architectures import tied_layers
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckFailed,
+    CheckSkipped,
+    FuzzProperty,
+    Measurement,
+)
+from kfac_conformance.checks.drawn import drawn, float64
 from kfac_conformance.checks.mc_statistics import UNBIASED_SAMPLES, t_statistic
 from kfac_conformance.checks.significance import critical_t
 from kfac_conformance.comparison.blocks import kfac_pattern, restrict
@@ -56,17 +65,26 @@ ANSWERED = (
 )
 
 
+def _tied(entry: CaseEntry) -> tuple[list[str], str]:
+    """The tied layers and the flavour to ask for: the purpose-built problem's, or, on a
+    fuzzer's drawn problem, its modules applied twice and the drawn flavour."""
+    if entry.drawn_request is None:
+        return [TIED_LAYER], "expand"
+    return tied_layers(entry.case.architecture), entry.drawn_request.kfac_approx
+
+
 def _requests(
     session: Session, entry: CaseEntry, fisher_type: str, approximation: str, seeds: range
 ) -> list[Request]:
     """The first claimed bias mode's request, once per seed (MC) or once; skip if unclaimed."""
-    modes = session.supported_bias_modes(entry, fisher_type, "expand", approximation)
+    _, flavour = _tied(entry)
+    modes = session.supported_bias_modes(entry, fisher_type, flavour, approximation)
     if not modes:
         raise CheckSkipped(f"not supported: {fisher_type} {_APPROXIMATION_NAMES[approximation]}")
     if fisher_type != "mc":
-        return [Request(fisher_type, "expand", bias=modes[0], approximation=approximation)]
+        return [Request(fisher_type, flavour, bias=modes[0], approximation=approximation)]
     return [
-        Request("mc", "expand", UNBIASED_SAMPLES, seed, modes[0], approximation) for seed in seeds
+        Request("mc", flavour, UNBIASED_SAMPLES, seed, modes[0], approximation) for seed in seeds
     ]
 
 
@@ -95,7 +113,7 @@ def _exact_or_raises(fisher_type: str, approximation: str):
             compare_blocks(
                 result,
                 session.exact(entry, _CURVATURE[fisher_type]),
-                [TIED_LAYER],
+                _tied(entry)[0],
                 tolerance_for(problem),
                 measurement,
                 "a module applied twice: raise, or be exact",
@@ -188,6 +206,9 @@ def _tying_check(fisher_type: str, approximation: str) -> Check:
         kind="exact",
         measure=_exact_or_raises(fisher_type, approximation),
         own_cases=(TIED_ENTRY,),
+        # the fuzzer's drawn networks with a module applied twice, where its defects show
+        # beside layers of other kinds and sizes than the one purpose-built problem's
+        fuzz=FuzzProperty(float64(drawn(fisher_type)), order=0, weight_tying=True),
     )
 
 

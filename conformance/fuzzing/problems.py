@@ -168,6 +168,7 @@ def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size):
                 architecture.append([activation])
     if end_after == depth and ending != "keep":
         architecture.append(["flatten"] if ending == "flatten" else [ending, dims])
+        width = width * math.prod(axes) if ending == "flatten" else width
     if tied_at == depth:
         _applied_twice(draw, architecture, ["linear", width, width, draw(st.booleans())])
     if loss == "ce" and axes and ending == "keep":

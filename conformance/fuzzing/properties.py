@@ -25,12 +25,12 @@ from kfac_conformance.checks.base import CaseEntry, Check
 from kfac_conformance.checks.catalogue import ALL_CHECKS
 from kfac_conformance.contract.expected_failures import ExpectedFailure
 from kfac_conformance.contract.problem import Candidate, Problem, Request
-from kfac_conformance.execution.calling import GlobalState
 from kfac_conformance.execution.plan import Item
 from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.result import Result
 from kfac_conformance.execution.runner import apply_expected_failures, execute
 from kfac_conformance.execution.session import Session
+from kfac_conformance.execution.watched_state import GlobalState, seeded_baseline
 
 
 def fuzz_properties(checks: Sequence[Check]) -> list[Check]:
@@ -149,9 +149,16 @@ def check_example(
     the rare class: every estimate is the same, far below the target), and a shrinker, which
     tries hundreds of examples for any failure, ends on them.
     """
+    if baseline is None:  # from the seeded state a run's items start from, as in a search
+        caller = GlobalState.take()
+        try:
+            return check_example(
+                candidate, case, request, properties, expected, seeded_baseline(), known, reference
+            )
+        finally:
+            caller.restore_and_report()
     session = Session(_Narrowed(candidate, request), PROFILES["default"])
     entry = CaseEntry(case.id, case.make_problem, case, drawn_request=request)
-    baseline = baseline or GlobalState.take()
     results = []
     for check in PROPERTIES:
         if properties is not None and check.id not in properties:

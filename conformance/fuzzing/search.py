@@ -48,8 +48,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from kfac_conformance.cases.canonical import Case
 from kfac_conformance.contract.expected_failures import ExpectedFailure
 from kfac_conformance.contract.problem import Candidate, Request
-from kfac_conformance.execution.calling import GlobalState
 from kfac_conformance.execution.result import Result
+from kfac_conformance.execution.watched_state import GlobalState, seeded_baseline
 from kfac_conformance.fuzzing.problems import kfac_problems, kfac_requests
 from kfac_conformance.fuzzing.properties import (
     PROPERTIES,
@@ -198,14 +198,18 @@ def search(
     state = SearchState(max_examples, time_budget, progress)
     failures: list[Failure] = []
     round = 0
-    while not (state.budget_spent or state.out_of_time):
-        known = frozenset(failure.signature for failure in failures)
-        found = _round(candidate, state, seed, database, expected, properties, known, round)
-        round += 1
-        failures += found
-        state.found = len(failures)
-        if not found or (max_failures is not None and len(failures) >= max_failures):
-            break
+    caller = GlobalState.take()
+    try:
+        while not (state.budget_spent or state.out_of_time):
+            known = frozenset(failure.signature for failure in failures)
+            found = _round(candidate, state, seed, database, expected, properties, known, round)
+            round += 1
+            failures += found
+            state.found = len(failures)
+            if not found or (max_failures is not None and len(failures) >= max_failures):
+                break
+    finally:
+        caller.restore_and_report()  # the caller's generators, not the examples' seed
     if max_failures is not None:
         failures = failures[:max_failures]
     return SearchOutcome(failures, state.examples, state.elapsed, seed, state.out_of_time)
@@ -223,7 +227,9 @@ def _round(
 ) -> list[Failure]:
     """One hypothesis run: draw until a new failure, shrink it and any other that hypothesis
     met meanwhile, and return them (or nothing: the budget was spent first)."""
-    baseline = GlobalState.take()
+    # every example starts from the seeded state a run's items start from, so that a candidate
+    # drawing from torch's global generators gets the same verdict in every search
+    baseline = seeded_baseline()
     capabilities = candidate.capabilities
     state.start_round()
     selected = [check for check in PROPERTIES if properties is None or check.id in properties]
