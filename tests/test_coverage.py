@@ -33,6 +33,7 @@ PROFILE = "default"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "coverage.md"
 FULL_CLAIM = ReferenceCandidate.capabilities
 
+
 @pytest.fixture(scope="module")
 def reference_map():
     return measure_coverage(FULL_CLAIM, PROFILE)
