@@ -12,6 +12,9 @@ from zoo import (
     JointCrossTermsDropped,
     JointOnesFirst,
     KroneckerOrderSwapped,
+    McGlobalRng,
+    McOneSampleRepeated,
+    McTrueLabels,
     ReduceAveragesGrads,
     ReduceSumsInputs,
     ReductionFactorMissing,
@@ -59,6 +62,14 @@ EXPECTED = [
     ),
     (ReduceAveragesGrads, POOL_IN_MIDDLE, ["x 0.0625", "exactly the layers with shared axes"]),
     (Float32Internally, DEEP_LINEAR, ["float32 round-off level"]),
+    (McTrueLabels, "mc/unbiased[mlp[tanh-ce-batch]]", ["the MC answer is the empirical Fisher"]),
+    (McTrueLabels, "mc/seeds-differ[mlp[tanh-ce-batch]]", ["the MC answer is the empirical"]),
+    (McGlobalRng, "mc/seed-reproducible[mlp[tanh-ce-batch]]", ["from the global generator"]),
+    (
+        McOneSampleRepeated,
+        "mc/sqrt-m-convergence[mlp[tanh-ce-batch]]",
+        ["the samples of a datum are one draw repeated"],
+    ),
 ]
 
 

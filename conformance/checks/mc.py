@@ -34,6 +34,13 @@ from kfac_conformance.checks.base import (
     Needs,
 )
 from kfac_conformance.checks.drawn import drawn, float64
+from kfac_conformance.checks.mc_diagnosis import (
+    GLOBAL_GENERATOR,
+    TRUE_LABELS,
+    ignored_seed,
+    is_empirical_fisher,
+    not_averaged,
+)
 from kfac_conformance.checks.mc_statistics import (
     CONVERGENCE_BOUNDS,
     CONVERGENCE_SAMPLES,
@@ -160,6 +167,9 @@ def _bias_diagnosis(
     how much when only some are."""
     scaled = {test.block for test in rejected if test.name == "scale"}
     wrong_layers = {layer for layer, _ in {test.block for test in rejected}}
+    request = dataclasses.replace(mc_requests(session, entry)[0], mc_samples=UNBIASED_SAMPLES)
+    if is_empirical_fisher(session, entry, session.call(session.fresh(entry), request), request):
+        return TRUE_LABELS
     parts = []
     if scaled and len(wrong_layers) < len(types):
         order = sorted(scaled, key=lambda block: (list(types).index(block[0]), block[1]))
@@ -204,6 +214,7 @@ def _convergence(session: Session, entry: CaseEntry):
             f"family-wise level {FAMILY_ALPHA:g} over {len(tests)} blocks) on: {found}",
             observed=wrong[0].ratio,
             tolerance=high if wrong[0].ratio > high else low,
+            diagnosis=not_averaged([block.ratio for block in wrong]),
         )
     return measurement
 
@@ -215,14 +226,18 @@ def _seed_reproducible(session: Session, entry: CaseEntry):
     torch.manual_seed(12345)  # a candidate that draws from the global RNG now draws differently
     second = session.call(session.fresh(entry), request)
     measurement = Measurement()
-    compare_blocks(
-        second,
-        dense_blocks(first),
-        first_problem.layers,
-        tolerance_for(first_problem),
-        measurement,
-        "same seed, different global RNG state",
-    )
+    try:
+        compare_blocks(
+            second,
+            dense_blocks(first),
+            first_problem.layers,
+            tolerance_for(first_problem),
+            measurement,
+            "same seed, different global RNG state",
+        )
+    except CheckFailed as failed:
+        failed.diagnosis = GLOBAL_GENERATOR  # the only change between the calls
+        raise
     return measurement
 
 
@@ -268,6 +283,7 @@ def _seeds_differ(session: Session, entry: CaseEntry):
         )
         for seed in (0, 1)
     )
+    request = dataclasses.replace(request, mc_samples=SEED_SAMPLES, seed=0)
     minimum = 1e3 * tolerance_for(problem)
     measurement = Measurement()
     for layer in live:
@@ -280,6 +296,7 @@ def _seeds_differ(session: Session, entry: CaseEntry):
                 "used instead of samples?",
                 observed=difference,
                 tolerance=minimum,
+                diagnosis=ignored_seed(session, entry, first, request),
             )
     return measurement
 
