@@ -57,6 +57,8 @@ def test_report_has_every_required_section(report: Path):
     missing = [heading for heading in REQUIRED_SECTIONS if heading not in text]
     assert not missing, f"{report.name} lacks {missing}"
     assert STATUS_LINE.search(text), f"{report.name} states no status at development head"
+    unfilled = re.findall(r"\bHEAD_[A-Z0-9_]+\b|\bTODO\b|\bXXX\b", text)
+    assert not unfilled, f"{report.name} has unfilled placeholders {unfilled}"
 
 
 @pytest.mark.parametrize("report", REPORTS, ids=lambda path: path.stem)
