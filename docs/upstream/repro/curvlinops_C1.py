@@ -91,7 +91,7 @@ for backend in BACKENDS:
 linear = nn.Sequential(nn.Linear(3, 2)).to(DTYPE)
 S = 3
 data = [(torch.randn(4, S, 3, dtype=DTYPE), torch.randn(4, S, 2, dtype=DTYPE))]
-MC_SAMPLES = 4000  # relative standard deviation of the MC trace about 0.4 %
+MC_SAMPLES = 4000  # relative standard deviation of the MC trace below 1 %: 4 data x 4000 samples
 for backend in BACKENDS:
     for approx in ("expand", "reduce"):
         options = {"kfac_approx": approx}
