@@ -20,7 +20,8 @@ Schema (``schema_version`` 2)::
       "unused_expected_failures": [pattern, ...],
       "results": [{"id", "check_id", "case_id", "status", "message", "observed", "tolerance",
                    "diagnosis", "reproduction": {"command", "problem"}, "duration_s",
-                   "evidence": {...} | null, "scale": {...} | null}, ...],
+                   "evidence": {...} | null, "scale": {...} | null,
+                   "details": {...} | null}, ...],
       "scale_summary": {...} | null
     }
 
@@ -29,6 +30,10 @@ reports: read it as the tutorial's). Version 2 added ``candidate.capabilities`` 
 :class:`Capabilities`, sets as sorted lists) and ``evidence``: the compared blocks of a failure's first wrong layer, downsampled to
 at most 64 x 64, with its Kronecker tile sizes (see :mod:`kfac_conformance.comparison.evidence`). Readers
 of version 1 reports (the HTML report, ``docs/generate_matrix.py``) treat both as absent.
+
+``details`` (added within version 2; absent in older reports) is what a passing check
+measured besides its error, e.g. the scale profile's probes per layer, the tolerance's basis,
+the parameter count and the item's peak memory (:mod:`kfac_conformance.checks.scale`).
 
 ``scale`` (added within version 2; absent in older reports) is what a scale convention would
 change for the item: ``{"verdict_scale": "absolute" | "relative" | "unknown", "answers":
