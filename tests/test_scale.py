@@ -24,6 +24,7 @@ from kfac_conformance.execution.profiles import BLOCK_PROFILES
 from kfac_conformance.oracle.blocks import exact_blocks
 from kfac_conformance.oracle.products import LayerCurvature, gaussian_probes, layer_parameters
 from kfac_conformance.reference_candidate import ReferenceCandidate
+from kfac_conformance.reports.report import Report, summary_text
 from kfac_ref import compute_kfac
 
 MINI_CHECKS = scale_checks(MINI_SCALE_CASES)
@@ -110,6 +111,16 @@ def test_the_reference_passes_every_scale_item_with_its_probes_and_peak_memory(
         assert result.observed <= result.tolerance
         peak = result.details["peak_memory_bytes"]
         assert peak is None or peak >= 0
+
+
+def test_the_text_summary_lists_every_scale_items_peak_memory(reference_results):
+    report = Report("kfac_ref", "kfac_ref", None, "scale", "cpu", [i.id for i in MINI_ITEMS])
+    report.results += reference_results
+    text = summary_text(report)
+    assert f"MEASURED ({len(MINI_ITEMS)}): time and peak memory per item" in text
+    for item in MINI_ITEMS:
+        assert f"  {item.id}: " in text
+    assert "peak memory: resident set high-water mark" in text
 
 
 @pytest.mark.parametrize("mutant", SCALE_MUTANTS, ids=lambda mutant: mutant.__name__)
