@@ -28,6 +28,7 @@ with probability below 1e-3, and most bugs are many orders larger.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -99,12 +100,19 @@ def _compare_products(
             expected = target(probe)
             difference = probe_difference(kronecker_product(candidate[layer], probe), expected)
             measurement.hold(
-                probe_norm(difference) / probe_norm(expected),
+                _relative(probe_norm(difference), probe_norm(expected)),
                 tolerance,
                 f"layer {layer!r} ({context}): ||(K - target) v|| / ||target v||",
             )
     measurement.details["probes_per_layer"] = PROBES
     measurement.details["tolerance_basis"] = _BASIS
+
+
+def _relative(difference: float, target: float) -> float:
+    """``difference / target``; a zero target is matched only by a zero difference."""
+    if target > 0:
+        return difference / target
+    return 0.0 if difference == 0 else math.inf
 
 
 def _without_cross_terms(product: Callable[[Probe], Probe]) -> Callable[[Probe], Probe]:
