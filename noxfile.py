@@ -207,3 +207,11 @@ def bench(session: nox.Session) -> None:
     """Speed benchmark against the anchors; writes benchmarks/results.json (docs/performance.md)."""
     install_project(session, "curvlinops,backpack")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def scale(session: nox.Session) -> None:
+    """The scale profile against kfac_ref (time and peak memory per item, budget 5 minutes)
+    and its cost against width; prints them and stores them in benchmarks/results.json."""
+    install_project(session)
+    session.run("python", "benchmarks/run.py", "--only", "scale", *session.posargs)

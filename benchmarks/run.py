@@ -23,6 +23,9 @@ to pick some):
   suite under ``pytest -n 2 --durations=10``, with the slowest tests.
 - ``scaling``: the oracle's and ``kfac_ref``'s cost against layer width, batch size and the
   number of shared positions, and the largest block that fits in memory.
+- ``scale`` (only on request, ``--only scale``, or ``nox -s scale``: it takes minutes): the
+  scale profile's wall time, every item's time and peak memory, and the cost of its checks
+  against the width of a deep linear network (:mod:`scale`).
 
 Timings are the best of a few repeats after a warm-up call, so that a busy machine disturbs
 them less; the load average at the start of each section is recorded next to them.
@@ -55,9 +58,10 @@ from kfac_conformance.oracle.blocks import exact_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from naive_oracle import METHODS, naive_ggn_block  # noqa: E402
+from scale import bench_scale  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("oracle", "libraries", "profiles", "suite", "scaling")
+SECTIONS = ("oracle", "libraries", "profiles", "suite", "scaling", "scale")
 # the project's own test suite takes minutes and changes with every test added: run it on request
 DEFAULT_SECTIONS = ("oracle", "libraries", "profiles", "scaling")
 SUBPROCESS_TIMEOUT_S = 900
@@ -563,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=SECTIONS,
         default=list(DEFAULT_SECTIONS),
-        help="sections to run (default: all but 'suite'); the others keep their stored results",
+        help="sections to run (default: all but 'suite' and 'scale'); the others keep their "
+        "stored results",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -584,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         "profiles": lambda: bench_profiles(args.repeats),
         "suite": bench_suite,
         "scaling": lambda: bench_scaling(args.repeats),
+        "scale": bench_scale,
     }
     for section in args.only:
         load = load_average()

@@ -4,8 +4,9 @@
 #   scripts/gpu_parity.sh [OUTPUT_DIR]
 #
 # Runs the parity checks (CUDA against CPU in float64, float32 against float64) for kfac_ref,
-# then for the curvlinops adapter when curvlinops is installed, writing one JSON report per
-# candidate to OUTPUT_DIR (default: $OUT when set, else ./gpu-parity). The exit code is the
+# then for the curvlinops adapter when curvlinops is installed, then the scale profile
+# (probe products on models of millions of parameters, docs/performance.md) for kfac_ref on
+# CUDA, writing one JSON report per run to OUTPUT_DIR (default: $OUT when set, else ./gpu-parity). The exit code is the
 # worst of the runs: 0 all passed, 1 a check failed or errored, 2 no CUDA or a usage error.
 set -uo pipefail
 
@@ -39,6 +40,12 @@ run() {  # run NAME SPEC
 }
 
 run kfac_ref kfac_ref
+echo "== scale profile on CUDA (kfac_ref)"
+"${kfac_conformance[@]}" run --candidate kfac_ref --profile scale --device cuda --timeout 600 \
+    --report-json "$output/scale-kfac_ref.json" -q | tee "$output/scale-kfac_ref.txt"
+code=${PIPESTATUS[0]}
+echo "== scale profile: exit code $code"
+if [ "$code" -gt "$worst" ]; then worst=$code; fi
 if "$python" -c "import curvlinops" 2>/dev/null; then
     run curvlinops kfac_conformance.adapters.curvlinops:CurvlinopsCandidate
 else

@@ -18,7 +18,7 @@ TOP_LEVEL = {
 }  # fmt: skip
 RESULT_FIELDS = {
     "id", "check_id", "case_id", "status", "message", "observed", "tolerance", "diagnosis",
-    "reproduction", "duration_s", "evidence", "scale",
+    "reproduction", "duration_s", "evidence", "scale", "details",
 }  # fmt: skip
 
 

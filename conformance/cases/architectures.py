@@ -80,7 +80,13 @@ def build_model(
         modules.append(
             modules[_tied_source(spec, len(modules))] if spec[0] == "tied" else build_layer(spec)
         )
-    model = nn.Sequential(*modules).to(dtype)
+    return initialised(nn.Sequential(*modules), dtype, generator)
+
+
+def initialised(model: nn.Module, dtype: torch.dtype, generator: torch.Generator) -> nn.Module:
+    """``model`` in ``dtype`` with every parameter drawn from ``generator``, uniform on
+    ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (PyTorch's default scale)."""
+    model = model.to(dtype)
     with torch.no_grad():
         for param in model.parameters():
             fan_in = param.shape[1:].numel() if param.ndim > 1 else param.shape[0]

@@ -21,7 +21,7 @@ from kfac_conformance.cases.canonical import Case
 from kfac_conformance.comparison.scale_records import VERDICT_SCALES
 from kfac_conformance.contract.outcomes import STATUSES, CheckFailed, CheckSkipped
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
-from kfac_conformance.execution.profiles import PROFILES
+from kfac_conformance.execution.profiles import BLOCK_PROFILES, PROFILES
 
 if TYPE_CHECKING:
     from kfac_conformance.execution.session import Session
@@ -149,7 +149,7 @@ class Check:
     cases: Callable[[CaseEntry], bool] = every_case
     own_cases: tuple[CaseEntry, ...] = ()
     needs: Needs = Needs()
-    profiles: frozenset[str] = frozenset(PROFILES)
+    profiles: frozenset[str] = BLOCK_PROFILES
     fuzz: FuzzProperty | None = None
     # how the verdict depends on the scale of the answers where the kind says otherwise (see
     # kfac_conformance.comparison.scale_records.VERDICT_SCALES); None: as the kind says

@@ -18,6 +18,7 @@ from kfac_conformance.checks import (
     invariance,
     mc,
     parity,
+    scale,
     side_effects,
     structure,
     unsupported,
@@ -37,6 +38,7 @@ ALL_CHECKS: list[Check] = [
     *agreement.CHECKS,
     *ekfac.CHECKS,
     *parity.CHECKS,
+    *scale.CHECKS,
 ]
 if len({check.id for check in ALL_CHECKS}) != len(ALL_CHECKS):
     raise RuntimeError("check ids must be unique: users' expected-failure files name them")

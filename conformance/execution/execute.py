@@ -36,6 +36,7 @@ def execute(session: Session, item: Item, baseline: GlobalState | None = None) -
         measurement = item.check.run(session, item.entry)
         if measurement is not None:
             result.observed, result.tolerance = measurement.observed, measurement.tolerance
+            result.details = measurement.details or None
     except CheckSkipped as skipped:
         result.status, result.message = "skipped", str(skipped)
     except CheckFailed as failed:

@@ -19,6 +19,8 @@ class Result:
     duration_s: float = 0.0
     evidence: dict | None = None  # the compared blocks of a failure, see evidence.py
     scale: dict | None = None  # what a scale convention would change, see scale_records.py
+    # what a passing check measured besides its error (probes, peak memory), JSON-able
+    details: dict | None = None
 
     @property
     def item_id(self) -> str:

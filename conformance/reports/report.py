@@ -20,7 +20,8 @@ Schema (``schema_version`` 2)::
       "unused_expected_failures": [pattern, ...],
       "results": [{"id", "check_id", "case_id", "status", "message", "observed", "tolerance",
                    "diagnosis", "reproduction": {"command", "problem"}, "duration_s",
-                   "evidence": {...} | null, "scale": {...} | null}, ...],
+                   "evidence": {...} | null, "scale": {...} | null,
+                   "details": {...} | null}, ...],
       "scale_summary": {...} | null
     }
 
@@ -29,6 +30,10 @@ reports: read it as the tutorial's). Version 2 added ``candidate.capabilities`` 
 :class:`Capabilities`, sets as sorted lists) and ``evidence``: the compared blocks of a failure's first wrong layer, downsampled to
 at most 64 x 64, with its Kronecker tile sizes (see :mod:`kfac_conformance.comparison.evidence`). Readers
 of version 1 reports (the HTML report, ``docs/generate_matrix.py``) treat both as absent.
+
+``details`` (added within version 2; absent in older reports) is what a passing check
+measured besides its error, e.g. the scale profile's probes per layer, the tolerance's basis,
+the parameter count and the item's peak memory (:mod:`kfac_conformance.checks.scale`).
 
 ``scale`` (added within version 2; absent in older reports) is what a scale convention would
 change for the item: ``{"verdict_scale": "absolute" | "relative" | "unknown", "answers":
@@ -249,9 +254,28 @@ def summary_text(report: Report, quiet: bool = False) -> str:
         blocks.append(block)
     unused = report.unused_expected_failures
     warnings = [f"warning: expected failure {pattern!r} matched no check" for pattern in unused]
-    blocks += [_skips_by_reason(report.results), warnings]
+    blocks += [_skips_by_reason(report.results), warnings, _resources(report.results)]
     blocks += [_family_table(report.results), [_totals(report)]]
     return "\n\n".join("\n".join(block) for block in blocks if block)
+
+
+def _resources(results: list[Result]) -> list[str]:
+    """One line per item that measured its peak memory (the scale profile's), with its probes
+    and parameter count, then how the peaks were read."""
+    measured = [r for r in results if r.details and "peak_memory_bytes" in r.details]
+    if not measured:
+        return []
+    lines = [f"MEASURED ({len(measured)}): time and peak memory per item"]
+    for result in measured:
+        details, peak = result.details, result.details["peak_memory_bytes"]
+        lines.append(
+            f"  {result.item_id}: {details.get('parameters', 0) / 1e6:.2f} M parameters, "
+            f"{details.get('probes_per_layer')} probes per layer, {result.duration_s:.1f} s, "
+            + ("peak memory unknown" if peak is None else f"peak {peak / 2**20:.0f} MiB")
+        )
+    methods = {r.details.get("peak_memory_method") for r in measured} - {None}
+    lines += [f"  peak memory: {method}" for method in sorted(methods)]
+    return lines
 
 
 def _first_line(message: str) -> str:
