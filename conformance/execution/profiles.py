@@ -18,4 +18,8 @@ PROFILES = {
     "quick": Profile("quick", mc_seeds=32, quick=True),
     "default": Profile("default", mc_seeds=32),
     "thorough": Profile("thorough", mc_seeds=96),
+    # opt-in: the distributed/* family alone (it starts processes; docs/distributed.md)
+    "distributed": Profile("distributed", mc_seeds=32, quick=True),
 }
+# the profiles a check runs in unless it names its own (the opt-in ones run only their family)
+GENERAL_PROFILES = frozenset({"quick", "default", "thorough"})
