@@ -69,12 +69,9 @@ def compute_kfac(
                 _accumulate(grad_sums, name, rules[name].grad_sum(positions))
 
     _require_data(num_data, process_group)
-    data_parallel.sum_over_ranks(input_sums, process_group)
-    data_parallel.sum_over_ranks(grad_sums, process_group)
-    num_data, *counts = data_parallel.count_over_ranks(
-        [num_data, *input_counts.values()], process_group
+    input_sums, input_counts, grad_sums, num_data = data_parallel.combine(
+        data_parallel.ShardSums(input_sums, input_counts, grad_sums, num_data), process_group
     )
-    input_counts = dict(zip(input_counts, counts, strict=True))
     reduction = losses.reduction_factor(loss_func, num_data, num_terms)
     result = {}
     for name, module in selected.items():

@@ -22,7 +22,7 @@ same seed (that would need every rank to replay the streams of the ranks before 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -51,6 +51,32 @@ def rank_seed(seed: int, process_group: ProcessGroup | None) -> int:
         return seed
     rank, size = world(process_group)
     return seed * size + rank
+
+
+class ShardSums(NamedTuple):
+    """What KFAC sums over one rank's data: per layer the input sums and their position
+    counts, the gradient sums (none for ``"forward-only"``), and the number of data."""
+
+    input_sums: dict[str, Tensor]
+    input_counts: dict[str, int]
+    grad_sums: dict[str, Tensor]
+    num_data: int
+
+
+def combine(sums: ShardSums, process_group: ProcessGroup | None) -> ShardSums:
+    """The sums of the union of every rank's shard: each sum and each count all-reduced
+    once (the identity for one process). Normalising comes after, by the combined counts."""
+    sum_over_ranks(sums.input_sums, process_group)
+    sum_over_ranks(sums.grad_sums, process_group)
+    num_data, *counts = count_over_ranks(
+        [sums.num_data, *sums.input_counts.values()], process_group
+    )
+    return ShardSums(
+        sums.input_sums,
+        dict(zip(sums.input_counts, counts, strict=True)),
+        sums.grad_sums,
+        num_data,
+    )
 
 
 def sum_over_ranks(sums: dict[str, Tensor], process_group: ProcessGroup | None) -> None:

@@ -21,19 +21,34 @@ These items start processes (about a second per layout), so they run only in the
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from kfac_conformance.cases.case import Case
 from kfac_conformance.checks.agreement import kfac_on_labels
-from kfac_conformance.checks.base import CaseEntry, Check, CheckSkipped, Measurement, Needs
+from kfac_conformance.checks.base import (
+    CaseEntry,
+    Check,
+    CheckFailed,
+    CheckSkipped,
+    Measurement,
+    Needs,
+)
 from kfac_conformance.checks.invariance import distinct_flavours
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
 from kfac_conformance.contract.problem import Problem, Request
 from kfac_conformance.execution.distributed import RankAnswer, run_in_process_group
-from kfac_conformance.execution.session import Session, dense_blocks, tolerance_for
+from kfac_conformance.execution.session import (
+    Session,
+    dense_blocks,
+    reference_compute,
+    tolerance_for,
+)
+from kfac_ref.factors import KroneckerFactors
 
 WORLD_SIZES = (2, 4)
 LAYOUTS = ("equal", "unequal")
@@ -122,9 +137,11 @@ def _compare_ranks(
         for index, request in enumerate(requests):
             targets = targets_of(whole, answers, index)
             for rank, answer in enumerate(answers):
-                compare_diagnosed(
-                    session.fresh(entry),
-                    session.converted(answer.results[index], request, quantities),
+                result = session.converted(answer.results[index], request, quantities)
+                compare = functools.partial(
+                    compare_diagnosed,
+                    whole,  # as one process sees the data: its batches are the shards
+                    result,
                     targets,
                     problem.layers,
                     tolerance_for(problem),
@@ -132,7 +149,41 @@ def _compare_ranks(
                     f"rank {rank} of {layout.describe(sizes)}, {request.describe()}",
                     request=request,
                 )
+                try:
+                    compare()
+                except CheckFailed as failed:
+                    # diagnose it again against what a common combining mistake gives
+                    compare(alternatives=_combining_mistakes(whole, pieces, rank, request))
+                    raise failed
     return measurement
+
+
+def _combining_mistakes(
+    whole: Problem, pieces: list[Problem], rank: int, request: Request
+) -> dict[str, dict[str, Tensor]]:
+    """Blocks that wrong ways of combining the ranks' KFAC give on ``rank``, by name."""
+    if request.approximation != "kfac":
+        return {}
+    own = [reference_compute(piece, request) for piece in pieces]
+    combined = reference_compute(whole, request)
+    # B of this rank's data alone, normalised with the whole data's reduction factor
+    rescale = whole.scale_quantities()["R"] / pieces[rank].scale_quantities()["R"]
+    return {
+        "average of the ranks' own KFAC (unweighted by shard size)": {
+            layer: KroneckerFactors(
+                sum(result[layer].A for result in own) / len(own),
+                sum(result[layer].B for result in own) / len(own),
+                factors.bias,
+            ).to_dense()
+            for layer, factors in own[0].items()
+        },
+        "KFAC with B of this rank's shard alone (B not all-reduced)": {
+            layer: KroneckerFactors(
+                factors.A, rescale * own[rank][layer].B, factors.bias
+            ).to_dense()
+            for layer, factors in combined.items()
+        },
+    }
 
 
 def _single_process(approximation: str, fisher_types: tuple[str, ...]) -> Check:

@@ -273,7 +273,8 @@ def _rank_outcome(arguments, candidate, shard, requests, with_labels) -> tuple:
             init_method=f"file://{arguments.store}",
             rank=arguments.rank,
             world_size=arguments.world,
-            timeout=timedelta(seconds=arguments.timeout_s),
+            # longer than the run's deadline, so that a hang is reported as one, by the parent
+            timeout=timedelta(seconds=2 * arguments.timeout_s),
         )
         try:
             return "answer", _answers(candidate, shard, requests, with_labels)
