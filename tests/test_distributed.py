@@ -47,17 +47,22 @@ def test_the_family_runs_only_in_its_opt_in_profile():
 
 
 @pytest.mark.parametrize(
-    ("layout", "sizes"),
+    ("data_world_layout", "sizes"),
     [
-        ((2, "equal"), [6, 6]),
-        ((2, "unequal"), [1, 11]),
-        ((4, "equal"), [3, 3, 3, 3]),
-        ((4, "unequal"), [1, 1, 1, 9]),
-        ((4, "equal"), [3, 3, 3, 3]),
+        ((12, 2, "equal"), [6, 6]),
+        ((12, 2, "unequal"), [1, 11]),
+        ((12, 4, "equal"), [3, 3, 3, 3]),
+        ((12, 4, "unequal"), [1, 1, 1, 9]),
+        ((14, 4, "equal"), [4, 4, 3, 3]),
     ],
 )
-def test_shard_sizes(layout, sizes):
-    assert distributed.shard_sizes(*layout) == sizes
+def test_shard_sizes(data_world_layout, sizes):
+    assert distributed.shard_sizes(*data_world_layout) == sizes
+
+
+def test_too_few_data_for_unequal_shards_is_refused_naming_them():
+    with pytest.raises(ValueError, match="7 data are too few for unequal shards over 4 ranks"):
+        distributed.shard_sizes(7, 4, "unequal")
 
 
 def test_the_reference_passes_every_item_with_two_and_four_ranks():
