@@ -11,8 +11,7 @@ from pathlib import Path
 import hostile_distributed
 import pytest
 from hostile_distributed import CrashingRank, HangingRank, recorded_pids
-from running import inline
-from test_supervision import _alive
+from running import alive, inline
 from zoo import DISTRIBUTED_MUTANTS, Mutant
 
 from kfac_conformance.checks import distributed
@@ -94,9 +93,9 @@ def _assert_none_survives(folder: Path) -> None:
     pids = recorded_pids(folder)
     assert len(pids) == 4  # two ranks, each with a grandchild
     deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [pid for pid in pids if _alive(pid)] == []
+    assert [pid for pid in pids if alive(pid)] == []
 
 
 def test_a_crashing_rank_ends_the_item_with_an_error_and_no_survivor(tmp_path, monkeypatch):

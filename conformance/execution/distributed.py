@@ -124,11 +124,11 @@ class _Launch:
         # os.fork, not multiprocessing: a supervised worker is a daemonic process, which
         # multiprocessing forbids to have children
         world = len(self.shards)
-        store = os.path.join(self.folder, "store")
+        init_method = "file://" + os.path.join(self.folder, "store")
         for rank, shard in enumerate(self.shards):
             reader, writer = multiprocessing.Pipe(duplex=False)
             arguments = _RankArguments(
-                rank, world, store, self.group_id or 0, os.getpid(), self.timeout_s
+                rank, world, init_method, self.group_id or 0, os.getpid(), self.timeout_s
             )
             pid = os.fork()
             if pid == 0:  # the rank: never returns into the caller's code
@@ -215,7 +215,7 @@ class _Launch:
 class _RankArguments:
     rank: int
     world: int
-    store: str
+    init_method: str  # file:// here; env:// under torchrun (docs/distributed.md)
     group_id: int  # 0: this rank leads a new OS process group
     parent: int
     timeout_s: float
@@ -270,7 +270,7 @@ def _rank_outcome(arguments, candidate, shard, requests, with_labels) -> tuple:
             torch.cuda.set_device(shard.device)
         dist.init_process_group(
             "nccl" if shard.device.type == "cuda" else "gloo",
-            init_method=f"file://{arguments.store}",
+            init_method=arguments.init_method,
             rank=arguments.rank,
             world_size=arguments.world,
             # longer than the run's deadline, so that a hang is reported as one, by the parent
