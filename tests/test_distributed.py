@@ -13,6 +13,7 @@ import pytest
 from hostile_distributed import CrashingRank, HangingRank, recorded_pids
 from running import alive, inline
 from zoo import DISTRIBUTED_MUTANTS, Mutant
+from zoo.distributed import AveragesRankFactors
 
 from kfac_conformance.checks import distributed
 from kfac_conformance.checks.base import DISTRIBUTED_CLAIM
@@ -25,7 +26,8 @@ from kfac_conformance.reference_candidate import ReferenceCandidate
 
 PROFILE = "distributed"
 PLAN = plan(PROFILE, case_entries(PROFILE))
-MLP_ITEM = "distributed/kfac[data-parallel-mlp[tanh-ce-mean-2batches]]"
+MLP = "data-parallel-mlp[tanh-ce-mean-2batches]"
+MLP_ITEM = f"distributed/kfac[{MLP}]"
 HOSTILE = str(Path(hostile_distributed.__file__))
 
 
@@ -79,14 +81,18 @@ def test_a_candidate_without_the_claim_is_skipped_naming_it():
 
 @pytest.mark.parametrize("mutant", DISTRIBUTED_MUTANTS, ids=lambda mutant: mutant.__name__)
 def test_each_data_parallel_mutant_fails(mutant: type[Mutant]):
-    # one case of its killer (every case kills it): processes cost seconds
-    killers = [item for item in _items(MLP_ITEM) if item.check.id in mutant.killers]
+    # its killers on one case (every case kills it): process groups cost seconds
+    killers = [item for item in PLAN if item.entry.id == MLP and item.check.id in mutant.killers]
     results = list(run_items(mutant(), killers, inline(PROFILE)))
-    assert [result.status for result in results] == ["failed"], _messages(results)
-    # averaging is right for equal shards of a mean loss: only unequal shards show it
-    shown_by = "unequal shards" if mutant.__name__ == "AveragesRankFactors" else "equal shards"
-    assert f"W=2 {shown_by}" in results[0].message
+    assert [result.status for result in results] == ["failed"] * len(killers), _messages(results)
     assert mutant.diagnosis in results[0].diagnosis
+
+
+def test_averaged_factors_are_caught_only_by_unequal_shards():
+    """Averaging is right for equal shards of a mean loss: the first layout that fails it is
+    W = 2 with unequal shards."""
+    (result,) = run_items(AveragesRankFactors(), _items(MLP_ITEM), inline(PROFILE))
+    assert "rank 0 of W=2 unequal shards [1, 11]" in result.message
 
 
 def _assert_none_survives(folder: Path) -> None:

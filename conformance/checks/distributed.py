@@ -218,14 +218,28 @@ def _mc_on_drawn_labels(session: Session, entry: CaseEntry) -> Measurement:
             "not supported: the candidate does not expose the labels its MC Fisher drew "
             "(optional method sampled_labels(problem, request))"
         )
-    requests = _claimed_requests(session, entry, ["mc"], mc_samples=MC_SAMPLES, seed=MC_SEED)
+    claimed = _claimed_requests(session, entry, ["mc"], mc_samples=MC_SAMPLES, seed=MC_SEED)
+    # each asked twice in one group: the seed must fix the draws
+    requests = claimed * 2
 
     def on_drawn_labels(whole: Problem, answers: list[RankAnswer], index: int) -> dict:
         labels = [answer.labels[index][0] for answer in answers]
+        if index >= len(claimed):
+            _same_draws(answers, index - len(claimed), index, requests[index])
         labels = [label.double() if label.is_floating_point() else label for label in labels]
         return dense_blocks(kfac_on_labels(lambda: _copy(whole), requests[index], labels))
 
     return _compare_ranks(session, entry, requests, on_drawn_labels, with_labels=True)
+
+
+def _same_draws(answers: list[RankAnswer], first: int, again: int, request: Request) -> None:
+    for rank, answer in enumerate(answers):
+        if not torch.equal(answer.labels[first][0], answer.labels[again][0]):
+            raise CheckFailed(
+                f"rank {rank} drew other labels when asked again for {request.describe()}",
+                diagnosis="the draws depend on more than the seed (the global RNG, a counter): "
+                "MC must be reproducible from its seed",
+            )
 
 
 def _copy(problem: Problem) -> Problem:

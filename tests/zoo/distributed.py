@@ -7,6 +7,7 @@ profile (``tests/test_distributed.py``), so they are listed in ``DISTRIBUTED_MUT
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch.distributed as dist
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.execution.distributed import current_process_group
 from kfac_conformance.execution.session import reference_compute
+from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref import data_parallel
 from kfac_ref.data_parallel import ShardSums
 from kfac_ref.factors import KroneckerFactors
@@ -97,4 +99,37 @@ class ReducesATwice(DataParallelMutant):
         return [replace(data_parallel, "combine", _combine_input_sums_twice)]
 
 
-DISTRIBUTED_MUTANTS: list[type[Mutant]] = [AveragesRankFactors, ForgetsToReduceB, ReducesATwice]
+class McSeedAdvancesPerCall(DataParallelMutant):
+    """Each call draws its MC labels with a seed that advances with every call (a counter
+    added to it, as an RNG shared across calls would): the labels it reports are the ones it
+    used, but the same seed never gives the same answer twice.
+
+    Killed by distributed/mc-drawn-labels.
+    """
+
+    killers = ("distributed/mc-drawn-labels",)
+    diagnosis = "MC must be reproducible from its seed"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
+        self.calls += 1
+        return super().compute(problem, self._advanced(request))
+
+    def sampled_labels(self, problem: Problem, request: Request):
+        """The labels of the last call (the suite asks right after it)."""
+        advanced = self._advanced(request)
+        return ReferenceCandidate().sampled_labels(problem, advanced)
+
+    def _advanced(self, request: Request) -> Request:
+        return dataclasses.replace(request, seed=request.seed + self.calls)
+
+
+DISTRIBUTED_MUTANTS: list[type[Mutant]] = [
+    AveragesRankFactors,
+    ForgetsToReduceB,
+    ReducesATwice,
+    McSeedAdvancesPerCall,
+]
