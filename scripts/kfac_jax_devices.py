@@ -80,7 +80,9 @@ def main() -> None:
 
     for mode in MODES:
         one = factors(
-            jax.jit(lambda state, batch: update(state, batch, NUM_DATA, mode))(initial, (X, y))
+            jax.jit(lambda state, batch, mode=mode: update(state, batch, NUM_DATA, mode))(
+                initial, (X, y)
+            )
         )
 
         def per_device(state, batch, mode=mode):
