@@ -16,8 +16,9 @@ from zoo import DISTRIBUTED_MUTANTS, Mutant
 from zoo.distributed import AveragesRankFactors
 
 from kfac_conformance.checks import distributed
-from kfac_conformance.checks.base import DISTRIBUTED_CLAIM
+from kfac_conformance.checks.base import DISTRIBUTED_CLAIM, CheckSkipped
 from kfac_conformance.contract.expected_failures import glob_matches
+from kfac_conformance.contract.problem import Request
 from kfac_conformance.execution import distributed as launcher
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.runner import run_items
@@ -93,6 +94,12 @@ def test_averaged_factors_are_caught_only_by_unequal_shards():
     W = 2 with unequal shards."""
     (result,) = run_items(AveragesRankFactors(), _items(MLP_ITEM), inline(PROFILE))
     assert "rank 0 of W=2 unequal shards [1, 11]" in result.message
+
+
+def test_a_problem_off_the_cpu_is_skipped_naming_its_device():
+    pieces = distributed.shards(distributed.CASES[0].make_problem().to("meta"), [6, 6])
+    with pytest.raises(CheckSkipped, match="CPU problems only .* not meta; on GPUs"):
+        launcher.run_in_process_group(ReferenceCandidate(), pieces, [Request()])
 
 
 def _assert_none_survives(folder: Path) -> None:

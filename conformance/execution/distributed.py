@@ -1,7 +1,7 @@
 """Running a candidate in ``W`` processes of one ``torch.distributed`` group, supervised.
 
 :func:`run_in_process_group` starts one process per shard, makes them a process group
-(gloo on the CPU, NCCL for CUDA problems, rendezvous through a file store), and calls the
+(gloo, rendezvous through a file store in a fresh folder), and calls the
 candidate on every rank with its shard (:func:`~kfac_conformance.execution.calling.call_candidate`:
 the capability gate, the watch and the validation of any other call). Every rank sends back
 its answers; the first rank that crashes, raises or is still running at the deadline ends
@@ -13,9 +13,8 @@ rank kills that group itself if the process that started it dies (a supervised w
 killed for its item's timeout), so a hang never leaves orphans.
 
 The ranks are forked (cheap, and any candidate object is inherited), so they run CPU
-problems; CUDA cannot be used in a forked child, and CUDA problems are skipped with a reason
-pointing at ``torchrun``, where each rank moves its shard to ``cuda:<rank mod device count>``
-and the group uses NCCL (the rank code below selects it; docs/distributed.md).
+problems with gloo; CUDA cannot be used in a forked child, and CUDA problems are skipped with
+a reason pointing at ``torchrun`` and NCCL (the design is in docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -39,7 +38,8 @@ from kfac_conformance.contract.outcomes import CandidateRefused, CheckFailed, Ch
 from kfac_conformance.contract.problem import Candidate, Problem, Request
 from kfac_conformance.execution.calling import CandidateError, call_candidate, traceback_tail
 
-# how long the ranks of one run may take together, and each collective inside it
+# how long the ranks of one run may take together (a collective may take twice as long, so
+# that the run's deadline, which sees every rank, reports a hang first)
 PROCESS_GROUP_TIMEOUT_S = 60.0
 _PARENT_POLL_S = 0.5
 
@@ -92,9 +92,9 @@ def run_in_process_group(
     """
     if shards[0].device.type != "cpu":
         raise CheckSkipped(
-            "not supported on this run: the distributed checks fork their ranks, and CUDA "
-            "cannot be used in a forked child; on GPUs run them under torchrun "
-            "(docs/distributed.md)"
+            f"not supported on this run: the distributed checks fork their ranks, which run "
+            f"CPU problems only (CUDA cannot be used in a forked child), not "
+            f"{shards[0].device.type}; on GPUs see the torchrun design in docs/distributed.md"
         )
     timeout_s = PROCESS_GROUP_TIMEOUT_S if timeout_s is None else timeout_s
     with tempfile.TemporaryDirectory(prefix="kfac-conformance-pg-") as folder:
@@ -265,11 +265,8 @@ def _rank_outcome(arguments, candidate, shard, requests, with_labels) -> tuple:
     import torch.distributed as dist
 
     try:
-        if shard.device.type == "cuda":
-            shard = shard.to(torch.device("cuda", arguments.rank % torch.cuda.device_count()))
-            torch.cuda.set_device(shard.device)
         dist.init_process_group(
-            "nccl" if shard.device.type == "cuda" else "gloo",
+            "gloo",  # CPU shards only: run_in_process_group skips CUDA problems
             init_method=arguments.init_method,
             rank=arguments.rank,
             world_size=arguments.world,
