@@ -80,8 +80,8 @@ def combine(sums: ShardSums, process_group: ProcessGroup | None) -> ShardSums:
 
 
 def sum_over_ranks(sums: dict[str, Tensor], process_group: ProcessGroup | None) -> None:
-    """All-reduce every tensor of ``sums`` in place (a sum over ranks), in sorted key order
-    so that every rank issues the same collectives in the same order."""
+    """Replace every tensor of ``sums`` by its sum over ranks, in sorted key order so that
+    every rank issues the same collectives in the same order."""
     if process_group is None:
         return
     import torch.distributed as dist
