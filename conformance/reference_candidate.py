@@ -9,6 +9,7 @@ from torch import Tensor
 import kfac_ref
 from kfac_conformance.contract.loading import suite_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
+from kfac_conformance.execution.distributed import current_process_group
 from kfac_conformance.execution.session import reference_compute
 from kfac_ref.factors import KroneckerFactors
 
@@ -16,10 +17,11 @@ from kfac_ref.factors import KroneckerFactors
 class ReferenceCandidate:
     name = "kfac_ref"
     version = suite_version()
-    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
+    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}), distributed=True)
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
-        return reference_compute(problem, request)
+        # inside a process group the problem is this rank's shard (kfac_ref.data_parallel)
+        return reference_compute(problem, request, current_process_group())
 
     def sampled_labels(self, problem: Problem, request: Request) -> list[Tensor]:
         """The labels its MC Fisher draws for ``request`` (optional contract, see
@@ -30,4 +32,5 @@ class ReferenceCandidate:
             problem.batches,
             mc_samples=request.mc_samples,
             seed=request.seed,
+            process_group=current_process_group(),
         )

@@ -4,7 +4,8 @@ Read in this order: :mod:`kfac_ref.factors` (the result), :mod:`kfac_ref.losses`
 criterion and its Hessian factorisation), :mod:`kfac_ref.backpropagated` (the vectors per
 Fisher type), :mod:`kfac_ref.layers` (factor sums per layer type and flavour) and
 :mod:`kfac_ref.compute` (the scaffold); then :mod:`kfac_ref.ekfac` (EKFAC's corrected
-eigenvalues) and :mod:`kfac_ref.labels` (the labels MC draws).
+eigenvalues), :mod:`kfac_ref.labels` (the labels MC draws) and :mod:`kfac_ref.data_parallel`
+(KFAC over the shards of a ``torch.distributed`` group: sums and counts all-reduced).
 """
 
 from kfac_ref.compute import compute_kfac

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kfac_ref import data_parallel, losses
 from kfac_ref import layers as layer_rules
-from kfac_ref import losses
 from kfac_ref.backpropagated import FISHER_TYPES, backpropagated_vectors
 from kfac_ref.factors import KroneckerFactors
 
@@ -28,6 +28,7 @@ def compute_kfac(
     seed: int = 0,
     bias: str = "separate",
     layers: Sequence[str] | None = None,
+    process_group: data_parallel.ProcessGroup | None = None,
 ) -> dict[str, KroneckerFactors]:
     r"""KFAC of :math:`L = R\sum_n c_n` over all batches in ``data``, one entry per layer.
 
@@ -38,8 +39,14 @@ def compute_kfac(
     ``layers`` names modules as in ``model.named_modules()``; by default every module that
     holds parameters of its own, each of which must be supported. MC labels come from a
     generator seeded with ``seed``; the global RNG is neither used nor changed.
+
+    With a ``process_group`` (``torch.distributed.group.WORLD`` for the default one), ``data``
+    is this rank's shard, and every rank returns KFAC of the union of the shards: the sums
+    and counts are all-reduced before normalising (:mod:`kfac_ref.data_parallel`), and MC
+    draws from a generator seeded with :func:`~kfac_ref.data_parallel.rank_seed`.
     """
     selected, rules = prepare(model, loss_func, fisher_type, kfac_approx, mc_samples, bias, layers)
+    seed = data_parallel.rank_seed(seed, process_group)
     input_sums: dict[str, Tensor] = {}
     grad_sums: dict[str, Tensor] = {}
     input_counts = dict.fromkeys(selected, 0)
@@ -61,8 +68,10 @@ def compute_kfac(
             for name, positions in grad_positions.items():
                 _accumulate(grad_sums, name, rules[name].grad_sum(positions))
 
-    if num_data == 0:
-        raise ValueError("data holds no batches (or only empty ones): nothing to compute KFAC on")
+    _require_data(num_data, process_group)
+    input_sums, input_counts, grad_sums, num_data = data_parallel.combine(
+        data_parallel.ShardSums(input_sums, input_counts, grad_sums, num_data), process_group
+    )
     reduction = losses.reduction_factor(loss_func, num_data, num_terms)
     result = {}
     for name, module in selected.items():
@@ -74,6 +83,17 @@ def compute_kfac(
         mode = "none" if module.bias is None else bias
         result[name] = KroneckerFactors(A.detach(), B.detach(), mode)
     return result
+
+
+def _require_data(num_data: int, process_group: data_parallel.ProcessGroup | None) -> None:
+    if num_data > 0:
+        return
+    if process_group is not None:
+        raise ValueError(
+            "this rank's shard of data holds no data: every rank of the process group needs "
+            "at least one datum (its factor sums set the shapes of the collectives)"
+        )
+    raise ValueError("data holds no batches (or only empty ones): nothing to compute KFAC on")
 
 
 def prepare(

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from kfac_ref import compute, losses
+from kfac_ref import compute, data_parallel, losses
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 EKFAC_FISHER_TYPES: tuple[str, ...] = ("type-2", "mc", "empirical")
@@ -53,12 +53,16 @@ def compute_ekfac(
     seed: int = 0,
     bias: str = "separate",
     layers: Sequence[str] | None = None,
+    process_group: data_parallel.ProcessGroup | None = None,
 ) -> dict[str, EKFACFactors]:
     """EKFAC over all batches in ``data``, one entry per layer; arguments as for
     :func:`kfac_ref.compute_kfac`, whose factors give the eigenbasis.
 
     Two passes over ``data``: KFAC's factors first, then the corrected eigenvalues; MC draws
-    the same labels in both (one generator seeded with ``seed`` per pass).
+    the same labels in both (one generator seeded with ``seed`` per pass). With a
+    ``process_group``, ``data`` is this rank's shard: KFAC's factors and the eigenvalue sums
+    are summed over ranks (:mod:`kfac_ref.data_parallel`), so every rank gets the same basis
+    and EKFAC of the union of the shards.
     """
     if fisher_type not in EKFAC_FISHER_TYPES:
         raise ValueError(
@@ -69,14 +73,17 @@ def compute_ekfac(
     arguments = dict(
         fisher_type=fisher_type, kfac_approx=kfac_approx, mc_samples=mc_samples, bias=bias
     )
-    kfac = compute.compute_kfac(model, loss_func, data, seed=seed, layers=layers, **arguments)
+    kfac = compute.compute_kfac(
+        model, loss_func, data, seed=seed, layers=layers, process_group=process_group, **arguments
+    )
     bases = {name: kfac_eigenbasis(factors) for name, factors in kfac.items()}
     selected, rules = compute.prepare(model, loss_func, layers=layers, **arguments)
     weight_sums: dict[str, Tensor] = {}
     bias_sums: dict[str, Tensor] = {}
     num_data, num_terms = 0, None
+    rank_seed = data_parallel.rank_seed(seed, process_group)
     for batch in compute.forward_backward(
-        model, loss_func, data, selected, rules, fisher_type, mc_samples, seed, bias
+        model, loss_func, data, selected, rules, fisher_type, mc_samples, rank_seed, bias
     ):
         num_data += batch.num_data
         num_terms = batch.num_terms
@@ -87,6 +94,9 @@ def compute_ekfac(
                 _add(weight_sums, name, rotated_squares(g, batch.inputs[name] @ QA))
                 if kfac[name].bias == "separate":
                     _add(bias_sums, name, g.sum(dim=1).square().sum(dim=0))
+    data_parallel.sum_over_ranks(weight_sums, process_group)
+    data_parallel.sum_over_ranks(bias_sums, process_group)
+    (num_data,) = data_parallel.count_over_ranks([num_data], process_group)
     R = losses.reduction_factor(loss_func, num_data, num_terms)
     return {
         name: EKFACFactors(

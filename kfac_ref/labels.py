@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from kfac_ref import losses
+from kfac_ref import data_parallel, losses
 
 
 def sampled_labels(
@@ -18,14 +18,17 @@ def sampled_labels(
     *,
     mc_samples: int = 1,
     seed: int = 0,
+    process_group: data_parallel.ProcessGroup | None = None,
 ) -> list[Tensor]:
     """One ``(mc_samples, *y.shape)`` tensor per batch: the draws of
     :func:`kfac_ref.compute_kfac` with ``fisher_type="mc"`` and the same ``seed``.
 
     The same generator, seeded the same way, draws in the same order (batch by batch, from
-    the same model outputs); an empty batch draws nothing.
+    the same model outputs); an empty batch draws nothing. With a ``process_group``, ``data``
+    is this rank's shard and the draws are this rank's (seeded with
+    :func:`~kfac_ref.data_parallel.rank_seed`); no collective is issued.
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(data_parallel.rank_seed(seed, process_group))
     drawn = []
     for X, y in data:
         if X.shape[0] == 0:

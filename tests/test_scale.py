@@ -20,7 +20,7 @@ from kfac_conformance.checks.scale import PROBES, scale_checks
 from kfac_conformance.comparison.kronecker_products import kronecker_product
 from kfac_conformance.execution.peak_memory import PeakMemory
 from kfac_conformance.execution.plan import Item, case_entries, entries_of, plan
-from kfac_conformance.execution.profiles import BLOCK_PROFILES
+from kfac_conformance.execution.profiles import GENERAL_PROFILES
 from kfac_conformance.oracle.blocks import exact_blocks
 from kfac_conformance.oracle.products import LayerCurvature, gaussian_probes, layer_parameters
 from kfac_conformance.reference_candidate import ReferenceCandidate
@@ -71,7 +71,7 @@ def test_kronecker_products_equal_the_dense_block_times_the_probe(bias):
 def test_the_scale_checks_run_in_the_scale_profile_only():
     for check in ALL_CHECKS:
         assert (check.profiles == {"scale"}) == (check.family == "scale"), check.id
-    for profile in BLOCK_PROFILES:
+    for profile in GENERAL_PROFILES:
         without_scale = [check for check in ALL_CHECKS if check.family != "scale"]
         entries = case_entries(profile)
         assert [i.id for i in plan(profile, entries)] == [
@@ -134,7 +134,7 @@ def test_the_scale_profile_kills_the_mutant_with_a_failure(mutant):
 def test_the_scale_mutants_equal_the_reference_on_every_block_profile_problem():
     """Where every batch holds at most one chunk and every convolution at most 64 input
     channels the mutants are kfac_ref itself; every problem of the block profiles does."""
-    for profile in BLOCK_PROFILES:
+    for profile in GENERAL_PROFILES:
         entries = case_entries(profile)
         for check in ALL_CHECKS:
             if profile not in check.profiles:

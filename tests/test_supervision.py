@@ -18,7 +18,7 @@ from pathlib import Path
 
 import hostile
 import pytest
-from running import quick_run_command
+from running import alive, quick_run_command
 from suite_guard import SUITE_RAISED
 
 from kfac_conformance.frontends.cli import main
@@ -140,18 +140,9 @@ def test_a_child_process_left_by_the_candidate_neither_hides_a_death_nor_outlive
     assert message == "the candidate ended the process: exit code 17"
     child = int((tmp_path / hostile.CHILD_PID_FILE).read_text())
     deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    assert not alive(child)
 
 
 def test_a_worker_that_cannot_load_the_candidate_errors_each_check(tmp_path):

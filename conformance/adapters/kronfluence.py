@@ -30,6 +30,17 @@ Conventions (kronfluence 1.0.1, read in source and verified numerically):
   per datum. No type-2 (closed-form) Fisher. EKFAC's lambda pass calls the loss again and so
   draws fresh labels.
 - Labels are drawn from a private ``torch.Generator`` seeded with ``request.seed``.
+- Distribution is not claimed (``Capabilities.distributed`` stays ``False``): kronfluence's
+  distributed path needs CUDA at four places, so no process group of this machine's CPUs can
+  run it without replacing library code. ``State`` (``utils/state.py``) turns it on only when
+  ``LOCAL_RANK`` is set, ``cpu=False`` and ``torch.cuda.is_available()``; forced on a CPU,
+  ``Analyzer`` wraps the model in DDP with ``device_ids=[local rank]`` (``computer.py``, a
+  GPU-only argument: ValueError), and with the model wrapped ahead, its timer
+  (``utils/logger.py``, ``get_time``) calls ``torch.cuda.synchronize()``. The factors are
+  combined in ``TrackedModule.synchronize`` (``module/tracker/factor.py``) only
+  ``if torch.cuda.is_available()``, by ``dist.reduce(..., dst=0)`` of the covariance *sums and
+  their counts* (the right quantities), so only rank 0 holds the combined factors; the data
+  count is all-reduced (``factor/covariance.py``). docs/distributed.md has the details.
 - kronfluence writes factors to disk: every call uses a fresh temporary directory and a deep
   copy of the model (``prepare_model`` wraps its modules and freezes its parameters in place),
   with every ``*_dtype`` argument set to the problem's dtype (float32 otherwise).

@@ -20,7 +20,7 @@ from kfac_conformance.checks.base import (
 from kfac_conformance.checks.drawn import drawn, float64
 from kfac_conformance.checks.invariance import distinct_flavours
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
-from kfac_conformance.contract.problem import FLAVOURS, Request
+from kfac_conformance.contract.problem import FLAVOURS, Problem, Request
 from kfac_conformance.execution.session import (
     Session,
     dense_blocks,
@@ -84,13 +84,14 @@ def _agreement_check(fisher_type: str) -> Check:
 MC_SAMPLES, MC_SEED = 2, 5
 
 
-def _kfac_on_labels(
-    entry: CaseEntry, request: Request, labels: list[Tensor]
+def kfac_on_labels(
+    make_problem: Callable[[], Problem], request: Request, labels: list[Tensor]
 ) -> dict[str, KroneckerFactors]:
-    """kfac_ref's MC KFAC for ``labels`` (one ``(M, *y.shape)`` tensor per batch)."""
+    """kfac_ref's MC KFAC for ``labels`` (one ``(M, *y.shape)`` tensor per batch of the
+    problem ``make_problem`` builds)."""
     per_draw = []
     for draw in range(request.mc_samples):
-        problem = entry.make_problem().to(device="cpu", dtype=torch.float64)
+        problem = make_problem().to(device="cpu", dtype=torch.float64)
         problem.batches = [
             (X, drawn_labels[draw])
             for (X, _), drawn_labels in zip(problem.batches, labels, strict=True)
@@ -124,7 +125,7 @@ def _mc_on_drawn_labels(session: Session, entry: CaseEntry):
             compare_diagnosed(
                 problem,
                 result,
-                dense_blocks(_kfac_on_labels(entry, request, labels)),
+                dense_blocks(kfac_on_labels(entry.make_problem, request, labels)),
                 problem.layers,
                 tolerance_for(problem),
                 measurement,

@@ -21,7 +21,7 @@ from kfac_conformance.cases.canonical import Case
 from kfac_conformance.comparison.scale_records import VERDICT_SCALES
 from kfac_conformance.contract.outcomes import STATUSES, CheckFailed, CheckSkipped
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
-from kfac_conformance.execution.profiles import BLOCK_PROFILES, PROFILES
+from kfac_conformance.execution.profiles import GENERAL_PROFILES, PROFILES
 
 if TYPE_CHECKING:
     from kfac_conformance.execution.session import Session
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 #   outside its claim, leaves state alone, returns well-formed factors).
 Kind = Literal["exact", "reference", "statistical", "invariance", "guard"]
 KINDS: tuple[str, ...] = get_args(Kind)
+# how a skip names the claim Capabilities.distributed
+DISTRIBUTED_CLAIM = "distributed (computing inside a torch.distributed process group)"
 
 
 @dataclass
@@ -93,10 +95,13 @@ class Needs:
 
     fisher_types: frozenset[str] = frozenset()
     approximations: frozenset[str] = frozenset()
+    distributed: bool = False
 
     def unmet(self, capabilities: Capabilities) -> str | None:
         """Why ``capabilities`` lack what is needed (the skip message), or ``None``."""
         # worded as Capabilities.unsupported words them, so that a run's skips group by claim
+        if self.distributed and not capabilities.distributed:
+            return f"not supported: {DISTRIBUTED_CLAIM}"
         missing_approximations = sorted(self.approximations - capabilities.approximations)
         if missing_approximations:
             return f"not supported: approximations {missing_approximations}"
@@ -149,7 +154,7 @@ class Check:
     cases: Callable[[CaseEntry], bool] = every_case
     own_cases: tuple[CaseEntry, ...] = ()
     needs: Needs = Needs()
-    profiles: frozenset[str] = BLOCK_PROFILES
+    profiles: frozenset[str] = GENERAL_PROFILES
     fuzz: FuzzProperty | None = None
     # how the verdict depends on the scale of the answers where the kind says otherwise (see
     # kfac_conformance.comparison.scale_records.VERDICT_SCALES); None: as the kind says

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from kfac_conformance.checks import (
     agreement,
+    distributed,
     ekfac,
     exactness,
     hygiene,
@@ -39,6 +40,7 @@ ALL_CHECKS: list[Check] = [
     *ekfac.CHECKS,
     *parity.CHECKS,
     *scale.CHECKS,
+    *distributed.CHECKS,
 ]
 if len({check.id for check in ALL_CHECKS}) != len(ALL_CHECKS):
     raise RuntimeError("check ids must be unique: users' expected-failure files name them")

@@ -140,6 +140,9 @@ class Capabilities:
     multiple_batches: bool = True
     weight_sharing: bool = True  # Linear layers on inputs with leading shared axes, (N, S, ..., D)
     approximations: frozenset[str] = frozenset({"kfac"})
+    # compute inside a torch.distributed process group, given this rank's shard of the data,
+    # returning on every rank the answer for the union of the shards (docs/distributed.md)
+    distributed: bool = False
     # how the blocks are scaled (kfac_conformance.contract.conventions); undeclared means the tutorial's
     conventions: Conventions = TUTORIAL
 

@@ -7,24 +7,23 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Profile:
-    """How hard a run looks: which cases, and how many seeds the statistical checks use.
-
-    ``dense_blocks`` profiles compare P x P blocks on small cases; the ``scale`` profile
-    does not (its checks compare curvature-vector products on models of millions of
-    parameters, :mod:`kfac_conformance.checks.scale`), and only checks that name it run there.
-    """
+    """How hard a run looks: which cases, and how many seeds the statistical checks use."""
 
     name: str
     mc_seeds: int
     quick: bool = False
-    dense_blocks: bool = True
 
 
 PROFILES = {
     "quick": Profile("quick", mc_seeds=32, quick=True),
     "default": Profile("default", mc_seeds=32),
     "thorough": Profile("thorough", mc_seeds=96),
-    "scale": Profile("scale", mc_seeds=32, dense_blocks=False),
+    # opt-in, each running only the checks that name it: curvature-vector products on models
+    # of millions of parameters, no dense block (kfac_conformance.checks.scale) ...
+    "scale": Profile("scale", mc_seeds=32),
+    # ... and the distributed/* family, which starts processes (docs/distributed.md)
+    "distributed": Profile("distributed", mc_seeds=32, quick=True),
 }
-# where a check runs unless it names its profiles: every profile that compares dense blocks
-BLOCK_PROFILES = frozenset(name for name, profile in PROFILES.items() if profile.dense_blocks)
+# the profiles a check runs in unless it names its own: those that compare P x P blocks on
+# small cases (the opt-in ones run only their family)
+GENERAL_PROFILES = frozenset({"quick", "default", "thorough"})

@@ -52,16 +52,25 @@ class Session:
         This is the one place a declared convention is applied: every check sees blocks in
         the suite's scale (:mod:`kfac_conformance.contract.conventions`).
         """
-        declared = self.candidate.capabilities.conventions
         # read before the call: a candidate may change the problem it is given
         quantities = problem.scale_quantities()
         result, side_effects, hygiene = call_candidate(self.candidate, problem, request)
         self.side_effects.extend(side_effects)
+        self.hygiene.extend(hygiene)
+        return self.converted(result, request, quantities)
+
+    def converted(
+        self, result: dict[str, KroneckerFactors], request: Request, quantities: dict[str, object]
+    ) -> dict[str, KroneckerFactors]:
+        """A validated ``result`` for a problem of ``quantities`` in the suite's scale (and its
+        scale recorded): what :meth:`call` returns, for answers computed elsewhere (the ranks
+        of a process group)."""
         answer = answer_record(request.fisher_type, quantities)
         if answer is not None:
             self.answers.append(answer)
-        self.hygiene.extend(hygiene)
-        scale = conventions.scale(declared, request.fisher_type, quantities)
+        scale = conventions.scale(
+            self.candidate.capabilities.conventions, request.fisher_type, quantities
+        )
         if scale == 1.0:
             return result
         return {layer: factors.scaled(1.0 / scale) for layer, factors in result.items()}
@@ -148,8 +157,9 @@ class Session:
 
 
 def reference_compute(
-    problem: Problem, request: Request
+    problem: Problem, request: Request, process_group: object | None = None
 ) -> dict[str, KroneckerFactors] | dict[str, EKFACFactors]:
+    """``kfac_ref``'s answer; with a ``process_group``, ``problem`` is this rank's shard."""
     compute = kfac_ref.compute_ekfac if request.approximation == "ekfac" else kfac_ref.compute_kfac
     return compute(
         problem.model,
@@ -161,6 +171,7 @@ def reference_compute(
         seed=request.seed,
         bias=request.bias,
         layers=problem.layers,
+        process_group=process_group,
     )
 
 

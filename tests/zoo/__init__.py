@@ -15,6 +15,7 @@ from __future__ import annotations
 from .base import Mutant
 from .claims import ConvIgnoresDilation, TiedModuleMixesUses, UnequalBatchesWeightedEqually
 from .curvature import CeSqrtWithoutRankOne, EmpiricalFromBatchGradient, Type2AnswersEmpirical
+from .distributed import DISTRIBUTED_MUTANTS
 from .ekfac import (
     EkfacBasisFromWrongFactor,
     EkfacEigenvaluesTooLarge,
@@ -88,4 +89,4 @@ MUTANTS: list[type[Mutant]] = [
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 
-__all__ = ["MUTANTS", "MUTANTS_BY_NAME", "Mutant"]
+__all__ = ["DISTRIBUTED_MUTANTS", "MUTANTS", "MUTANTS_BY_NAME", "Mutant"]

@@ -1,0 +1,314 @@
+"""Running a candidate in ``W`` processes of one ``torch.distributed`` group, supervised.
+
+:func:`run_in_process_group` starts one process per shard, makes them a process group
+(gloo, rendezvous through a file store in a fresh folder), and calls the
+candidate on every rank with its shard (:func:`~kfac_conformance.execution.calling.call_candidate`:
+the capability gate, the watch and the validation of any other call). Every rank sends back
+its answers; the first rank that crashes, raises or is still running at the deadline ends
+the run with :class:`ProcessGroupFailed`.
+
+No process outlives the run: the ranks form one OS process group, killed as a whole
+(grandchildren a candidate started included) when the run ends for any reason, and each
+rank kills that group itself if the process that started it dies (a supervised worker
+killed for its item's timeout), so a hang never leaves orphans.
+
+The ranks are forked (cheap, and any candidate object is inherited), so they run CPU
+problems with gloo; CUDA cannot be used in a forked child, and CUDA problems are skipped with
+a reason pointing at ``torchrun`` and NCCL (the design is in docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from multiprocessing.connection import Connection, wait
+
+import torch
+from torch import Tensor
+
+from kfac_conformance.contract.outcomes import CandidateRefused, CheckFailed, CheckSkipped
+from kfac_conformance.contract.problem import Candidate, Problem, Request
+from kfac_conformance.execution.calling import CandidateError, call_candidate, traceback_tail
+
+# how long the ranks of one run may take together (a collective may take twice as long, so
+# that the run's deadline, which sees every rank, reports a hang first)
+PROCESS_GROUP_TIMEOUT_S = 60.0
+_PARENT_POLL_S = 0.5
+
+
+def current_process_group():
+    """The default ``torch.distributed`` group when this process is in one, else ``None``:
+    how a distributed candidate tells that its problem is a shard."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return None
+
+
+class ProcessGroupFailed(CandidateError):
+    """A rank crashed, raised or hung: the item errors with which rank and how."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RuntimeError(message))
+        self.message = message
+
+    def describe(self) -> str:
+        return self.message
+
+
+@dataclass
+class RankAnswer:
+    """What one rank returns: a validated result per request (in order), the labels its MC
+    draws for each request when asked, and the side effects and hygiene notes of its calls."""
+
+    results: list[dict] = field(default_factory=list)
+    labels: list[list[Tensor]] = field(default_factory=list)
+    side_effects: list[str] = field(default_factory=list)
+    hygiene: list[str] = field(default_factory=list)
+
+
+def run_in_process_group(
+    candidate: Candidate,
+    shards: Sequence[Problem],
+    requests: Sequence[Request],
+    *,
+    with_labels: bool = False,
+    timeout_s: float | None = None,
+) -> list[RankAnswer]:
+    """Every rank's answers to ``requests``, rank ``r`` holding ``shards[r]``.
+
+    Raises what a call on any rank raised (:class:`CheckSkipped`, :class:`CheckFailed`),
+    and :class:`ProcessGroupFailed` for a rank that crashed, raised, or had not answered
+    within ``timeout_s`` (default :data:`PROCESS_GROUP_TIMEOUT_S`).
+    """
+    if shards[0].device.type != "cpu":
+        raise CheckSkipped(
+            f"not supported on this run: the distributed checks fork their ranks, which run "
+            f"CPU problems only (CUDA cannot be used in a forked child), not "
+            f"{shards[0].device.type}; on GPUs see the torchrun design in docs/distributed.md"
+        )
+    timeout_s = PROCESS_GROUP_TIMEOUT_S if timeout_s is None else timeout_s
+    with tempfile.TemporaryDirectory(prefix="kfac-conformance-pg-") as folder:
+        launch = _Launch(candidate, list(shards), list(requests), with_labels, timeout_s, folder)
+        try:
+            launch.start()
+            outcomes = launch.collect()
+        finally:
+            launch.kill()
+    return [_answer(rank, outcome) for rank, outcome in enumerate(outcomes)]
+
+
+@dataclass
+class _Launch:
+    candidate: Candidate
+    shards: list[Problem]
+    requests: list[Request]
+    with_labels: bool
+    timeout_s: float
+    folder: str
+    pids: list[int] = field(default_factory=list)
+    readers: list[Connection] = field(default_factory=list)
+    exit_codes: dict[int, int] = field(default_factory=dict)
+    group_id: int | None = None
+
+    def start(self) -> None:
+        # os.fork, not multiprocessing: a supervised worker is a daemonic process, which
+        # multiprocessing forbids to have children
+        world = len(self.shards)
+        init_method = "file://" + os.path.join(self.folder, "store")
+        for rank, shard in enumerate(self.shards):
+            reader, writer = multiprocessing.Pipe(duplex=False)
+            arguments = _RankArguments(
+                rank, world, init_method, self.group_id or 0, os.getpid(), self.timeout_s
+            )
+            pid = os.fork()
+            if pid == 0:  # the rank: never returns into the caller's code
+                code = 1
+                try:
+                    reader.close()
+                    _rank_main(
+                        arguments, self.candidate, shard, self.requests, self.with_labels, writer
+                    )
+                    code = 0
+                finally:
+                    os._exit(code)
+            writer.close()
+            if self.group_id is None:
+                self.group_id = pid
+            _join_group(pid, self.group_id)
+            self.pids.append(pid)
+            self.readers.append(reader)
+
+    def collect(self) -> list[tuple]:
+        deadline = time.monotonic() + self.timeout_s
+        outcomes: dict[int, tuple] = {}
+        world = len(self.pids)
+        while len(outcomes) < world:
+            waiting = [rank for rank in range(world) if rank not in outcomes]
+            if time.monotonic() >= deadline:
+                raise ProcessGroupFailed(
+                    f"ranks {waiting} of {world} had not answered after {self.timeout_s:g} s "
+                    "(a hang, e.g. in a collective that not every rank entered); every rank "
+                    "was killed"
+                )
+            # a rank that dies shows as its pipe closing, or (held open by a grandchild)
+            # only in waitpid: poll both
+            wait([self.readers[rank] for rank in waiting], timeout=_PARENT_POLL_S)
+            for rank in waiting:
+                if self.readers[rank].poll():
+                    outcomes[rank] = self._receive(rank)
+                elif self._exited(rank):
+                    raise self._crashed(rank)
+        return [outcomes[rank] for rank in range(world)]
+
+    def _receive(self, rank: int) -> tuple:
+        try:
+            return torch.load(io.BytesIO(self.readers[rank].recv_bytes()), weights_only=False)
+        except EOFError:
+            self._exited(rank, block=True)
+            raise self._crashed(rank) from None
+
+    def _exited(self, rank: int, block: bool = False) -> bool:
+        if rank not in self.exit_codes:
+            pid, status = os.waitpid(self.pids[rank], 0 if block else os.WNOHANG)
+            if pid == 0:
+                return False
+            self.exit_codes[rank] = os.waitstatus_to_exitcode(status)
+        return True
+
+    def _crashed(self, rank: int) -> ProcessGroupFailed:
+        code = self.exit_codes[rank]
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return ProcessGroupFailed(
+            f"rank {rank} of {len(self.pids)} {how} before answering (a crash); every rank "
+            "was killed"
+        )
+
+    def kill(self) -> None:
+        """Kill every process of the ranks' group (and any rank outside it), then reap them."""
+        if self.group_id is not None:
+            try:
+                os.killpg(self.group_id, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for rank, pid in enumerate(self.pids):
+            if rank not in self.exit_codes:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._exited(rank, block=True)
+        for reader in self.readers:
+            reader.close()
+
+
+@dataclass(frozen=True)
+class _RankArguments:
+    rank: int
+    world: int
+    init_method: str  # file:// here; env:// under torchrun (docs/distributed.md)
+    group_id: int  # 0: this rank leads a new OS process group
+    parent: int
+    timeout_s: float
+
+
+def _join_group(pid: int, group_id: int) -> None:
+    # set from both sides (as shells do), so that the group holds before either goes on
+    try:
+        os.setpgid(pid, group_id)
+    except (ProcessLookupError, PermissionError):
+        pass  # it exited already, or set it itself
+
+
+def _answer(rank: int, outcome: tuple) -> RankAnswer:
+    kind, payload = outcome
+    if kind == "answer":
+        return payload
+    where = f"rank {rank}: "
+    if kind == "skipped":
+        raise CheckSkipped(payload)
+    if kind == "failed":
+        raise CheckFailed(where + payload)
+    if kind == "error":
+        raise ProcessGroupFailed(where + payload)
+    raise RuntimeError(f"{where}the suite's rank code raised: {payload}")
+
+
+def _rank_main(
+    arguments: _RankArguments,
+    candidate: Candidate,
+    shard: Problem,
+    requests: list[Request],
+    with_labels: bool,
+    writer: Connection,
+) -> None:
+    _join_group(0, arguments.group_id)
+    _kill_group_when_orphaned(arguments.parent)
+    torch.set_num_threads(1)  # W ranks share the machine's cores
+    outcome = _rank_outcome(arguments, candidate, shard, requests, with_labels)
+    buffer = io.BytesIO()
+    torch.save(outcome, buffer)
+    writer.send_bytes(buffer.getvalue())
+    writer.close()
+
+
+def _rank_outcome(arguments, candidate, shard, requests, with_labels) -> tuple:
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group(
+            "gloo",  # CPU shards only: run_in_process_group skips CUDA problems
+            init_method=arguments.init_method,
+            rank=arguments.rank,
+            world_size=arguments.world,
+            # longer than the run's deadline, so that a hang is reported as one, by the parent
+            timeout=timedelta(seconds=2 * arguments.timeout_s),
+        )
+        try:
+            return "answer", _answers(candidate, shard, requests, with_labels)
+        finally:
+            dist.destroy_process_group()
+    except (CheckSkipped, CandidateRefused) as skipped:
+        return "skipped", str(skipped)
+    except CheckFailed as failed:
+        return "failed", failed.message
+    except CandidateError as error:
+        return "error", error.describe()
+    except Exception as error:  # the suite's own code: reported as its defect
+        return "internal", traceback_tail(error, error.__traceback__)
+
+
+def _answers(candidate, shard: Problem, requests, with_labels: bool) -> RankAnswer:
+    answer = RankAnswer()
+    for request in requests:
+        result, side_effects, hygiene = call_candidate(candidate, shard, request)
+        answer.results.append(result)
+        answer.side_effects += side_effects
+        answer.hygiene += hygiene
+        if with_labels:
+            try:
+                labels = candidate.sampled_labels(shard, request)
+            except Exception as exception:
+                raise CandidateError(exception) from exception
+            answer.labels.append([drawn.detach().cpu() for drawn in labels])
+    return answer
+
+
+def _kill_group_when_orphaned(parent: int) -> None:
+    """Kill this rank's whole OS process group once the process that started it is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="kfac-conformance-orphan-watch", daemon=True).start()
