@@ -7,8 +7,10 @@ torchvision).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
@@ -207,3 +209,63 @@ def bench(session: nox.Session) -> None:
     """Speed benchmark against the anchors; writes benchmarks/results.json (docs/performance.md)."""
     install_project(session, "curvlinops,backpack")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+def _findings_repros():
+    """The reproduction scripts (conformance/reports/findings/repros.py, standard library only,
+    loaded by path: nox's own interpreter has not installed the project)."""
+    path = Path("conformance/reports/findings/repros.py")
+    spec = importlib.util.spec_from_file_location("findings_repros", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.REPROS
+
+
+# the environments of `nox -s findings`: every extra of a candidate or a reproduction script
+FINDINGS_EXTRAS = sorted(
+    {extra for extra in CANDIDATES.values() if extra}
+    | set(JAX_CANDIDATES.values())
+    | {repro.extra for repro in _findings_repros()}
+)
+FINDINGS_RAW = "reports/findings"
+
+
+@nox.session(python=False)
+def findings(session: nox.Session) -> None:
+    """docs/findings.md from fresh measurements: every reproduction script and every cell of the
+    findings, one environment per extra, then the rendering. An environment that cannot be
+    built keeps its last measurement (docs/findings/measured.json says which versions)."""
+    for extra in FINDINGS_EXTRAS:
+        session.notify(f"findings_measure(extra='{extra}')")
+    session.notify("findings_render")
+
+
+@nox.session
+@nox.parametrize("extra", FINDINGS_EXTRAS)
+def findings_measure(session: nox.Session, extra: str) -> None:
+    """The reproductions that need ``extra``, and the findings' cells of its candidates, into
+    reports/findings/<extra>.json (kfac_conformance.reports.findings.measure)."""
+    if extra in JAX_CANDIDATES.values():
+        install_jax_runner(session, extra)
+        candidates = [name for name, value in JAX_CANDIDATES.items() if value == extra]
+        runner, env = ["--jax"], JAX_ENV
+    else:
+        install_project(session, extra)
+        candidates = [name for name, value in CANDIDATES.items() if value == extra]
+        runner, env = [], None
+    output = f"{FINDINGS_RAW}/{extra.replace(',', '+')}.json"
+    options = [option for name in candidates for option in ("--candidate", name)]
+    session.run(
+        "python", "-m", "kfac_conformance.reports.findings", "measure", "--extra", extra,
+        *options, *runner, "--output", output, env=env,
+    )  # fmt: skip
+
+
+@nox.session
+def findings_render(session: nox.Session) -> None:
+    """docs/findings/measured.json from reports/findings/*.json, and docs/findings.md from it."""
+    install_project(session)
+    session.run(
+        "python", "-m", "kfac_conformance.reports.findings", "render", "--raw", FINDINGS_RAW
+    )
