@@ -212,21 +212,22 @@ def bench(session: nox.Session) -> None:
 
 
 def _findings_repros():
-    """The reproduction scripts (conformance/reports/findings/repros.py, standard library only,
-    loaded by path: nox's own interpreter has not installed the project)."""
+    """conformance/reports/findings/repros.py (standard library only, loaded by path: nox's
+    own interpreter has not installed the project)."""
     path = Path("conformance/reports/findings/repros.py")
     spec = importlib.util.spec_from_file_location("findings_repros", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
-    return module.REPROS
+    return module
 
 
+FINDINGS_REPROS = _findings_repros()
 # the environments of `nox -s findings`: every extra of a candidate or a reproduction script
 FINDINGS_EXTRAS = sorted(
     {extra for extra in CANDIDATES.values() if extra}
     | set(JAX_CANDIDATES.values())
-    | {repro.extra for repro in _findings_repros()}
+    | {repro.extra for repro in FINDINGS_REPROS.REPROS}
 )
 FINDINGS_RAW = "reports/findings"
 
@@ -246,7 +247,12 @@ def findings(session: nox.Session) -> None:
 def findings_measure(session: nox.Session, extra: str) -> None:
     """The reproductions that need ``extra``, and the findings' cells of its candidates, into
     reports/findings/<extra>.json (kfac_conformance.reports.findings.measure)."""
-    if extra in JAX_CANDIDATES.values():
+    if extra in FINDINGS_REPROS.HEAD_INSTALLS:  # a library's development head, over its release
+        base, requirement = FINDINGS_REPROS.HEAD_INSTALLS[extra]
+        install_project(session, base)
+        session.install(*CONSTRAINTS, requirement)
+        candidates, runner, env = [], [], None
+    elif extra in JAX_CANDIDATES.values():
         install_jax_runner(session, extra)
         candidates = [name for name, value in JAX_CANDIDATES.items() if value == extra]
         runner, env = ["--jax"], JAX_ENV

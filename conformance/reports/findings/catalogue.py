@@ -148,7 +148,7 @@ FINDINGS = (
         "so cross-entropy on (N, C, H, W) outputs no longer crashes either",
         cause=(Source("0.4", "nngeometry/metrics.py", "168-188"),),
         repros=("docs/repro/nngeometry_float64_classif.py",),
-        upstream="docs/upstream/nngeometry-N1.md",
+        fixed_in="b602bf2ca22a3244fdda44b0e86df543afd933b2",
     ),
     Finding(
         id="G1",
@@ -169,7 +169,7 @@ FINDINGS = (
                 'incorrect results. Use ``backend="make_fx"`` for weight-tied architectures.',
             ),
         ),
-        repros=("docs/repro/weight_tying.py",),
+        repros=("docs/repro/weight_tying.py", "docs/repro/curvlinops_head_weight_tying.py"),
     ),
     Finding(
         id="K1",
@@ -204,6 +204,12 @@ FINDINGS = (
                 "41-43",
                 "factor : float conversion factor between torch losses and base likelihoods "
                 "For example, \\(\\frac{1}{2}\\) to get to \\(\\mathcal{N}(f, 1)\\) from MSELoss.",
+            ),
+            Source(
+                "head",
+                "laplace/curvature/asdl.py",
+                "248",
+                "curv_factor = 0.5  # correct scaling for diag ef",
             ),
         ),
         repros=("docs/repro/laplace_ef_regression_scale.py",),

@@ -8,6 +8,7 @@ in the JAX environment, which has no torch.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 from kfac_conformance.contract.expected_failures import glob_matches
 from kfac_conformance.reports.findings.catalogue import FINDINGS
 from kfac_conformance.reports.findings.cells import candidate_selections
-from kfac_conformance.reports.findings.repros import REPROS
+from kfac_conformance.reports.findings.repros import HEAD_INSTALLS, REPROS
 
 SCRIPT_TIMEOUT_S = 1800
 FUZZ_CASES = Path("docs/repro/fuzz")  # the shrunk failures of `kfac-conformance fuzz`
@@ -102,7 +103,11 @@ def replay_fuzz_cases(candidate: str, root: Path) -> dict[str, dict]:
     """Case file name -> the items of the whole catalogue that do not pass on its problem."""
     replays = {}
     for path in sorted((root / FUZZ_CASES).glob(f"{candidate}-[A-Z][0-9]*.py")):
-        results = run_suite(candidate, ["--case", f"{path}:problem"], jax=False)
+        case_id = re.search(r'id="(fuzz-[0-9a-f]+)"', path.read_text())
+        if case_id is None:
+            raise MeasurementError(f'{path} names no drawn case (id="fuzz-...")')
+        options = ["--case", f"{path}:problem", "--select", f"*[{case_id.group(1)}]"]
+        results = run_suite(candidate, options, jax=False)
         failing = [r for r in results if r["status"] in ("failed", "error")]
         replays[path.name] = ran(failing, ["*"])
     return replays
@@ -120,12 +125,20 @@ def installed_versions() -> dict[str, str]:
     return versions
 
 
+def head_version(extra: str) -> dict[str, str]:
+    """For an environment of a library's development head: the distribution and its commit."""
+    if extra not in HEAD_INSTALLS:
+        return {}
+    name, _, source = HEAD_INSTALLS[extra][1].partition(" @ ")
+    return {name: f"head {source.rsplit('@', 1)[1][:10]}"}
+
+
 def measure(extra: str, candidates: list[str], jax: bool, root: Path) -> dict:
     """Every measurement this environment can make."""
     selections = candidate_selections()
     return {
         "extra": extra,
-        "versions": installed_versions(),
+        "versions": installed_versions() | head_version(extra),
         "repro": {r.name: run_repro(root / r.path) for r in REPROS if r.extra == extra},
         "cells": {
             name: run_cells(name, selections[name], jax)

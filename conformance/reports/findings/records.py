@@ -69,7 +69,8 @@ class Finding:
     documented: tuple[Source, ...] = ()  # where the library states the behaviour itself
     cells: tuple[Cells, ...] = ()
     repros: tuple[str, ...] = ()  # docs/repro/*.py
-    upstream: str = ""  # docs/upstream/<library>-<id>.md, for bugs
+    upstream: str = ""  # docs/upstream/<library>-<id>.md, for bugs not yet fixed at the head
+    fixed_in: str = ""  # the head's commit that fixes a bug, when it is fixed there
 
     @property
     def anchor(self) -> str:
@@ -100,10 +101,13 @@ def _problems(finding: Finding, heads: dict[str, Head]) -> list[str]:
             f"classification {finding.classification!r} is not one of {tuple(CLASSIFICATIONS)}"
         )
     expected = f"docs/upstream/{finding.libraries[0]}-{finding.id}.md" if finding.libraries else ""
-    if finding.classification == "bug" and finding.upstream != expected:
-        problems.append(f"a bug needs its upstream report at {expected!r}")
-    if finding.classification != "bug" and finding.upstream:
-        problems.append("only a bug has an upstream report")
+    open_bug = finding.classification == "bug" and not finding.fixed_in
+    if open_bug and finding.upstream != expected:
+        problems.append(f"a bug not fixed at the head needs its upstream report at {expected!r}")
+    if not open_bug and finding.upstream:
+        problems.append("only a bug not fixed at the head has an upstream report")
+    if finding.fixed_in and finding.classification != "bug":
+        problems.append("only a bug is fixed")
     if not finding.repros:
         problems.append("no reproduction script")
     if any("==" not in release for release in finding.pinned) or not finding.pinned:

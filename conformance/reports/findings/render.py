@@ -81,6 +81,10 @@ def _finding(measured: dict, finding_id: str) -> str:
     if finding.upstream:
         target = finding.upstream.removeprefix("docs/")
         lines.append(f"- **Upstream report (draft):** [`{finding.upstream}`]({target}).")
+    if finding.fixed_in:
+        head = HEADS[finding.libraries[0]]
+        commit = f"https://github.com/{head.repository}/commit/{finding.fixed_in}"
+        lines.append(f"- **Fixed at the head** by [`{finding.fixed_in[:10]}`]({commit}).")
     return "\n".join(lines)
 
 
@@ -91,7 +95,8 @@ def _head(library: str) -> str:
 
 def _source(finding: Finding, source: Source) -> str:
     version = f"{finding.libraries[0]} head" if source.version == "head" else source.version
-    place = f"`{source.file}`, lines {source.lines} ({version})"
+    lines = "lines" if "-" in source.lines else "line"
+    place = f"`{source.file}`, {lines} {source.lines} ({version})"
     return f"{place}: “{source.words}”" if source.words else place
 
 

@@ -15,12 +15,23 @@ class Repro:
     and prints its key numbers as one JSON object on its last line."""
 
     path: str  # relative to the repository root
-    extra: str  # the pyproject.toml extras its environment installs, comma-separated
+    extra: str  # the pyproject.toml extras its environment installs (comma-separated), or a
+    # key of HEAD_INSTALLS
 
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1].removesuffix(".py")
 
+
+# environments with a library at the development head that was read (not in a release yet):
+# name -> (the extra installed first, the pip requirement installed over it)
+HEAD_INSTALLS = {
+    "curvlinops-head": (
+        "curvlinops",
+        "curvlinops-for-pytorch @ git+https://github.com/f-dangel/curvlinops"
+        "@63fd690de70ce4f59a3361e6e3d89c71035845db",
+    ),
+}
 
 REPROS = (
     Repro("docs/repro/curvlinops_type2_loss_terms.py", "curvlinops"),
@@ -33,6 +44,7 @@ REPROS = (
     Repro("docs/repro/nngeometry_ekfac_uncorrected.py", "nngeometry"),
     # the three libraries that answer a tied layer silently, side by side
     Repro("docs/repro/weight_tying.py", "curvlinops,asdl,nngeometry"),
+    Repro("docs/repro/curvlinops_head_weight_tying.py", "curvlinops-head"),
     Repro("docs/repro/kronfluence_shared_axes_scale.py", "kronfluence"),
     Repro("docs/repro/laplace_ef_regression_scale.py", "laplace"),
     Repro("docs/repro/kfac_jax_repeated_dense_bias.py", "jax"),
