@@ -270,8 +270,9 @@ def findings_measure(session: nox.Session, extra: str) -> None:
 
 @nox.session
 def findings_render(session: nox.Session) -> None:
-    """docs/findings/measured.json from reports/findings/*.json, and docs/findings.md from it."""
-    install_project(session)
+    """docs/findings/measured.json from reports/findings/*.json, and docs/findings.md from it
+    (standard library only: the project without its dependencies)."""
+    session.install("--no-deps", "-e", ".")
     session.run(
         "python", "-m", "kfac_conformance.reports.findings", "render", "--raw", FINDINGS_RAW
     )

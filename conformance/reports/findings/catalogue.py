@@ -145,7 +145,8 @@ FINDINGS = (
         at_head="fixed on the main branch, not yet released (commits b602bf2 and 268854b, "
         "2025-04-14 and -16): the closed form uses cumulative sums in the logits' dtype and "
         "`torch.finfo(p.dtype).eps`, and no longer concatenates a 2d tensor to the outputs, "
-        "so cross-entropy on (N, C, H, W) outputs no longer crashes either",
+        "so cross-entropy on (N, C, H, W) outputs no longer crashes either (both checked by running "
+        "docs/repro/nngeometry_float64_classif.py and a one-Conv2d case against the head's source)",
         cause=(Source("0.4", "nngeometry/metrics.py", "168-188"),),
         repros=("docs/repro/nngeometry_float64_classif.py",),
         fixed_in="b602bf2ca22a3244fdda44b0e86df543afd933b2",

@@ -111,18 +111,26 @@ def _cells(measured: dict, finding_id: str) -> str:
 
 def _cell_rows(cell: Cell, results: dict) -> list[str]:
     matched = {item: r for item, r in results.items() if glob_matches(cell.selection, item)}
-    rows, errors = [], {}
-    for item, result in matched.items():
+    rows = [
+        f"| {cell.candidate} | {where} | {outcome} |"
+        for where, outcome in _grouped(matched, f"`{cell.pattern}`")
+    ]
+    return rows or [f"| {cell.candidate} | `{cell.pattern}` | no item ran |"]
+
+
+def _grouped(results: dict, pattern: str) -> list[tuple[str, str]]:
+    """(items, outcome) pairs: one per item, except that the items that raise the same error
+    share one (``pattern`` names them)."""
+    pairs, errors = [], {}
+    for item, result in results.items():
         if result["status"] == "error":
             errors.setdefault(result["message"].splitlines()[0], []).append(item)
         else:
-            rows.append(f"| {cell.candidate} | `{item}` | {_outcome(result)} |")
+            pairs.append((f"`{item}`", _outcome(result)))
     for items in errors.values():
-        where = f"`{items[0]}`" if len(items) == 1 else f"{len(items)} items `{cell.pattern}`"
-        rows.append(f"| {cell.candidate} | {where} | {_outcome(matched[items[0]])} |")
-    if not matched:
-        rows.append(f"| {cell.candidate} | `{cell.pattern}` | no item ran |")
-    return rows
+        where = f"`{items[0]}`" if len(items) == 1 else f"{len(items)} items {pattern}".rstrip()
+        pairs.append((where, _outcome(results[items[0]])))
+    return pairs
 
 
 def _outcome(result: dict) -> str:
@@ -188,7 +196,7 @@ def _fuzz(measured: dict) -> str:
     rows = ["| case file | defect | candidate | on replay |", "|---|---|---|---|"]
     for file, replay in sorted(measured["fuzz"].items()):
         candidate, finding_id = re.match(r"(.+?)-([A-Z][0-9]+)-", file).groups()
-        outcomes = "; ".join(f"`{item}` {_outcome(r)}" for item, r in replay.items())
+        outcomes = "; ".join(f"{where} {outcome}" for where, outcome in _grouped(replay, ""))
         link = f"[`{file}`](repro/fuzz/{file})"
         rows.append(
             f"| {link} | [{finding_id}](#{finding_id.lower()}) | {candidate} | {outcomes} |"
