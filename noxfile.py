@@ -56,7 +56,7 @@ def install_project(session: nox.Session, extra: str = "") -> None:
     session.install(*CONSTRAINTS, "-e", target)
     for name in extra.split(","):
         for package in REMOVE_AFTER_INSTALL.get(name, ()):
-            session.run("python", "-m", "pip", "uninstall", "--yes", package)
+            session.run_install("python", "-m", "pip", "uninstall", "--yes", package)
 
 
 @nox.session

@@ -130,4 +130,4 @@ def test_merging_a_measurement_replaces_that_environment_only_and_rounds():
     merged = store.merged(measured, raw)
     assert set(merged["environments"]) == {"asdl", "backpack"}
     assert merged["repro"]["asdl_mc_scale"]["output"] == ["old"]
-    assert merged["repro"]["backpack_kfra_float64"]["values"]["x"] == rounded(1 / 3) == 0.3333
+    assert merged["repro"]["backpack_kfra_float64"]["values"]["x"] == rounded(1 / 3, 6) == 0.333333

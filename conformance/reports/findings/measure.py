@@ -22,16 +22,19 @@ from kfac_conformance.reports.findings.repros import HEAD_INSTALLS, REPROS
 
 SCRIPT_TIMEOUT_S = 1800
 FUZZ_CASES = Path("docs/repro/fuzz")  # the shrunk failures of `kfac-conformance fuzz`
-SIGNIFICANT_DIGITS = 4  # of a cell's observed value and bound: enough to quote, stable across runs
+# significant digits kept of an item's observed value and bound (quoted to 3), and of a
+# script's numbers (quoted to up to 4): fewer than are stable across runs, and no more
+CELL_DIGITS = 4
+SCRIPT_DIGITS = 6
 
 
 class MeasurementError(RuntimeError):
     """A reproduction script or a conformance run that did not produce its numbers."""
 
 
-def rounded(value: float | str | None) -> float | str | None:
-    """``value`` to SIGNIFICANT_DIGITS significant digits (non-finite values stay strings)."""
-    return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if isinstance(value, float) else value
+def rounded(value: float | str | None, digits: int = CELL_DIGITS) -> float | str | None:
+    """``value`` to ``digits`` significant digits (non-finite values stay strings)."""
+    return float(f"{value:.{digits}g}") if isinstance(value, float) else value
 
 
 def run_repro(path: Path) -> dict:
@@ -68,8 +71,9 @@ def run_suite(candidate: str, options: list[str], jax: bool) -> list[dict]:
     """The results of the conformance run of ``candidate`` with ``options``."""
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "report.json"
-        if jax:  # the JAX runner's plan is small: it runs whole
+        if jax:  # the JAX runner selects by check id; `ran` keeps the selected items
             command = [sys.executable, "-m", "kfac_conformance.jax", "--candidate", candidate]
+            command += options
         else:
             command = [sys.executable, "-m", "kfac_conformance.frontends.cli", "run"]
             command += ["--candidate", candidate, *options]
@@ -95,7 +99,12 @@ def ran(results: list[dict], selections: list[str]) -> dict[str, dict]:
 
 
 def run_cells(candidate: str, selections: list[str], jax: bool) -> dict[str, dict]:
-    options = [option for glob in selections for option in ("--select", glob)]
+    if jax:
+        checks = {glob.split("[")[0] for glob in selections}
+        wildcard = any("*" in check or "?" in check for check in checks)
+        options = [] if wildcard else [o for check in sorted(checks) for o in ("--check", check)]
+    else:
+        options = [option for glob in selections for option in ("--select", glob)]
     return ran(run_suite(candidate, options, jax), selections)
 
 

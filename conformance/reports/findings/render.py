@@ -11,6 +11,7 @@ comes from a placeholder, i.e. from docs/findings/measured.json:
 - ``{{cell:CANDIDATE:ITEM:FORMAT}}``: an item's observed value;
 - ``{{range:CANDIDATE:GLOB:FIELD:FORMAT}}``: "low–high" of FIELD over the failed items that GLOB
   matches, FIELD being ``observed`` or a quantity named in :data:`MESSAGE_FIELDS`;
+- ``{{values:SCRIPT:GLOB:FORMAT}}``: "low–high" of the script's values whose keys GLOB matches;
 - ``{{count:CANDIDATE:GLOB:STATUS}}``: how many such items have that status;
 - ``{{versions}}``: the versions each environment was measured with;
 - ``{{classifications}}``: what each classification means;
@@ -70,9 +71,10 @@ def _finding(measured: dict, finding_id: str) -> str:
         f"## {finding.id} — {', '.join(finding.libraries)}: {finding.title} "
         f"({finding.classification}) {{#{finding.anchor}}}",
         "",
-        f"- **Checked:** {', '.join(f'`{r}`' for r in finding.pinned)}; development "
+        f"- **Releases checked:** {', '.join(f'`{r}`' for r in finding.pinned)}.",
+        "- **Development head read:** "
         + "; ".join(_head(name) for name in finding.libraries)
-        + f": {finding.at_head}.",
+        + f". {finding.at_head[0].upper()}{finding.at_head[1:]}.",
     ]
     lines += [f"- **The library's words:** {_source(finding, s)}" for s in finding.documented]
     lines.append("- **Cause:** " + "; ".join(_source(finding, s) for s in finding.cause) + ".")
@@ -90,7 +92,7 @@ def _finding(measured: dict, finding_id: str) -> str:
 
 def _head(library: str) -> str:
     head = HEADS[library]
-    return f"head of {library} [`{head.commit[:10]}`]({head.url}) ({head.date})"
+    return f"{library} [`{head.commit[:10]}`]({head.url}) ({head.date})"
 
 
 def _source(finding: Finding, source: Source) -> str:
@@ -171,6 +173,19 @@ def _range(measured: dict, candidate: str, glob: str, field: str, spec: str = ".
     ]
     if not values:
         raise RenderError(f"no failed item of {candidate} matches {glob!r} with a {field}")
+    return _span(values, spec)
+
+
+def _values(measured: dict, name: str, glob: str, spec: str = ".3g") -> str:
+    values = measured["repro"][name]["values"]
+    matched = [value for key, value in values.items() if glob_matches(glob, key)]
+    if not matched:
+        raise RenderError(f"no value of {name} matches {glob!r}")
+    return _span(matched, spec)
+
+
+def _span(values: list[float], spec: str) -> str:
+    """ "low–high", or one number when they agree to ``spec``."""
     low, high = format(min(values), spec), format(max(values), spec)
     return low if low == high else f"{low}–{high}"
 
@@ -211,6 +226,7 @@ FILLERS: dict[str, Callable[..., str]] = {
     "value": _value,
     "cell": _cell,
     "range": _range,
+    "values": _values,
     "count": _count,
     "versions": _versions,
     "classifications": _classifications,

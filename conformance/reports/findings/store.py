@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kfac_conformance.reports.findings.measure import rounded
+from kfac_conformance.reports.findings.measure import SCRIPT_DIGITS, rounded
 
 EMPTY = {"environments": {}, "repro": {}, "cells": {}, "fuzz": {}}
 
@@ -18,7 +18,7 @@ def merged(measured: dict, raw: dict) -> dict:
     """``measured`` with one environment's fresh measurement in place of its last one."""
     measured["environments"][raw["extra"]] = {"versions": raw["versions"]}
     for name, repro in raw["repro"].items():
-        values = {key: rounded(value) for key, value in repro["values"].items()}
+        values = {key: rounded(value, SCRIPT_DIGITS) for key, value in repro["values"].items()}
         measured["repro"][name] = {"output": repro["output"], "values": values}
     measured["cells"].update(raw["cells"])
     measured["fuzz"].update(raw["fuzz"])
