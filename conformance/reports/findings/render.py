@@ -103,21 +103,29 @@ def _source(finding: Finding, source: Source) -> str:
 
 
 def _cells(measured: dict, finding_id: str) -> str:
-    rows = ["| candidate | item | result |", "|---|---|---|"]
+    """One row per item, except that a candidate's items raising the same error share one."""
+    by_candidate: dict[str, list[Cell]] = {}
     for cell in finding_cells().get(finding_id, []):
-        rows += _cell_rows(cell, measured["cells"][cell.candidate])
-    if len(rows) == 2:
-        raise RenderError(f"{{{{cells:{finding_id}}}}}: the finding has no measured cell")
+        by_candidate.setdefault(cell.candidate, []).append(cell)
+    rows = ["| candidate | item | result |", "|---|---|---|"]
+    for candidate, cells in by_candidate.items():
+        results = measured["cells"][candidate]
+        matched = {
+            item: result
+            for cell in cells
+            for item, result in results.items()
+            if glob_matches(cell.selection, item)
+        }
+        patterns = (
+            f"`{cells[0].pattern}`"
+            if len(cells) == 1
+            else f"of the {finding_id} entries of `xfail/{candidate}.txt`"
+        )
+        grouped = _grouped(matched, patterns)
+        rows += [f"| {candidate} | {where} | {outcome} |" for where, outcome in grouped]
+        if not matched:
+            rows.append(f"| {candidate} | {patterns} | no item ran |")
     return "\n".join(rows)
-
-
-def _cell_rows(cell: Cell, results: dict) -> list[str]:
-    matched = {item: r for item, r in results.items() if glob_matches(cell.selection, item)}
-    rows = [
-        f"| {cell.candidate} | {where} | {outcome} |"
-        for where, outcome in _grouped(matched, f"`{cell.pattern}`")
-    ]
-    return rows or [f"| {cell.candidate} | `{cell.pattern}` | no item ran |"]
 
 
 def _grouped(results: dict, pattern: str) -> list[tuple[str, str]]:
