@@ -38,7 +38,7 @@ FINDINGS = (
         "each column of the loss Hessian's square root is backpropagated for all rows at once "
         "(`computers/_base.py` `_rearrange_for_larger_than_2d_output`, "
         "`computers/kfac_hooks.py` `_compute_loss_and_backward`)",
-        cause=(Source("3.0.1", "curvlinops/kfac.py", "600-631"),),
+        cause=(Source("3.0.1", "curvlinops/kfac.py", "595-619"),),
         documented=(
             Source(
                 "3.0.1",
@@ -57,7 +57,7 @@ FINDINGS = (
         title="`FISHER_MC` is too small by a factor `n_mc_samples`",
         classification="bug",
         pinned=(ASDL, "asdfghjkl==0.1a4"),
-        at_head="unchanged (the head is the 0.1a5 release)",
+        at_head="unchanged (the head differs from the v0.1a5 tag in its version number only)",
         cause=(
             Source("0.1a5", "asdl/fisher.py", "454-459"),
             Source("0.1a5", "asdl/fisher.py", "486-489"),
@@ -71,7 +71,7 @@ FINDINGS = (
         title="shared axes give silent, wrong factors",
         classification="limitation",
         pinned=(ASDL,),
-        at_head="unchanged (the head is the 0.1a5 release)",
+        at_head="unchanged (the head differs from the v0.1a5 tag in its version number only)",
         cause=(
             Source("0.1a5", "asdl/fisher.py", "473"),
             Source("0.1a5", "asdl/operations/linear.py", "155-156"),
@@ -117,7 +117,7 @@ FINDINGS = (
             Source(
                 "1.7.1",
                 "backpack/extensions/secondorder/hbp/__init__.py",
-                "181-184",
+                "182-184",
                 "Practical Gauss-Newton Optimisation for Deep Learning "
                 "<http://proceedings.mlr.press/v70/botev17a.html>`_ by Aleksandar Botev, "
                 "Hippolyt Ritter and David Barber, 2017.",
@@ -178,7 +178,7 @@ FINDINGS = (
         title="G is averaged over positions as well as examples",
         classification="convention difference",
         pinned=(KRONFLUENCE,),
-        at_head="unchanged (the head is one commit after 1.0.1, documentation only)",
+        at_head="unchanged (the head differs from the v1.0.1 tag in its README only)",
         cause=(
             Source("1.0.1", "kronfluence/module/linear.py", "31-49"),
             Source("1.0.1", "kronfluence/factor/eigen.py", "199"),
