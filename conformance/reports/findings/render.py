@@ -33,8 +33,10 @@ PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
 NUMBER = r"([-+0-9.e]+)"
 # quantities a failure message states besides its observed value, by the phrase before them
 MESSAGE_FIELDS = {
-    "mean-ratio": re.compile(r"mean estimate / type-2 along the target = " + NUMBER),
-    "t": re.compile(r"\|t\| = " + NUMBER),
+    "scale-ratio": re.compile(
+        r"scale \|t\| = [^ ]+ \(p = [^)]*\), mean estimate / type-2 along the target = " + NUMBER
+    ),
+    "scale-t": re.compile(r"scale \|t\| = " + NUMBER),
     "error-ratio": re.compile(r"ratio " + NUMBER + r" \(relative RMS"),
 }
 GENERATED = (
