@@ -236,7 +236,8 @@ FINDINGS_RAW = "reports/findings"
 def findings(session: nox.Session) -> None:
     """docs/findings.md from fresh measurements: every reproduction script and every cell of the
     findings, one environment per extra, then the rendering. An environment that cannot be
-    built keeps its last measurement (docs/findings/measured.json says which versions)."""
+    built keeps its last measurement (docs/findings/measured.json says which versions); the
+    ones of a development head (repros.HEAD_INSTALLS) install from GitHub, so need the network."""
     for extra in FINDINGS_EXTRAS:
         session.notify(f"findings_measure(extra='{extra}')")
     session.notify("findings_render")
