@@ -7,8 +7,10 @@ torchvision).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
@@ -54,7 +56,7 @@ def install_project(session: nox.Session, extra: str = "") -> None:
     session.install(*CONSTRAINTS, "-e", target)
     for name in extra.split(","):
         for package in REMOVE_AFTER_INSTALL.get(name, ()):
-            session.run("python", "-m", "pip", "uninstall", "--yes", package)
+            session.run_install("python", "-m", "pip", "uninstall", "--yes", package)
 
 
 @nox.session
@@ -215,3 +217,71 @@ def scale(session: nox.Session) -> None:
     and its cost against width; prints them and stores them in benchmarks/results.json."""
     install_project(session)
     session.run("python", "benchmarks/run.py", "--only", "scale", *session.posargs)
+
+
+def _findings_repros():
+    """conformance/reports/findings/repros.py (standard library only, loaded by path: nox's
+    own interpreter has not installed the project)."""
+    path = Path("conformance/reports/findings/repros.py")
+    spec = importlib.util.spec_from_file_location("findings_repros", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+FINDINGS_REPROS = _findings_repros()
+# the environments of `nox -s findings`: every extra of a candidate or a reproduction script
+FINDINGS_EXTRAS = sorted(
+    {extra for extra in CANDIDATES.values() if extra}
+    | set(JAX_CANDIDATES.values())
+    | {repro.extra for repro in FINDINGS_REPROS.REPROS}
+)
+FINDINGS_RAW = "reports/findings"
+
+
+@nox.session(python=False)
+def findings(session: nox.Session) -> None:
+    """docs/findings.md from fresh measurements: every reproduction script and every cell of the
+    findings, one environment per extra, then the rendering. An environment that cannot be
+    built keeps its last measurement (docs/findings/measured.json says which versions); the
+    ones of a development head (repros.HEAD_INSTALLS) install from GitHub, so need the network."""
+    for extra in FINDINGS_EXTRAS:
+        session.notify(f"findings_measure(extra='{extra}')")
+    session.notify("findings_render")
+
+
+@nox.session
+@nox.parametrize("extra", FINDINGS_EXTRAS)
+def findings_measure(session: nox.Session, extra: str) -> None:
+    """The reproductions that need ``extra``, and the findings' cells of its candidates, into
+    reports/findings/<extra>.json (kfac_conformance.reports.findings.measure)."""
+    if extra in FINDINGS_REPROS.HEAD_INSTALLS:  # a library's development head, over its release
+        base, requirement = FINDINGS_REPROS.HEAD_INSTALLS[extra]
+        install_project(session, base)
+        session.install(*CONSTRAINTS, requirement)
+        candidates, runner, env = [], [], None
+    elif extra in JAX_CANDIDATES.values():
+        install_jax_runner(session, extra)
+        candidates = [name for name, value in JAX_CANDIDATES.items() if value == extra]
+        runner, env = ["--jax"], JAX_ENV
+    else:
+        install_project(session, extra)
+        candidates = [name for name, value in CANDIDATES.items() if value == extra]
+        runner, env = [], None
+    output = f"{FINDINGS_RAW}/{extra.replace(',', '+')}.json"
+    options = [option for name in candidates for option in ("--candidate", name)]
+    session.run(
+        "python", "-m", "kfac_conformance.reports.findings", "measure", "--extra", extra,
+        *options, *runner, "--output", output, env=env,
+    )  # fmt: skip
+
+
+@nox.session
+def findings_render(session: nox.Session) -> None:
+    """docs/findings/measured.json from reports/findings/*.json, and docs/findings.md from it
+    (standard library only: the project without its dependencies)."""
+    session.install("--no-deps", "-e", ".")
+    session.run(
+        "python", "-m", "kfac_conformance.reports.findings", "render", "--raw", FINDINGS_RAW
+    )

@@ -8,6 +8,7 @@ network with MSE on every position KFAC-expand is exact; ASDL's block is far fro
 expand factors are computed here from first principles.
 """
 
+import json
 import warnings
 
 import torch
@@ -40,8 +41,14 @@ B_expand = S * W2.T @ W2
 A, B = model[0].fisher.kron.A, model[0].fisher.kron.B
 expand = torch.kron(B_expand, A_expand)
 asdl = torch.kron(B, A)
-print(f"trace(A_asdl) / trace(A_expand) = {(A.trace() / A_expand.trace()).item():.3f} (S = {S})")
-print(f"trace(B_asdl) / trace(B_expand) = {(B.trace() / B_expand.trace()).item():.3f}")
+numbers = {
+    "A_ratio": (A.trace() / A_expand.trace()).item(),
+    "B_ratio": (B.trace() / B_expand.trace()).item(),
+    "block_error": ((asdl - expand).norm() / expand.norm()).item(),
+}
+print(f"trace(A_asdl) / trace(A_expand) = {numbers['A_ratio']:.3f} (S = {S})")
+print(f"trace(B_asdl) / trace(B_expand) = {numbers['B_ratio']:.3f}")
 print(
-    f"relative error of kron(B, A) (ASDL) vs KFAC-expand (exact here): {((asdl - expand).norm() / expand.norm()).item():.3g}"
+    f"relative error of kron(B, A) (ASDL) vs KFAC-expand (exact here): {numbers['block_error']:.3g}"
 )
+print(json.dumps({"S": S, **numbers}))

@@ -1,13 +1,17 @@
-"""BackPACK 1.7.1: the Conv2d KFAC/KFLR factors are neither KFAC-expand nor KFAC-reduce.
+"""BackPACK 1.7.1: the Conv2d KFAC/KFLR block is |T| times KFC's, with KFAC-reduce's G.
 
 BackPACK cites Grosse & Martens 2016 (KFC) for convolutions, i.e. KFAC-expand:
-``A = 1/(N P) sum_{n,p} a a^T`` (patches ``a``, ``P`` output positions) and
+``A = 1/(N P) sum_{n,p} a a^T`` (patches ``a``, ``P = |T|`` output positions) and
 ``G = R sum_{n,k} sum_p g g^T`` (``g``: gradient at one output position). BackPACK returns
-``A_bp = P * A_expand`` (patches summed over positions, not averaged) and
-``G_bp = R sum_{n,k} (sum_p g)(sum_p g)^T``, the *reduce* output factor. The product is a
-hybrid of the two flavours, ``kron(G_reduce, P * A_expand)``. Everything below is computed
-with torch alone and compared with BackPACK's ``weight.kflr``.
+``A_bp = P * A_expand`` (patches summed over positions, not averaged), which
+``hbp/convnd.py`` documents ("differs from the KFC paper by a factor of |T|"), and
+``G_bp = R sum_{n,k} (sum_p g)(sum_p g)^T``, the *reduce* output factor, documented there as
+the GGN with respect to the convolution's bias; it equals KFC's G only when the output
+gradients of different positions are uncorrelated. Everything below is computed with torch
+alone and compared with BackPACK's ``weight.kflr``.
 """
+
+import json
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +56,20 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+expand = torch.kron(G_expand, A_expand)
+errors = {
+    "A_vs_P_A_expand": rel(A_bp, P * A_expand),
+    "A_vs_A_expand": rel(A_bp, A_expand),
+    "G_vs_G_reduce": rel(G_bp, G_reduce),
+    "G_vs_G_expand": rel(G_bp, G_expand),
+    "block_vs_expand": rel(torch.kron(G_bp, A_bp), expand),
+    "block_over_P_vs_expand": rel(torch.kron(G_bp, A_bp) / P, expand),
+}
 print(f"P = {P} output positions")
-print(f"A_backpack vs P * A_expand: relative error {rel(A_bp, P * A_expand):.2e}")
-print(f"A_backpack vs A_expand:     relative error {rel(A_bp, A_expand):.2e}")
-print(f"G_backpack vs G_reduce:     relative error {rel(G_bp, G_reduce):.2e}")
-print(f"G_backpack vs G_expand:     relative error {rel(G_bp, G_expand):.2e}")
-print(
-    f"kron(G, A) backpack vs expand: relative error {rel(torch.kron(G_bp, A_bp), torch.kron(G_expand, A_expand)):.3g}"
-)
+print(f"A_backpack vs P * A_expand: relative error {errors['A_vs_P_A_expand']:.2e}")
+print(f"A_backpack vs A_expand:     relative error {errors['A_vs_A_expand']:.2e}")
+print(f"G_backpack vs G_reduce:     relative error {errors['G_vs_G_reduce']:.2e}")
+print(f"G_backpack vs G_expand:     relative error {errors['G_vs_G_expand']:.2e}")
+print(f"kron(G, A) backpack vs expand:      relative error {errors['block_vs_expand']:.3g}")
+print(f"kron(G, A) / P backpack vs expand:  relative error {errors['block_over_P_vs_expand']:.3g}")
+print(json.dumps({"P": P, **errors}))

@@ -5,12 +5,15 @@ The batch-averaged MSE Hessian that KFRA backpropagates is created in the defaul
 the global default dtype happens to be float64. KFLR and KFAC work on the same model.
 """
 
+import json
+
 import torch
 from backpack import backpack, extend
 from backpack.extensions import KFLR, KFRA
 from torch import nn
 
 torch.manual_seed(0)
+outcomes = {}
 for extension in (KFLR, KFRA):
     model = extend(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double())
     loss_func = extend(nn.MSELoss())
@@ -23,5 +26,8 @@ for extension in (KFLR, KFRA):
         print(
             f"{extension.__name__}: ok, factor dtypes {[f.dtype for f in getattr(model[0].weight, extension.__name__.lower())]}"
         )
+        outcomes[extension.__name__] = "ok"
     except RuntimeError as error:
         print(f"{extension.__name__}: RuntimeError: {error}")
+        outcomes[extension.__name__] = f"RuntimeError: {error}"
+print(json.dumps(outcomes))

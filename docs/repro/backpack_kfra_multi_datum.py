@@ -5,6 +5,8 @@ the network instead of per-datum square roots. On one datum, and on the last lay
 equals type-2 KFAC (BackPACK's KFLR); on earlier layers of a multi-datum batch it differs.
 """
 
+import json
+
 import torch
 from backpack import backpack, extend
 from backpack.extensions import KFLR, KFRA
@@ -26,11 +28,14 @@ def factors(extension, n):
     }
 
 
+differences = {}
 for n in (1, 6):
     kflr, kfra = factors(KFLR, n), factors(KFRA, n)
     for layer in ("0", "2"):
         a = torch.kron(*kfra[layer])
         b = torch.kron(*kflr[layer])
+        differences[f"N{n}_layer{layer}"] = ((a - b).norm() / b.norm()).item()
         print(
-            f"N={n} layer {layer}: relative difference KFRA vs KFLR (type-2) = {((a - b).norm() / b.norm()).item():.3g}"
+            f"N={n} layer {layer}: relative difference KFRA vs KFLR (type-2) = {differences[f'N{n}_layer{layer}']:.3g}"
         )
+print(json.dumps(differences))

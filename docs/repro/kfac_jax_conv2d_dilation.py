@@ -10,6 +10,8 @@ kernel dilation other than 1 ("does not support kernel dilation") but is never t
 returns the moments of undilated patches.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import kfac_jax
@@ -70,6 +72,11 @@ def block_error(dilation: int) -> float:
 
 
 # stride 2 and padding 1 as in the fixture conv-expand[last-layer-stride2-pad1-dil2]
+errors = {}
 for dilation in (1, 2):
-    print(f"rhs_dilation={dilation}  ggn_exact: relative error {block_error(dilation):.2e}")
+    errors[f"dilation_{dilation}"] = block_error(dilation)
+    print(
+        f"rhs_dilation={dilation}  ggn_exact: relative error {errors[f'dilation_{dilation}']:.2e}"
+    )
 # observed: dilation 1 exact to round-off; dilation 2 O(1) (wrong, no error raised)
+print(json.dumps(errors))

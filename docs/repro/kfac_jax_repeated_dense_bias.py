@@ -9,7 +9,14 @@ With ``ggn_exact`` kfac-jax masks the positions whose output tangent is zero
 (``RepeatedDenseKroneckerFactored``, ``use_masking``): it zeroes those rows of the input but
 appends the ones column for the bias after masking, so the bias entries of the input factor
 count every position in every one-hot pass. Without a bias the same layer is exact.
+
+The same holds in every estimation mode for padded sequences, where the output tangent is
+exactly zero on the padding: the weight entries of the input factor exclude the padded
+positions, the bias entries count them. Padding every sequence of a batch by the same
+number of positions must leave the factors unchanged; the bias entries change.
 """
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +67,56 @@ def block_error(with_bias: bool, mode: str) -> float:
     return float(jnp.linalg.norm(kfac - exact) / jnp.linalg.norm(exact))
 
 
+numbers = {}
 for with_bias in (False, True):
+    numbers[f"ggn_exact_bias_{with_bias}"] = block_error(with_bias, "ggn_exact")
     print(
-        f"bias={with_bias!s:5}  ggn_exact: relative error {block_error(with_bias, 'ggn_exact'):.2e}"
+        f"bias={with_bias!s:5}  ggn_exact: relative error {numbers[f'ggn_exact_bias_{with_bias}']:.2e}"
     )
 # observed: bias=False 1e-16-ish (exact); bias=True O(1) (wrong)
+
+PADDING = 2  # positions appended to every sequence, with zero inputs and a zero loss weight
+
+
+def factors(padding: int, mode: str):
+    """The input factor and the dense block of the layer, with ``padding`` positions appended."""
+    params = {"w": jax.random.normal(key_w, (D_IN, D_OUT)), "b": jax.random.normal(key_b, (D_OUT,))}
+    x = jnp.concatenate([X, jnp.zeros((N, padding, D_IN))], axis=1)
+    y = jnp.concatenate([Y, jnp.zeros((N, padding, D_OUT))], axis=1)
+    mask = jnp.concatenate([jnp.ones((N, S, 1)), jnp.zeros((N, padding, 1))], axis=1)
+
+    def loss(p, batch):
+        x, y = batch
+        f = (x @ p["w"] + p["b"]) * mask  # the output tangent is exactly zero on the padding
+        kfac_jax.register_squared_error_loss(f, y)
+        return jnp.sum((f - y) ** 2) / N
+
+    estimator = kfac_jax.BlockDiagonalCurvature(func=loss)
+    rng = jax.random.PRNGKey(1)
+    state = estimator.init(rng, (params, (x, y)), None, None)
+    state = estimator.update_curvature_matrix_estimate(
+        state, ema_old=0.0, ema_new=1.0, identity_weight=0.0, batch_size=N, rng=rng,
+        func_args=(params, (x, y)), estimation_mode=mode,
+    )  # fmt: skip
+    A = state.blocks_states[0].factors[0].value  # the ones row and column (bias) last
+    return A, estimator.to_diagonal_block_dense_matrix(state)[0]
+
+
+def difference(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+for mode in ("ggn_exact", "fisher_empirical", "ggn_curvature_prop", "fisher_gradients"):
+    (A, block), (A_padded, block_padded) = factors(0, mode), factors(PADDING, mode)
+    numbers[f"padded_{mode}_A_weight"] = difference(A_padded[:-1, :-1], A[:-1, :-1])
+    numbers[f"padded_{mode}_A_bias"] = difference(A_padded[-1], A[-1])
+    print(
+        f"padded by {PADDING}, {mode:18}: input factor vs unpadded: relative difference of the "
+        f"weight entries {numbers[f'padded_{mode}_A_weight']:.2e}, of the bias entries "
+        f"{numbers[f'padded_{mode}_A_bias']:.3g}"
+    )
+    if mode in ("ggn_exact", "fisher_empirical"):  # deterministic: the whole block compares
+        numbers[f"padded_{mode}_block"] = difference(block_padded, block)
+        print(f"padded by {PADDING}, {mode:18}: block vs unpadded: relative difference "
+              f"{numbers[f'padded_{mode}_block']:.3g}")  # fmt: skip
+print(json.dumps(numbers))

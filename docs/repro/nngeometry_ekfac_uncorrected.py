@@ -7,6 +7,8 @@ eigenbasis. EKFAC's corrected eigenvalues (George et al. 2018) appear only after
 ``mean_n (QGᵀ G_n QA)²`` (the exact Fisher in the eigenbasis, here computed by hand).
 """
 
+import json
+
 import torch
 from nngeometry.layercollection import LayerCollection
 from nngeometry.metrics import FIM
@@ -39,12 +41,14 @@ jacobians = torch.stack(
     [torch.autograd.functional.jacobian(lambda w, x=x: outputs(w, x), model[0].weight) for x in X]
 )  # (N, outputs, 3, 4): per datum and output, the gradient of the first layer's weight
 corrected = (torch.einsum("gi,nogj,jk->noik", QG, jacobians, QA) ** 2).sum(1).mean(0)
-print(
-    f"FIM(PMatEKFAC) vs FIM(PMatKFAC), dense: relative gap {gap(ekfac.to_torch(), kfac.to_torch()):.1e}"
-)
-print(
-    f"diagonal before update_diag vs corrected: relative gap {gap(diag.view(3, 4), corrected):.2f}"
-)
+gaps = {
+    "ekfac_vs_kfac": gap(ekfac.to_torch(), kfac.to_torch()),
+    "before_update_diag": gap(diag.view(3, 4), corrected),
+}
+print(f"FIM(PMatEKFAC) vs FIM(PMatKFAC), dense: relative gap {gaps['ekfac_vs_kfac']:.1e}")
+print(f"diagonal before update_diag vs corrected: relative gap {gaps['before_update_diag']:.2f}")
 ekfac.update_diag(loader)
 after = ekfac.data[1]["0"].view(3, 4)
-print(f"diagonal after update_diag vs corrected: relative gap {gap(after, corrected):.1e}")
+gaps["after_update_diag"] = gap(after, corrected)
+print(f"diagonal after update_diag vs corrected: relative gap {gaps['after_update_diag']:.1e}")
+print(json.dumps(gaps))

@@ -8,6 +8,7 @@ Libraries that are not installed are skipped.
 """
 
 import importlib.util
+import json
 import warnings
 
 import torch
@@ -46,10 +47,14 @@ def separate_block(A, B):
     return torch.block_diag(torch.kron(B, A), B)
 
 
+errors = {}
+
+
 def report(library, block, joint=False):
     # a separate bias has no weight-bias cross terms by definition: compare those blocks only
     target = exact if joint else torch.block_diag(exact[:9, :9], exact[9:, 9:])
     error = ((block - target).norm() / target.norm()).item()
+    errors[library.split()[0]] = error
     print(
         f"{library}: no error raised; relative error of the 'shared' weight+bias block vs exact GGN: {error:.3g}"
     )
@@ -68,6 +73,16 @@ if importlib.util.find_spec("curvlinops"):
     )
     op.compute_kronecker_factors()
     state = op.state_dict()
+    # the inputs of both uses, x and shared(x), summed and divided by N, not 2N
+    with torch.no_grad():
+        inputs = torch.cat([X, model.shared(X)])
+    A_both_uses_over_N = inputs.T @ inputs / len(X)
+    A = state["input_covariances"]["shared"]
+    errors["curvlinops_A_vs_both_uses_over_N"] = ((A - A_both_uses_over_N).norm() / A.norm()).item()
+    print(
+        "curvlinops: A vs (sum over both uses of x x^T) / N: relative error "
+        f"{errors['curvlinops_A_vs_both_uses_over_N']:.1e}"
+    )
     report(
         "curvlinops",
         separate_block(
@@ -113,3 +128,5 @@ if importlib.util.find_spec("nngeometry"):
         [torch.arange(12).reshape(3, 4)[:, :3].flatten(), torch.arange(12).reshape(3, 4)[:, 3]]
     )
     report("nngeometry (converted: G * 2 N R = G * 8)", joint[order][:, order], joint=True)
+
+print(json.dumps(errors))
