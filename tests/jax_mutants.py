@@ -11,10 +11,9 @@ import kfac_jax
 
 from kfac_conformance.contract import conventions
 from kfac_conformance.jax import kfac_jax_candidate
-from kfac_conformance.jax.candidate import Factors
 from kfac_conformance.jax.kfac_jax_candidate import KfacJaxCandidate
-from kfac_conformance.jax.runner import LOSS_CLASSES
-from kfac_conformance.jax.stored import StoredCase
+from kfac_conformance.neutral.factors import Factors
+from kfac_conformance.neutral.fixtures import LOSS_CLASSES, StoredCase
 
 
 class KroneckerOrderSwapped(KfacJaxCandidate):

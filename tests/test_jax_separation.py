@@ -78,7 +78,7 @@ def test_the_jax_mc_check_is_the_pytorch_one():
     from kfac_conformance.cases import stored as fixtures
     from kfac_conformance.checks import mc, mc_statistics
     from kfac_conformance.execution.profiles import PROFILES
-    from kfac_conformance.jax import checks
+    from kfac_conformance.neutral import statistics as checks
 
     assert checks.MC_SEEDS == PROFILES["default"].mc_seeds
     assert checks.UNBIASED_SAMPLES == mc_statistics.UNBIASED_SAMPLES
