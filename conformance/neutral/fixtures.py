@@ -78,6 +78,10 @@ class StoredCase:
         ]
 
     @property
+    def num_data(self) -> int:
+        return sum(X.shape[0] for X, _ in self.batches)
+
+    @property
     def counts(self) -> dict[str, float]:
         """``R`` (the tutorial's reduction factor), ``N`` (data), ``T`` (loss terms per datum),
         ``K`` (batches), as the PyTorch suite counts them."""
