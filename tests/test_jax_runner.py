@@ -21,6 +21,7 @@ pytest.importorskip(
 )
 pytest.importorskip("kfac_jax", reason="the JAX runner needs kfac-jax (nox -s tests_jax)")
 
+from import_blocking import blocking_prelude  # noqa: E402
 from jax_mutants import MUTANTS  # noqa: E402
 
 from kfac_conformance.jax import runner  # noqa: E402
@@ -28,7 +29,7 @@ from kfac_conformance.jax.kfac_jax_candidate import _torch_patch_order  # noqa: 
 
 ZOO = Path(__file__).parent / "zoo"
 # items of the stored cases that kfac-jax must pass: one per loss and reduction, several
-# batches, a convolution; each takes seconds
+# batches, convolutions (one with several taps and channels), agreement; each takes seconds
 PASSING = [
     "exactness/type-2-expand[one-datum-mlp[tanh-ce-mean]]",
     "exactness/type-2-expand[one-datum-mlp[sigmoid-bce-mean]]",
@@ -36,18 +37,12 @@ PASSING = [
     "exactness/empirical-expand[one-datum-mlp[tanh-ce-sum]]",
     "exactness/type-2-expand[deep-linear[mse-mean-3batches]]",
     "exactness/type-2-expand[conv-expand[1x1-per-pixel-mse]]",
+    "exactness/type-2-expand[conv-expand[last-layer-3x3-multichannel-tanh]]",
+    # against the reference's stored answers; on the CNN kfac-jax refuses reduce, runs expand
+    "agreement/type-2[mlp[tanh-ce-batch]]",
+    "agreement/type-2[cnn[relu-ce]]",
 ]
-BLOCK_TORCH = """
-import sys
-
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this process ({name})")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
-"""
+BLOCK_TORCH = blocking_prelude("torch")
 
 
 def run_items(spec: str, item_ids: list[str]) -> dict[str, dict]:

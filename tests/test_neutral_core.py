@@ -14,6 +14,7 @@ import neutral_candidates
 import numpy as np
 import pytest
 import torch
+from import_blocking import blocking_prelude
 
 from kfac_conformance.cases import stored as torch_fixtures
 from kfac_conformance.comparison import blocks as torch_blocks
@@ -51,19 +52,7 @@ NEUTRAL_MODULES = [
         )
     ),
 ]
-BLOCK_TORCH_AND_JAX = """
-import sys
-
-class Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("torch", "jax", "jaxlib", "kfac_ref"):
-            raise ImportError(f"{name} is blocked in this process")
-        return None
-
-sys.meta_path.insert(0, Blocked())
-for name in [m for m in sys.modules if m.partition(".")[0] in ("torch", "jax", "jaxlib")]:
-    del sys.modules[name]
-"""
+BLOCK_TORCH_AND_JAX = blocking_prelude("torch", "jax", "jaxlib", "kfac_ref")
 
 
 def test_the_core_imports_and_runs_with_torch_and_jax_unimportable():

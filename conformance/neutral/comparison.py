@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kfac_conformance.comparison.tolerances import (
-    FLOAT32_ROUND_OFF,
+    float32_round_off,
     layer_pattern,
     name_factor,
     round_off_tolerance,
@@ -99,14 +99,7 @@ def diagnose(
         name, other = alternative
         if relative_error(candidate, restricted(other, factors)) <= tolerance:
             return f"equals the {name} block instead"
-    error = relative_error(candidate, target)
-    low, high = FLOAT32_ROUND_OFF
-    if tolerance < low and low <= error <= high:
-        return (
-            f"relative error {error:.2g} is at float32 round-off level although the problem's "
-            "tolerance is far tighter: computed in single precision and cast back?"
-        )
-    return None
+    return float32_round_off(relative_error(candidate, target), tolerance)
 
 
 @dataclass(frozen=True)
