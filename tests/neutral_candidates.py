@@ -115,3 +115,117 @@ class LacksFramework:
 
     def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
         return {}
+
+
+class McIsItsExpectation(StoredReference):
+    """MC answered with its expectation, the reference's type-2 KFAC: unbiased, no variance."""
+
+    name = "mc-is-its-expectation"
+
+    def refusal(self, case, fisher_type, flavour):
+        return super().refusal(case, "type-2" if fisher_type == "mc" else fisher_type, flavour)
+
+    def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
+        asked = "type-2" if fisher_type == "mc" else fisher_type
+        return dict(case.reference_kfac(asked, flavour, self.bias))
+
+
+class McDoubled(McIsItsExpectation):
+    name = "mc-doubled"
+
+    def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
+        result = super().compute(case, fisher_type, flavour)
+        return {layer: Factors(f.A, 2 * f.B, f.bias) for layer, f in result.items()}
+
+
+class NumpyEmpiricalKFAC:
+    """Empirical KFAC computed in numpy from the stored data, for networks of ``linear`` layers
+    and elementwise activations on ``(N, D)`` inputs: ``A = (1/N) sum_n a_n a_n^T`` (the ones
+    appended last for a joint bias), ``B = R sum_n g_n g_n^T`` with ``g_n`` the gradient of the
+    tutorial's ``c_n`` at the layer's output. Refuses everything else."""
+
+    name = "numpy-empirical-kfac"
+    version = None
+    framework = "numpy"
+    dtype = "float64"
+    conventions = TUTORIAL
+    ACTIVATIONS = {
+        "tanh": (np.tanh, lambda y: 1 - y**2),
+        "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda y: y * (1 - y)),
+        "relu": (lambda x: np.maximum(x, 0), lambda y: (y > 0).astype(y.dtype)),
+    }
+
+    def refusal(self, case, fisher_type, flavour):
+        kinds = {spec[0] for spec in case.architecture}
+        if fisher_type != "empirical" or not kinds <= {"linear", *self.ACTIVATIONS}:
+            return "only the empirical Fisher of linear layers and activations"
+        if any(X.ndim != 2 for X, _ in case.batches):
+            return "only (N, D) inputs"
+        return None
+
+    def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
+        X = np.concatenate([X for X, _ in case.batches])
+        y = np.concatenate([y for _, y in case.batches])
+        inputs, outputs, f = {}, [], X
+        for index, spec in enumerate(case.architecture):
+            layer = str(index)
+            if spec[0] == "linear":
+                inputs[layer] = f
+                bias = case.parameter(layer, "bias")
+                f = f @ case.parameter(layer, "weight").T + (0 if bias is None else bias)
+            else:
+                f = self.ACTIVATIONS[spec[0]][0](f)
+            outputs.append(f)
+        gradient = self._loss_gradient(case.loss, f, y)
+        result = {}
+        for index in reversed(range(len(case.architecture))):
+            spec, layer = case.architecture[index], str(index)
+            if spec[0] == "linear":
+                a = inputs[layer]
+                if case.parameter(layer, "bias") is not None:
+                    a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+                bias = "joint" if a.shape[1] > inputs[layer].shape[1] else "none"
+                B = case.counts["R"] * gradient.T @ gradient
+                result[layer] = Factors(a.T @ a / a.shape[0], B, bias)
+                gradient = gradient @ case.parameter(layer, "weight")
+            else:
+                gradient = gradient * self.ACTIVATIONS[spec[0]][1](outputs[index])
+        return result
+
+    @staticmethod
+    def _loss_gradient(loss, f, y):
+        """Per datum, the gradient of the tutorial's criterion at the output."""
+        if loss == "mse":
+            return f - y
+        if loss == "bce":
+            return 1 / (1 + np.exp(-f)) - y
+        p = np.exp(f - f.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        return p
+
+
+class ReductionIgnored(NumpyEmpiricalKFAC):
+    """``R`` of a summed loss whatever the reduction: wrong on every mean-reduced case."""
+
+    name = "numpy-empirical-kfac-reduction-ignored"
+
+    def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
+        result = super().compute(case, fisher_type, flavour)
+        summed = (2.0 if case.loss == "mse" else 1.0) / case.counts["R"]
+        return {layer: Factors(f.A, summed * f.B, f.bias) for layer, f in result.items()}
+
+
+class OrderWeighted(NumpyEmpiricalKFAC):
+    """Scales layer 0's block by a function of the first datum: depends on the order of the
+    data, not on how it is batched."""
+
+    name = "numpy-empirical-kfac-order-weighted"
+
+    def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
+        result = super().compute(case, fisher_type, flavour)
+        first = case.batches[0][0][0]
+        return {
+            layer: Factors(f.A * (1 + abs(float(first[0]))), f.B, f.bias) if layer == "0" else f
+            for layer, f in result.items()
+        }

@@ -17,6 +17,7 @@ import torch
 from import_blocking import blocking_prelude
 
 from kfac_conformance.cases import stored as torch_fixtures
+from kfac_conformance.checks.invariance import concatenated
 from kfac_conformance.comparison import blocks as torch_blocks
 from kfac_conformance.comparison.diagnosis import problem_counts
 from kfac_conformance.contract import conventions
@@ -25,7 +26,8 @@ from kfac_conformance.contract.conventions import (
     EMPIRICAL_FISHER_CONVENTIONS,
     Conventions,
 )
-from kfac_conformance.neutral import comparison, fixtures, plan, runner
+from kfac_conformance.execution.session import with_reduction
+from kfac_conformance.neutral import comparison, fixtures, plan, runner, transforms
 from kfac_conformance.neutral.factors import EigenFactors, Factors, dense_block, joint_order
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 from kfac_ref.factors import joint_order as torch_joint_order
@@ -287,3 +289,85 @@ def test_a_candidate_missing_part_of_the_protocol_is_refused_by_name():
     registry = {"half": "neutral_candidates:LacksFramework"}
     with pytest.raises(TypeError, match="lacks \\[.framework., .dtype.\\]"):
         runner.load_candidate("half", registry)
+
+
+def test_mc_unbiased_on_agreement_cases_targets_the_stored_type2_kfac():
+    items = [
+        item
+        for item in plan.plan(check_ids=["mc/unbiased"])
+        if fixtures.load(item.case_id).kind == "agreement"
+    ]
+    assert {item.case_id for item in items} == {
+        "mlp[tanh-ce-batch]",
+        "cnn[relu-ce]",
+        "sequence[tanh-ce-per-position]",
+    }
+    for result in run(neutral_candidates.McIsItsExpectation, items).values():
+        assert result["status"] == "passed", result
+    for result in run(neutral_candidates.McDoubled, items).values():
+        assert result["status"] == "failed", result
+        assert result["diagnosis"] == "off by a constant factor x 2?", result
+
+
+NUMPY_KFAC_CASES = [
+    "mlp[tanh-ce-batch]",
+    "deep-linear[mse-mean-3batches]",
+    "identical-inputs-mlp[ce-sum]",
+]
+
+
+def items_on(case_ids: list[str], check_prefix: str) -> list[plan.Item]:
+    return [item for item in plan.plan(case_ids) if item.check_id.startswith(check_prefix)]
+
+
+def test_an_independent_numpy_kfac_passes_exactness_agreement_and_the_invariances():
+    items = [
+        item
+        for item in plan.plan(NUMPY_KFAC_CASES)
+        if "empirical" in item.fisher_types and item.check_id != "mc/unbiased"
+    ]
+    checks = {item.check_id for item in items}
+    assert {"agreement/empirical", "exactness/empirical-expand", "invariance/permutation"} <= checks
+    assert {"invariance/mean-vs-sum", "invariance/batch-splitting"} <= checks
+    for item, result in run(neutral_candidates.NumpyEmpiricalKFAC, items).items():
+        assert result["status"] == "passed", (item, result["message"])
+        assert result["observed"] <= 1e-10, item
+
+
+def test_invariances_catch_what_they_are_for():
+    mean_vs_sum = items_on(["mlp[tanh-ce-batch]"], "invariance/mean-vs-sum")
+    (result,) = run(neutral_candidates.ReductionIgnored, mean_vs_sum).values()
+    assert result["status"] == "failed" and "off by a constant factor" in result["diagnosis"]
+    order = items_on(["mlp[tanh-ce-batch]"], "invariance/")
+    results = run(neutral_candidates.OrderWeighted, order)
+    statuses = {item.check_id: results[item.id]["status"] for item in order}
+    assert statuses == {
+        "invariance/mean-vs-sum": "passed",
+        "invariance/batch-splitting": "passed",
+        "invariance/permutation": "failed",
+    }
+
+
+@pytest.mark.parametrize("case_id", ["mlp[tanh-ce-batch]", "deep-linear[mse-mean-uneven-batches]"])
+def test_transformed_cases_are_the_torch_sides(case_id: str):
+    """The other reduction's R and the concatenated data are what the PyTorch invariances use."""
+    case = fixtures.load(case_id)
+    problem = torch_fixtures.load_problem(case_id)
+    other = "sum" if case.reduction == "mean" else "mean"
+    reduced = transforms.with_reduction(case, other)
+    torch_R = with_reduction(problem, other).scale_quantities()["R"]
+    assert reduced.counts["R"] == pytest.approx(torch_R, rel=AGREE) and reduced.reduction == other
+    assert reduced.id != case.id and reduced.batches[0][0] is case.batches[0][0]
+    joined = transforms.concatenated(case)
+    ((X, y),) = concatenated(torch_fixtures.load_problem(case_id)).batches
+    assert len(joined.batches) == 1 and joined.counts["K"] == 1
+    np.testing.assert_array_equal(joined.batches[0][0], X.numpy())
+    np.testing.assert_array_equal(joined.batches[0][1], y.numpy())
+    split = transforms.split_in_two(case)
+    assert [len(X) for X, _ in split.batches] == [
+        case.num_data // 2,
+        case.num_data - case.num_data // 2,
+    ]
+    permuted = transforms.permuted(case)
+    assert sorted(map(tuple, permuted.batches[0][0])) == sorted(map(tuple, X.numpy()))
+    assert not np.array_equal(permuted.batches[0][0], X.numpy())

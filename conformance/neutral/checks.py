@@ -19,8 +19,14 @@ import numpy as np
 
 from kfac_conformance.checks.significance import FAMILY_ALPHA, critical_t, holm_rejected
 from kfac_conformance.contract import conventions
+from kfac_conformance.neutral import transforms
 from kfac_conformance.neutral.candidate import FrameworkCandidate, Refused
-from kfac_conformance.neutral.comparison import Comparison, compare_layers, tolerance
+from kfac_conformance.neutral.comparison import (
+    Comparison,
+    compare_layers,
+    restricted,
+    tolerance,
+)
 from kfac_conformance.neutral.factors import Factors, dense_block
 from kfac_conformance.neutral.fixtures import StoredCase
 from kfac_conformance.neutral.plan import MC_UNBIASED, Item
@@ -66,18 +72,18 @@ def _refuse_unless_offered(
 
 
 def exactness(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
-    (flavour,) = item.flavours
-    _refuse_unless_offered(candidate, case, item.fisher_type, flavour)
-    curvature, other = CURVATURE[item.fisher_type]
-    result = candidate.compute(case, item.fisher_type, flavour)
-    layers = case.exact_layers(item.fisher_type, flavour)
+    ((fisher_type,), (flavour,)) = item.fisher_types, item.flavours
+    _refuse_unless_offered(candidate, case, fisher_type, flavour)
+    curvature, other = CURVATURE[fisher_type]
+    result = candidate.compute(case, fisher_type, flavour)
+    layers = case.exact_layers(fisher_type, flavour)
     missing = _missing(result, layers)
     if missing is not None:
         return missing
     tol = tolerance(candidate.dtype)
     comparison = compare_layers(
         result,
-        scale_of(candidate, item.fisher_type, case),
+        scale_of(candidate, fisher_type, case),
         case.exact(curvature),
         layers,
         tol,
@@ -95,21 +101,22 @@ def _bias_key(factors: Factors) -> str:
 
 
 def agreement(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
+    (fisher_type,) = item.fisher_types
     tol = tolerance(candidate.dtype)
-    scale = scale_of(candidate, item.fisher_type, case)
+    scale = scale_of(candidate, fisher_type, case)
     refusals, worst = [], 0.0
     for flavour in item.flavours:
-        reason = candidate.refusal(case, item.fisher_type, flavour)
+        reason = candidate.refusal(case, fisher_type, flavour)
         if reason is not None:
             refusals.append(f"{flavour}: {reason}")
             continue
-        result = candidate.compute(case, item.fisher_type, flavour)
+        result = candidate.compute(case, fisher_type, flavour)
         missing = _missing(result, case.layers)
         if missing is not None:
             return missing
         # the reference in each layer's own bias mode (layers may differ: one has no bias)
         reference = {
-            layer: case.reference_kfac(item.fisher_type, flavour, _bias_key(factors))[layer]
+            layer: case.reference_kfac(fisher_type, flavour, _bias_key(factors))[layer]
             for layer, factors in result.items()
             if layer in case.layers
         }
@@ -131,6 +138,18 @@ def agreement(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> di
     return {"observed": worst, "tolerance": tol}
 
 
+def _type2_kfac(case: StoredCase, result: Mapping[str, Factors]) -> dict[str, np.ndarray]:
+    """What MC KFAC estimates, in the candidate's bias modes: the GGN where type-2 KFAC-expand
+    is exact on every layer, else the reference's stored type-2 KFAC-expand."""
+    if set(case.exact_layers("type-2", "expand")) == set(case.layers):
+        ggn = case.exact("ggn")
+        return {layer: restricted(ggn[layer], result[layer]) for layer in case.layers}
+    return {
+        layer: dense_block(case.reference_kfac("type-2", "expand", _bias_key(result[layer]))[layer])
+        for layer in case.layers
+    }
+
+
 def mc_unbiased(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
     _refuse_unless_offered(candidate, case, "mc", "expand")
     scale = scale_of(candidate, "mc", case)
@@ -138,10 +157,13 @@ def mc_unbiased(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> 
         candidate.compute(case, "mc", "expand", mc_samples=UNBIASED_SAMPLES, seed=seed)
         for seed in range(MC_SEEDS)
     ]
-    ggn = case.exact("ggn")
+    missing = _missing(results[0], case.layers)
+    if missing is not None:
+        return missing
+    targets = _type2_kfac(case, results[0])
     tests, ratios = [], {}
     for layer in case.layers:
-        target = ggn[layer].ravel()
+        target = targets[layer].ravel()
         if not np.abs(target).max() > 0:
             continue
         estimates = np.stack([(dense_block(result[layer]) / scale).ravel() for result in results])
@@ -171,10 +193,68 @@ def mc_unbiased(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> 
     }
 
 
+def _transformed_case(item: Item, case: StoredCase) -> tuple[StoredCase, float]:
+    """The case the invariance compares with, and the factor on its answers (loss curvature
+    only: forward-only's ``B`` does not depend on the loss)."""
+    if item.check_id == "invariance/mean-vs-sum":
+        other = transforms.with_reduction(case, "sum" if case.reduction == "mean" else "mean")
+        return other, case.counts["R"] / other.counts["R"]
+    if item.check_id == "invariance/permutation":
+        return transforms.permuted(case), 1.0
+    several = len(case.batches) > 1
+    return (transforms.concatenated(case) if several else transforms.split_in_two(case)), 1.0
+
+
+def invariance(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
+    """The candidate's answer equals ``factor`` times its answer to the transformed case, each
+    over its own declared scale, for every Fisher type and flavour of the item it offers."""
+    other, factor = _transformed_case(item, case)
+    tol = tolerance(candidate.dtype)
+    asked = [
+        (fisher_type, flavour) for fisher_type in item.fisher_types for flavour in item.flavours
+    ]
+    offered = [
+        (fisher_type, flavour)
+        for fisher_type, flavour in asked
+        if candidate.refusal(case, fisher_type, flavour) is None
+        and candidate.refusal(other, fisher_type, flavour) is None
+    ]
+    if not offered:
+        raise Refused(f"none of the fisher types {list(item.fisher_types)} is offered")
+    worst = 0.0
+    for fisher_type, flavour in offered:
+        original = candidate.compute(case, fisher_type, flavour)
+        transformed = candidate.compute(other, fisher_type, flavour)
+        missing = _missing(original, case.layers) or _missing(transformed, case.layers)
+        if missing is not None:
+            return missing
+        scaled = factor if conventions.governing_field(fisher_type) else 1.0
+        scaled /= scale_of(candidate, fisher_type, other)
+        expected = {layer: scaled * dense_block(transformed[layer]) for layer in case.layers}
+        comparison = compare_layers(
+            original,
+            scale_of(candidate, fisher_type, case),
+            expected,
+            case.layers,
+            tol,
+            case.counts,
+            case.shared_positions,
+        )
+        context = f"against {other.id}, fisher_type={fisher_type!r}, kfac_approx={flavour}, "
+        verdict = _verdict(comparison, original, tol, context)
+        if verdict.get("status") == "failed":
+            return verdict
+        worst = max(worst, comparison.worst)
+    return {"observed": worst, "tolerance": tol}
+
+
 def measure(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
     """The item's measurement (the check family is the part of its id before the ``/``)."""
+    family = item.check_id.partition("/")[0]
     if item.check_id == MC_UNBIASED:
         return mc_unbiased(candidate, item, case)
-    if item.check_id.startswith("agreement/"):
+    if family == "agreement":
         return agreement(candidate, item, case)
+    if family == "invariance":
+        return invariance(candidate, item, case)
     return exactness(candidate, item, case)

@@ -14,14 +14,17 @@ from kfac_conformance.checks.significance import Test, t_test
 
 MC_SEEDS = 32
 UNBIASED_SAMPLES = 4
-# the statistical cases of the PyTorch check that are stored with every layer exact, so that
-# the stored GGN is the target (the PyTorch check falls back on the reference's type-2 KFAC
-# elsewhere)
+# the statistical cases of the PyTorch check whose target is stored: the GGN where every
+# layer is exact, else the reference's type-2 KFAC (stored with the agreement cases), as the
+# PyTorch check takes them
 MC_CASE_IDS = (
     "one-datum-mlp[tanh-ce-sum]",
     "one-datum-mlp[sigmoid-bce-mean]",
     "deep-linear[mse-mean-3batches]",
     "expand-deep-linear[1-axis]",
+    "mlp[tanh-ce-batch]",
+    "cnn[relu-ce]",
+    "sequence[tanh-ce-per-position]",
 )
 
 
