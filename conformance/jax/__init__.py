@@ -1,10 +1,10 @@
 """The conformance checks for KFAC in JAX, run on the stored fixtures with no torch in the process.
 
 ``python -m kfac_conformance.jax --candidate kfac-jax --report-json reports/kfac-jax.json``
-runs the exactness checks of the PyTorch suite, its ``mc/unbiased`` and its agreement checks
-(against the reference's answers stored with the agreement cases), with the same check ids,
-tolerances, statistics and scale conventions, and writes a report in the suite's JSON schema,
-so that ``docs/generate_matrix.py`` shows the candidate as one more column. Install with the
+runs the exactness checks of the PyTorch suite, its ``mc/unbiased``, three of its
+invariances and its agreement checks (against the reference's answers stored with the
+agreement cases), with the same check ids, tolerances, statistics and scale conventions, and
+writes a report in the suite's JSON schema, so that ``docs/generate_matrix.py`` shows the candidate as one more column. Install with the
 optional extra ``jax`` (``pip install --no-deps -e .`` beside it keeps torch out entirely).
 
 Everything but JAX itself is the framework-neutral core :mod:`kfac_conformance.neutral`

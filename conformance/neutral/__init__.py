@@ -12,7 +12,9 @@ case) and calls :func:`kfac_conformance.neutral.cli.main`; everything else lives
   ``diagnose``;
 - :mod:`.statistics`: the t tests of ``mc/unbiased``;
 - :mod:`.candidate`: the ``FrameworkCandidate`` protocol and ``Refused``;
-- :mod:`.plan`: ``Item`` and ``plan`` (exactness, ``mc/unbiased``, agreement);
+- :mod:`.plan`: ``Item`` and ``plan`` (exactness, ``mc/unbiased``, invariances, agreement);
+- :mod:`.transforms`: the cases the invariances compare with (other reduction, batches
+  concatenated or split, data permuted);
 - :mod:`.checks`: each item's measurement, with the declared conventions converted;
 - :mod:`.report` and :mod:`.runner`: the run and its report in the suite's JSON schema;
 - :mod:`.cli`: the command line.
