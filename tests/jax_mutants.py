@@ -37,7 +37,8 @@ class ReductionFactorMissing(KfacJaxCandidate):
 
     name = "kfac-jax-reduction-factor-missing"
     counterpart = "ReductionFactorMissing"
-    diagnosis = "N*T"
+    # named N*T where there are several data; on one datum the count N = 1 names nothing
+    diagnosis = "off by a constant factor"
     conventions = conventions.TUTORIAL
 
     def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:

@@ -29,7 +29,7 @@ from kfac_conformance.neutral.comparison import (
 )
 from kfac_conformance.neutral.factors import Factors, dense_block
 from kfac_conformance.neutral.fixtures import StoredCase
-from kfac_conformance.neutral.plan import MC_UNBIASED, Item
+from kfac_conformance.neutral.plan import MC_UNBIASED, MEAN_VS_SUM, PERMUTATION, Item
 from kfac_conformance.neutral.statistics import MC_SEEDS, UNBIASED_SAMPLES, unbiased_tests
 
 # exactness/<fisher type>-<flavour> compares with this stored block; the other is a hypothesis
@@ -196,10 +196,10 @@ def mc_unbiased(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> 
 def _transformed_case(item: Item, case: StoredCase) -> tuple[StoredCase, float]:
     """The case the invariance compares with, and the factor on its answers (loss curvature
     only: forward-only's ``B`` does not depend on the loss)."""
-    if item.check_id == "invariance/mean-vs-sum":
+    if item.check_id == MEAN_VS_SUM:
         other = transforms.with_reduction(case, "sum" if case.reduction == "mean" else "mean")
         return other, case.counts["R"] / other.counts["R"]
-    if item.check_id == "invariance/permutation":
+    if item.check_id == PERMUTATION:
         return transforms.permuted(case), 1.0
     several = len(case.batches) > 1
     return (transforms.concatenated(case) if several else transforms.split_in_two(case)), 1.0
