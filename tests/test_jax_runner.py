@@ -111,9 +111,18 @@ def test_a_wrong_jax_candidate_fails_the_killers_of_its_pytorch_counterpart(muta
     ]
     assert killers, f"no killer of {mutant.counterpart} is an item of the JAX runner"
     results = run_items(f"jax_mutants:{mutant.__name__}", killers)
-    for killer in killers:
-        assert results[killer]["status"] == "failed", results[killer]
-        assert mutant.diagnosis in results[killer]["diagnosis"], results[killer]
+    assert not [r for r in results.values() if r["status"] == "error"], "an error is no kill"
+    # as in tests/test_zoo.py: a named item must fail; of a whole check, some item (a mutant
+    # can be right by coincidence on a case, e.g. a missing R where R_mean = R_sum)
+    for killer in counterpart_killers:
+        if killer in results:
+            assert results[killer]["status"] == "failed", results[killer]
+            continue
+        of_check = [r for r in results.values() if r["check_id"] == killer]
+        assert not of_check or any(r["status"] == "failed" for r in of_check), of_check
+    for result in results.values():
+        if result["status"] == "failed":
+            assert mutant.diagnosis in result["diagnosis"], result
     right = run_items("kfac-jax", killers)
     assert [result["status"] for result in right.values()] == ["passed"] * len(killers)
 
