@@ -162,7 +162,7 @@ def render(reports: list[dict]) -> str:
     # the JAX runner's reports (kfac_conformance.jax) name JAX instead of torch
     jax_versions = sorted({r["jax_version"] for r in reports if r.get("jax_version")})
     if jax_versions:
-        versions += f" jax: {', '.join(jax_versions)} (JAX runner: exactness and mc/unbiased on stored cases only)."
+        versions += f" jax: {', '.join(jax_versions)} (JAX runner: exactness, mc/unbiased, three invariances and agreement on stored cases only)."
     lines += ["", versions, "", "## Checks", ""]
     lines.append("| check | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))

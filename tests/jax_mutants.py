@@ -11,10 +11,9 @@ import kfac_jax
 
 from kfac_conformance.contract import conventions
 from kfac_conformance.jax import kfac_jax_candidate
-from kfac_conformance.jax.candidate import Factors
 from kfac_conformance.jax.kfac_jax_candidate import KfacJaxCandidate
-from kfac_conformance.jax.runner import LOSS_CLASSES
-from kfac_conformance.jax.stored import StoredCase
+from kfac_conformance.neutral.factors import Factors
+from kfac_conformance.neutral.fixtures import LOSS_CLASSES, StoredCase
 
 
 class KroneckerOrderSwapped(KfacJaxCandidate):
@@ -38,7 +37,8 @@ class ReductionFactorMissing(KfacJaxCandidate):
 
     name = "kfac-jax-reduction-factor-missing"
     counterpart = "ReductionFactorMissing"
-    diagnosis = "N*T"
+    # named N*T where there are several data; on one datum the count N = 1 names nothing
+    diagnosis = "off by a constant factor"
     conventions = conventions.TUTORIAL
 
     def compute(self, case: StoredCase, fisher_type: str, flavour: str, **mc) -> dict[str, Factors]:

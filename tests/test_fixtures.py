@@ -73,7 +73,27 @@ def test_stored_file_has_the_documented_keys(case_id: str):
     expected = {f"param.{name}" for name, _ in problem.model.named_parameters()}
     expected |= {f"{kind}.{i}" for kind in ("X", "y") for i in range(record["num_batches"])}
     expected |= {f"{c}.{layer}" for c in ("ggn", "empirical") for layer in record["layers"]}
+    if record["kind"] == "agreement":
+        expected |= reference_keys(record, dict(problem.model.named_parameters()))
+    else:
+        assert "reference" not in record, "only agreement cases store the reference's answers"
     assert keys == expected, STALE
+
+
+def reference_keys(record: dict, parameters: dict) -> set[str]:
+    """The documented keys of the stored reference answers (fixtures/README.md)."""
+    stored, keys = record["reference"], set()
+    for approximation, names in (("kfac", ("A", "B")), ("ekfac", ("QA", "QB", "S"))):
+        for fisher_type in stored[approximation]:
+            for flavour in stored["flavours"]:
+                for bias in stored["bias"]:
+                    for layer in record["layers"]:
+                        prefix = f"{approximation}.{fisher_type}.{flavour}.{bias}.{layer}"
+                        keys |= {f"{prefix}.{name}" for name in names}
+                        separate = approximation == "ekfac" and bias == "separate"
+                        if separate and f"{layer}.bias" in parameters:
+                            keys.add(f"{prefix}.S_bias")
+    return keys
 
 
 @pytest.mark.parametrize("case_id", STORED_IDS)

@@ -177,6 +177,16 @@ def _conv_cases() -> list[Case]:
     ]
     pointwise_net = [["conv2d", 2, 3, 1, 1, 0, 1, True], ["conv2d", 3, 2, 1, 1, 0, 1, True]]
     last_strided_net = [["conv2d", 2, 3, 1, 1, 0, 1, False], ["conv2d", 3, 2, 3, 2, 1, 2, True]]
+    # several taps and several channels on both sides of the exact layer: the patch order
+    # (c_in, kh, kw) and the output channels are all exercised; 9 data, so that KFAC-reduce's
+    # factors (rank at most N) have full rank and EKFAC's eigenbasis is unique where its
+    # invariances compare two calls (design.md, "EKFAC")
+    last_2x2_net = [
+        ["conv2d", 2, 2, 1, 1, 0, 1, False],
+        ["tanh"],
+        ["conv2d", 2, 3, 2, 1, 0, 1, True],
+    ]
+    single_2x2_net = [["conv2d", 3, 4, 2, 2, 0, 1, True]]
     return [
         Case(
             id="conv-reduce[stride2-pad1-mean-pool]",
@@ -211,6 +221,28 @@ def _conv_cases() -> list[Case]:
             exact={"type-2/expand": ("1",)},
             quick=True,
             statement="the last convolution (any stride/padding/dilation) with MSE on every pixel: KFAC-expand is exact",
+            source=ESCHENHAGEN,
+        ),
+        Case(
+            id="conv-expand[last-layer-2x2-multichannel-tanh]",
+            architecture=last_2x2_net,
+            input_shape=(9, 2, 4, 4),
+            loss="mse",
+            reduction="mean",
+            seed=403,
+            exact={"type-2/expand": ("2",)},
+            statement="the last convolution (2x2 taps, 2 to 3 channels, after tanh) with MSE on every pixel: KFAC-expand is exact",
+            source=ESCHENHAGEN,
+        ),
+        Case(
+            id="conv-expand[single-layer-2x2-stride2-multichannel]",
+            architecture=single_2x2_net,
+            input_shape=(3, 3, 6, 6),
+            loss="mse",
+            reduction="sum",
+            seed=404,
+            exact={"type-2/expand": ("0",)},
+            statement="a single convolution (2x2 taps, stride 2, 3 to 4 channels) with MSE on every pixel: KFAC-expand is exact",
             source=ESCHENHAGEN,
         ),
     ]

@@ -8,7 +8,13 @@ tree). Keys in a case file:
 - ``X.<i>``, ``y.<i>``: batch ``i`` (``y`` holds int64 class indices for cross-entropy);
 - ``ggn.<layer>`` and ``empirical.<layer>``: the exact blocks of every parameter layer over
   all batches, over the layer's parameters in ``named_parameters`` order, flattened row-major
-  (see :mod:`kfac_conformance.oracle.blocks` for the conventions).
+  (see :mod:`kfac_conformance.oracle.blocks` for the conventions);
+- agreement cases only: the reference's KFAC and EKFAC answers
+  (:mod:`kfac_conformance.cases.stored_reference`).
+
+The index entry of every case also holds the counts the conventions and diagnoses read
+(``counts``, ``shared_positions``), and an agreement case's ``reference`` says which answers
+its file holds.
 
 Regenerate with ``python -m kfac_conformance.cases.stored`` after changing a case.
 """
@@ -31,6 +37,12 @@ from torch import Tensor
 
 from kfac_conformance.cases.architectures import build_model, parameter_layers
 from kfac_conformance.cases.canonical import AGREEMENT_CASES, CANONICAL_CASES, LOSSES, Case
+from kfac_conformance.cases.stored_reference import (
+    counts_record,
+    reference_record,
+    reference_tensors,
+    stored_flavours,
+)
 from kfac_conformance.contract.problem import Problem
 from kfac_conformance.oracle.blocks import exact_blocks
 
@@ -46,9 +58,10 @@ def file_name(case_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", case_id).strip("_") + ".safetensors"
 
 
-def case_record(case: Case, kind: str, layers: list[str]) -> dict:
+def case_record(case: Case, kind: str, layers: list[str], derived: dict | None = None) -> dict:
     """The index entry of one case: everything needed to rebuild and describe it (the optional
-    ``batch_sizes`` and ``identical_inputs`` only where a case sets them)."""
+    ``batch_sizes`` and ``identical_inputs`` only where a case sets them), then ``derived``:
+    what :func:`case_tensors` found (counts, and what reference answers are stored)."""
     optional = {
         "batch_sizes": list(case.batch_sizes),
         "identical_inputs": case.identical_inputs,
@@ -67,12 +80,14 @@ def case_record(case: Case, kind: str, layers: list[str]) -> dict:
         "exact": {key: list(value) for key, value in case.exact.items()},
         "statement": case.statement,
         "source": case.source,
+        **(derived or {}),
         "torch_version": torch.__version__,
     }
 
 
-def case_tensors(case: Case) -> tuple[dict[str, Tensor], list[str]]:
-    """All tensors of one case file, and the parameter layers."""
+def case_tensors(case: Case, kind: str) -> tuple[dict[str, Tensor], list[str], dict]:
+    """All tensors of one case file, the parameter layers, and the index fields derived from
+    the problem (its counts; for an agreement case, which reference answers are stored)."""
     problem = case.make_problem(torch.float64)
     tensors: dict[str, Tensor] = {}
     for name, param in problem.model.named_parameters():
@@ -86,7 +101,12 @@ def case_tensors(case: Case) -> tuple[dict[str, Tensor], list[str]]:
         )
         for layer, block in blocks.items():
             tensors[f"{curvature}.{layer}"] = block.clone().contiguous()
-    return tensors, list(problem.layers)
+    derived = counts_record(problem)
+    if kind == "agreement":
+        flavours = stored_flavours(derived["shared_positions"])
+        tensors.update(reference_tensors(problem, flavours))
+        derived["reference"] = reference_record(flavours)
+    return tensors, list(problem.layers), derived
 
 
 def fixture_root() -> Traversable:
@@ -123,13 +143,13 @@ def regenerate(directory: str | Path | None = None) -> list[Path]:
 
     written, records = [], {}
     for case, kind in cases:
-        tensors, layers = case_tensors(case)
+        tensors, layers, derived = case_tensors(case, kind)
         path = target / file_name(case.id)
         # one metadata entry only: safetensors writes several in random order, and the
         # files should be byte-for-byte reproducible (versions are in the index)
         metadata = {"case_id": case.id}
         save_file(tensors, str(path), metadata=metadata)
-        records[case.id] = case_record(case, kind, layers)
+        records[case.id] = case_record(case, kind, layers, derived)
         written.append(path)
 
     index = {
@@ -143,6 +163,8 @@ def regenerate(directory: str | Path | None = None) -> list[Path]:
             "ggn": "R * sum_n J_n^T (d^2 c_n / df_n^2) J_n over all batches",
             "empirical": "R * sum_n grad c_n grad c_n^T over all batches",
             "dtype": "float64 (labels of cross-entropy: int64)",
+            "reference": "agreement cases: kfac_ref's KFAC (A, B) and EKFAC (QA, QB, S, S_bias) "
+            "as <approximation>.<fisher type>.<flavour>.<bias>.<layer>.<factor>",
         },
         "cases": records,
     }

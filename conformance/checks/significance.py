@@ -8,7 +8,7 @@ tests' distributional assumptions the chance that a correct candidate fails an i
 ``FAMILY_ALPHA``, however many layers it has; Holm's later steps only name more of the wrong
 blocks. The measured rates are in docs/statistics.md.
 
-Plain Python (no torch): the JAX runner (:mod:`kfac_conformance.jax.checks`) applies the same
+Plain Python (no torch): the neutral runner (:mod:`kfac_conformance.neutral.statistics`) applies the same
 correction.
 """
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from kfac_conformance.comparison import tolerances
-from kfac_conformance.comparison.tolerances import FLOAT32_ROUND_OFF, name_factor
+from kfac_conformance.comparison.tolerances import float32_round_off, name_factor
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 
@@ -115,13 +115,9 @@ def diagnose(
         )
         if separate is not None:
             return separate
-    error = relative_error(candidate, target)
-    low, high = FLOAT32_ROUND_OFF
-    if tolerance < low and low <= error <= high:
-        return (
-            f"relative error {error:.2g} is at float32 round-off level although the problem's "
-            "tolerance is far tighter: computed in single precision and cast back?"
-        )
+    cast = float32_round_off(relative_error(candidate, target), tolerance)
+    if cast is not None:
+        return cast
     if isinstance(factors, EKFACFactors):
         return _diagnose_ekfac(candidate, target, tolerance)
     return None

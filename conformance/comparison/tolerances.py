@@ -27,6 +27,17 @@ DEFAULT_ROUND_OFF_TOLERANCE = 1e-4
 FLOAT32_ROUND_OFF = (1e-8, 1e-4)
 
 
+def float32_round_off(error: float, tolerance: float) -> str | None:
+    """The diagnosis of an error at float32 round-off under a far tighter (float64) bound."""
+    low, high = FLOAT32_ROUND_OFF
+    if tolerance < low and low <= error <= high:
+        return (
+            f"relative error {error:.2g} is at float32 round-off level although the problem's "
+            "tolerance is far tighter: computed in single precision and cast back?"
+        )
+    return None
+
+
 def dtype_name(dtype: object) -> str:
     """``"float64"`` for ``torch.float64``, ``numpy.float64``, ``numpy.dtype("float64")``, ..."""
     name = getattr(dtype, "name", None) if not isinstance(dtype, str) else dtype

@@ -41,8 +41,9 @@ import numpy as np
 
 from kfac_conformance.contract.conventions import Conventions
 from kfac_conformance.jax import network
-from kfac_conformance.jax.candidate import Factors, Refused
-from kfac_conformance.jax.stored import StoredCase
+from kfac_conformance.neutral.candidate import Refused
+from kfac_conformance.neutral.factors import Factors
+from kfac_conformance.neutral.fixtures import StoredCase
 
 jax.config.update("jax_enable_x64", True)
 
@@ -143,6 +144,8 @@ class _Estimation:
 
 class KfacJaxCandidate:
     name = "kfac-jax"
+    framework = "jax"
+    dtype = "float64"
     conventions = Conventions(curvature="mean-squared-error", empirical_fisher="mean-squared-error")
 
     def __init__(self) -> None:

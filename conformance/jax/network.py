@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kfac_conformance.jax.stored import StoredCase
+from kfac_conformance.neutral.fixtures import StoredCase
 
 Params = dict[str, dict[str, jax.Array]]
 

@@ -257,6 +257,26 @@ FINDINGS = (
         ),
         repros=("docs/repro/kfac_jax_conv2d_dilation.py",),
     ),
+    Finding(
+        id="J3",
+        libraries=("kfac-jax",),
+        title="`fisher_empirical` divides by the batch size twice: a scale no declaration fits",
+        classification="convention difference",
+        pinned=(KFAC_JAX,),
+        at_head="unchanged (`block_diagonal.py` lines 117 and 761)",
+        cause=(Source("0.0.8", "kfac_jax/_src/curvature_estimator/block_diagonal.py", "746-757"),),
+        documented=(
+            Source(
+                "0.0.8",
+                "kfac_jax/_src/curvature_estimator/block_diagonal.py",
+                "113-119",
+                "fisher_empirical - [...] This mode will introduce an additional normalization "
+                "of the 2nd-order statistics by the batch size (on top of the normalization by "
+                "batch size done in the curvature block classes).",
+            ),
+        ),
+        repros=("docs/repro/kfac_jax_empirical_batch_size.py",),
+    ),
 )
 
 validate(FINDINGS, HEADS)

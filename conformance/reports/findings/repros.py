@@ -49,4 +49,5 @@ REPROS = (
     Repro("docs/repro/laplace_ef_regression_scale.py", "laplace"),
     Repro("docs/repro/kfac_jax_repeated_dense_bias.py", "jax"),
     Repro("docs/repro/kfac_jax_conv2d_dilation.py", "jax"),
+    Repro("docs/repro/kfac_jax_empirical_batch_size.py", "jax"),
 )
