@@ -62,6 +62,8 @@ def ratio(N: int) -> float:
 ratios = {}
 for N in (1, 2, 4):
     ratios[f"batch_{N}"] = ratio(N)
-    print(f"batch of {N}: kfac-jax empirical KFAC / (1/N) sum_n g_n g_n^T = {ratios[f'batch_{N}']:.6g}")
+    print(
+        f"batch of {N}: kfac-jax empirical KFAC / (1/N) sum_n g_n g_n^T = {ratios[f'batch_{N}']:.6g}"
+    )
 # observed: 1, 0.5, 0.25 (1/N)
 print(json.dumps(ratios))
