@@ -107,7 +107,7 @@ def test_what_mlx_kfac_does_not_compute_is_refused():
     assert "no KFAC-reduce" in MlxKfacCandidate().refusal(case, "empirical", "reduce")
 
 
-def test_a_layer_kind_the_builder_does_not_know_is_refused_with_its_name():
+def test_a_layer_the_builder_does_not_know_is_refused_with_its_spec():
     case = fixtures.load("one-datum-mlp[tanh-ce-mean]")
     record = {**case.record, "architecture": [["conv1d", 4, 3, 1, 1, 0, 1, True]]}
     unknown = replace(case, record=record)
@@ -115,6 +115,10 @@ def test_a_layer_kind_the_builder_does_not_know_is_refused_with_its_name():
     assert reason is not None and "conv1d" in reason
     with pytest.raises(ValueError, match="conv1d"):
         network.build(unknown)
+    grouped = ["conv2d", 4, 4, 1, 1, 0, 1, True, 2]  # a spec with more entries than known
+    record = {**case.record, "architecture": [grouped]}
+    reason = MlxKfacCandidate().refusal(replace(case, record=record), "empirical", "expand")
+    assert reason is not None and str(grouped) in reason
 
 
 class DeclaresTheTutorialsScale(MlxKfacCandidate):

@@ -35,7 +35,6 @@ from importlib.metadata import PackageNotFoundError, version
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
 from mlx_kfac import KFAC
 
 # mlx-kfac keys its per-layer state by this encoding of the module path (a private helper)
@@ -110,9 +109,13 @@ class MlxKfacCandidate:
     def compute(
         self, case: StoredCase, fisher_type: str, flavour: str, mc_samples: int = 1, seed: int = 0
     ) -> dict[str, Factors]:
-        reason = self.refusal(case, fisher_type, flavour)
-        if reason is not None:
+        """The empirical KFAC-expand of every layer (no MC: ``mc_samples`` and ``seed`` unused)."""
+        if (reason := self.refusal(case, fisher_type, flavour)) is not None:
             raise Refused(reason)
+        return self._factors(case, self._optimizer_after_every_batch(case))
+
+    @staticmethod
+    def _optimizer_after_every_batch(case: StoredCase) -> KFAC:
         model = network.build(case)
         optimizer = KFAC(model=model, loss_reduction="sum", max_factor_size=None)
         loss_and_grad = nn.value_and_grad(model, lambda X, y: loss(case.loss, model(X), y))
@@ -123,7 +126,7 @@ class MlxKfacCandidate:
             _, gradients = loss_and_grad(network.as_mlx(X), network.as_mlx(y))
             optimizer.apply_gradients(gradients, model.trainable_parameters(), model=model)
             seen += size
-        return self._factors(case, optimizer)
+        return optimizer
 
     @staticmethod
     def _factors(case: StoredCase, optimizer: KFAC) -> dict[str, Factors]:
@@ -131,11 +134,6 @@ class MlxKfacCandidate:
         result = {}
         for layer in case.layers:
             state = optimizer.state["layers"][_state_key(paths[layer])]
-            if "A" not in state:
-                raise Refused(
-                    f"mlx-kfac keeps layer {layer!r} in partitioned or diagonal factors "
-                    f"({sorted(key for key, _ in tree_flatten(state))}), not one A and one G"
-                )
             A, G = (np.array(state[name], dtype=np.float64) for name in ("A", "G"))
             scale = float(state["curvature_scale"].item())
             bias = case.parameter(layer, "bias") is not None

@@ -11,7 +11,8 @@ built from MLX's own modules (so that mlx-kfac finds and instruments them):
 - activations, ``sum``/``mean`` over absolute axes, ``flatten`` (from axis 1, in NCHW order),
   ``movedim``.
 
-Layer kinds not listed (:func:`unsupported`) are refused, not guessed.
+Layer kinds not listed, and parameter layers with more entries than these (such as a
+convolution's groups), are refused (:func:`unsupported`), not guessed.
 
 Everything is float32 (:data:`DTYPE`), deliberately: mlx-kfac accumulates its factors in
 float32 whatever it is given, MLX's CPU ``Conv2d`` raises on float64, and MLX's float64
@@ -31,7 +32,8 @@ import numpy as np
 from kfac_conformance.neutral.fixtures import StoredCase
 
 DTYPE = mx.float32
-PARAMETRIC = ("linear", "conv2d")
+# the parameter layers and the length of their specs (a longer one, e.g. with groups, is refused)
+PARAMETRIC = {"linear": 4, "conv2d": 8}
 ELEMENTWISE: dict[str, Callable[[mx.array], mx.array]] = {
     "tanh": mx.tanh,
     "sigmoid": mx.sigmoid,
@@ -56,6 +58,9 @@ def unsupported(architecture: Sequence[Sequence]) -> str | None:
     unknown = sorted({spec[0] for spec in architecture if spec[0] not in known})
     if unknown:
         return f"the MLX network builder does not know the layer kinds {unknown}"
+    other = [list(s) for s in architecture if s[0] in PARAMETRIC and len(s) != PARAMETRIC[s[0]]]
+    if other:
+        return f"the MLX network builder does not know the layer specs {other} (other lengths)"
     return None
 
 
