@@ -48,6 +48,8 @@ REMOVE_AFTER_INSTALL = {"laplace": ("torchvision",)}
 # JAX candidate name -> the extra of pyproject.toml that installs its library
 JAX_CANDIDATES = {"kfac-jax": "jax"}
 JAX_ENV = {"JAX_PLATFORMS": "cpu"}
+# MLX candidate name -> the extra of pyproject.toml that installs its library
+MLX_CANDIDATES = {"mlx-kfac": "mlx"}
 
 
 def install_project(session: nox.Session, extra: str = "") -> None:
@@ -103,9 +105,9 @@ def conformance(session: nox.Session, candidate: str) -> None:
     run_conformance(session, candidate, "kfac-conformance", "run", *html)
 
 
-def install_jax_runner(session: nox.Session, extra: str) -> None:
+def install_torch_free(session: nox.Session, extra: str) -> None:
     """The extra's pins, the project's torch-free dependencies, and the project itself without
-    dependencies: torch is never installed, so the JAX runner provably runs without it."""
+    dependencies: torch is never installed, so the JAX and MLX runners provably run without it."""
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     torch_free = [d for d in project["dependencies"] if not d.startswith("torch")]
     session.install(*torch_free, *project["optional-dependencies"][extra])
@@ -115,7 +117,7 @@ def install_jax_runner(session: nox.Session, extra: str) -> None:
 @nox.session
 def tests_jax(session: nox.Session) -> None:
     """The JAX runner's tests, in an environment without torch (kfac-jax and JAX on the CPU)."""
-    install_jax_runner(session, "jax")
+    install_torch_free(session, "jax")
     session.run("pytest", "tests/test_jax_runner.py", *session.posargs, env=JAX_ENV)
 
 
@@ -125,8 +127,26 @@ def conformance_jax(session: nox.Session, candidate: str) -> None:
     """Exactness, mc/unbiased, invariances and agreement on the stored cases against a JAX
     candidate, without torch; the JSON report goes to reports/<candidate>.json (--for-matrix
     as for conformance)."""
-    install_jax_runner(session, JAX_CANDIDATES[candidate])
+    install_torch_free(session, JAX_CANDIDATES[candidate])
     run_conformance(session, candidate, "python", "-m", "kfac_conformance.jax", env=JAX_ENV)
+
+
+@nox.session
+def tests_mlx(session: nox.Session) -> None:
+    """The MLX runner's tests, in an environment without torch and without JAX."""
+    install_torch_free(session, "mlx")
+    session.run(
+        "pytest", "tests/test_mlx_runner.py", "tests/test_mlx_separation.py", *session.posargs
+    )
+
+
+@nox.session
+@nox.parametrize("candidate", list(MLX_CANDIDATES))
+def conformance_mlx(session: nox.Session, candidate: str) -> None:
+    """The neutral items on the stored cases against an MLX candidate, without torch or JAX;
+    the JSON report goes to reports/<candidate>.json (--for-matrix as for conformance)."""
+    install_torch_free(session, MLX_CANDIDATES[candidate])
+    run_conformance(session, candidate, "python", "-m", "kfac_conformance.mlx")
 
 
 @nox.session(python=False)
@@ -136,6 +156,8 @@ def matrix(session: nox.Session) -> None:
         session.notify(f"conformance(candidate='{candidate}')", posargs=[MATRIX_FLAG])
     for candidate in JAX_CANDIDATES:
         session.notify(f"conformance_jax(candidate='{candidate}')", posargs=[MATRIX_FLAG])
+    for candidate in MLX_CANDIDATES:
+        session.notify(f"conformance_mlx(candidate='{candidate}')", posargs=[MATRIX_FLAG])
     session.notify("matrix_from_reports")
 
 
@@ -263,7 +285,7 @@ def findings_measure(session: nox.Session, extra: str) -> None:
         session.install(*CONSTRAINTS, requirement)
         candidates, runner, env = [], [], None
     elif extra in JAX_CANDIDATES.values():
-        install_jax_runner(session, extra)
+        install_torch_free(session, extra)
         candidates = [name for name, value in JAX_CANDIDATES.items() if value == extra]
         runner, env = ["--jax"], JAX_ENV
     else:

@@ -45,7 +45,9 @@ SYMBOLS = {
     "xpassed": "X",
 }
 REFUSED_BY_CANDIDATE = "refused by the candidate"
-NOT_USED = "not used"  # the torch_version of a report of the JAX runner
+NOT_USED = "not used"  # the torch_version of a report of the JAX or MLX runner
+# "<framework>_version" in a report of kfac_conformance.<framework> -> the runner's name
+OTHER_FRAMEWORKS = {"jax": "JAX", "mlx": "MLX"}
 FINDING_ID = re.compile(r"expected failure \(([A-Z]\d+)")
 
 
@@ -159,10 +161,13 @@ def render(reports: list[dict]) -> str:
         )
     torch_versions = sorted({r.get("torch_version", "?") for r in reports} - {NOT_USED})
     versions = f"torch: {', '.join(torch_versions)}."
-    # the JAX runner's reports (kfac_conformance.jax) name JAX instead of torch
-    jax_versions = sorted({r["jax_version"] for r in reports if r.get("jax_version")})
-    if jax_versions:
-        versions += f" jax: {', '.join(jax_versions)} (JAX runner: exactness, mc/unbiased, three invariances and agreement on stored cases only)."
+    # the reports of the runners for other frameworks name their framework instead of torch
+    for framework, runner in OTHER_FRAMEWORKS.items():
+        found = sorted(
+            {r[f"{framework}_version"] for r in reports if r.get(f"{framework}_version")}
+        )
+        if found:
+            versions += f" {framework}: {', '.join(found)} ({runner} runner: the neutral items on stored cases only)."
     lines += ["", versions, "", "## Checks", ""]
     lines.append("| check | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))

@@ -113,7 +113,8 @@ EMPIRICAL_FISHER_CONVENTIONS: dict[str, Convention] = {
     "mean-squared-error": Convention(
         "(1/N) Σ_n ∇c'_n ∇c'_nᵀ with MSE c' = ‖f − y‖² (the criterion nn.MSELoss sums)",
         lambda q: (4.0 if _mse(q) else 1.0) * _per_datum_mean(q),
-        "ASDL 0.1a5 (FISHER_EMP), kronfluence 1.0.1, kfac-jax 0.0.8",
+        "ASDL 0.1a5 (FISHER_EMP), kronfluence 1.0.1, kfac-jax 0.0.8, mlx-kfac 0.4.0 (the summed "
+        "loss with loss_reduction='sum')",
     ),
     "sum-nll": Convention(
         "Σ_n ∇c_n ∇c_nᵀ with the tutorial's criterion, summed over data",
