@@ -22,6 +22,7 @@ MC_CASE_IDS = (
     "one-datum-mlp[sigmoid-bce-mean]",
     "deep-linear[mse-mean-3batches]",
     "expand-deep-linear[1-axis]",
+    "expand-deep-linear[2-axes]",
     "mlp[tanh-ce-batch]",
     "cnn[relu-ce]",
     "sequence[tanh-ce-per-position]",
