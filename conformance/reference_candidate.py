@@ -11,12 +11,16 @@ from kfac_conformance.contract.loading import suite_version
 from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.execution.session import reference_compute
 from kfac_ref.factors import KroneckerFactors
+from kfac_ref.layers import SUPPORTED_LAYERS
 
 
 class ReferenceCandidate:
     name = "kfac_ref"
     version = suite_version()
-    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
+    capabilities = Capabilities(
+        layer_types=frozenset(layer.__name__ for layer in SUPPORTED_LAYERS),
+        approximations=frozenset({"kfac", "ekfac"}),
+    )
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         return reference_compute(problem, request)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from kfac_conformance.cases.architectures import build_model, parameter_layers
+from kfac_conformance.cases.architectures import build_model, input_vocabulary, parameter_layers
 from kfac_conformance.contract.problem import Problem
 
 LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
@@ -58,14 +58,21 @@ class Case:
         generator = torch.Generator().manual_seed(self.seed)
         model = build_model(self.architecture, dtype, generator)
         datum_shape = self.input_shape[1:]
+        vocabulary = input_vocabulary(self.architecture)
+
+        def draw_inputs(size: int) -> Tensor:
+            if vocabulary is not None:
+                return torch.randint(vocabulary, (size, *datum_shape), generator=generator)
+            return torch.randn((size, *datum_shape), generator=generator, dtype=dtype)
+
         if self.identical_inputs:
-            datum = torch.randn((1, *datum_shape), generator=generator, dtype=dtype)
+            datum = draw_inputs(1)
         batches = []
         for size in self.sizes:
             if self.identical_inputs:
                 X = datum.expand(size, *datum_shape).clone()
             else:
-                X = torch.randn((size, *datum_shape), generator=generator, dtype=dtype)
+                X = draw_inputs(size)
             with torch.no_grad():
                 output = model(X)
             batches.append((X, draw_labels(self.loss, output, generator)))
