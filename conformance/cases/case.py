@@ -58,21 +58,14 @@ class Case:
         generator = torch.Generator().manual_seed(self.seed)
         model = build_model(self.architecture, dtype, generator)
         datum_shape = self.input_shape[1:]
-        vocabulary = input_vocabulary(self.architecture)
-
-        def draw_inputs(size: int) -> Tensor:
-            if vocabulary is not None:
-                return torch.randint(vocabulary, (size, *datum_shape), generator=generator)
-            return torch.randn((size, *datum_shape), generator=generator, dtype=dtype)
-
         if self.identical_inputs:
-            datum = draw_inputs(1)
+            datum = draw_inputs(self.architecture, (1, *datum_shape), dtype, generator)
         batches = []
         for size in self.sizes:
             if self.identical_inputs:
                 X = datum.expand(size, *datum_shape).clone()
             else:
-                X = draw_inputs(size)
+                X = draw_inputs(self.architecture, (size, *datum_shape), dtype, generator)
             with torch.no_grad():
                 output = model(X)
             batches.append((X, draw_labels(self.loss, output, generator)))
@@ -85,6 +78,16 @@ class Case:
     @property
     def num_data(self) -> int:
         return sum(self.sizes)
+
+
+def draw_inputs(
+    architecture: list, shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator
+) -> Tensor:
+    """Standard normal inputs, or uniform indices where the network starts with an embedding."""
+    vocabulary = input_vocabulary(architecture)
+    if vocabulary is not None:
+        return torch.randint(vocabulary, shape, generator=generator)
+    return torch.randn(shape, generator=generator, dtype=dtype)
 
 
 def draw_labels(loss: str, output: Tensor, generator: torch.Generator) -> Tensor:
