@@ -53,12 +53,13 @@ def test_every_cell_of_the_full_claim_has_a_value_and_an_invariance_check(refere
 
 def test_mc_statistics_reach_convolutions_and_shared_axes(reference_map):
     """Few candidates expose the labels they draw, so for MC the statistical checks are the
-    value checks that hold everywhere: they must reach every convolution and shared-axis cell."""
+    value checks that hold everywhere: they must reach every convolution, embedding and
+    shared-axis cell."""
     statistical_cells = [
         (pair, dimension, value)
         for pair in (("mc", "kfac"), ("mc", "ekfac"))
         for dimension, value in space.claimed_values(FULL_CLAIM)
-        if (dimension, value) == ("layer type", "Conv2d")
+        if (dimension == "layer type" and value != "Linear")
         or dimension in ("conv geometry", "pooling")
         or (dimension == "Linear shared axes" and value != "0")
     ]

@@ -194,11 +194,16 @@ def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
     # no draw where one is claimed, so that a Conv2d-only claim draws what it always drew
     dims = draw(st.sampled_from(claimed), label="spatial axes") if len(claimed) > 1 else claimed[0]
     kind = f"conv{dims}d"
+    # 3-D problems kept small (up to 3 per axis, kernels up to 2, two layers): the oracle's
+    # cost grows with the cube of both
+    volumetric = dims == 3
     spatial = tuple(
-        draw(st.integers(1, 5 if dims < 3 else 3), label="spatial size") for _ in range(dims)
+        draw(st.integers(1, 3 if volumetric else 5), label="spatial size") for _ in range(dims)
     )
+    largest_kernel = 2 if volumetric else 3
     channels = draw(st.integers(1, 3), label="input channels")
-    depth = draw(st.integers(1, size.max_layers), label="conv layers")
+    most = min(size.max_layers, 2) if volumetric else size.max_layers
+    depth = draw(st.integers(1, most), label="conv layers")
     # before one of the conv layers, never after the last (its channels may be the output's)
     tied_at = _tied_position(draw, size.weight_tying, depth - 1)
     linear = "Linear" in capabilities.layer_types
@@ -208,11 +213,16 @@ def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
     shape, c_in = spatial, channels
     for index in range(depth):
         if index == tied_at:
-            geometry = draw(_conv_geometry(shape, uses=2), label="geometry applied twice")
+            geometry = draw(
+                _conv_geometry(shape, uses=2, largest_kernel=largest_kernel),
+                label="geometry applied twice",
+            )
             shape = _conv_shape(_conv_shape(shape, *geometry), *geometry)
             spec = [kind, c_in, c_in, *geometry, draw(st.booleans())]
             _applied_twice(draw, architecture, spec)
-        kernel, stride, padding, dilation = draw(_conv_geometry(shape), label="geometry")
+        kernel, stride, padding, dilation = draw(
+            _conv_geometry(shape, largest_kernel=largest_kernel), label="geometry"
+        )
         c_out = draw(st.integers(1, size.max_width), label="channels")
         last = index == depth - 1 and ending == "keep"
         if last and loss == "ce":
@@ -239,7 +249,9 @@ def _conv_shape(shape: tuple[int, ...], kernel, stride, padding, dilation) -> tu
 
 
 @st.composite
-def _conv_geometry(draw, shape: tuple[int, ...], uses: int = 1) -> tuple[int, int, int, int]:
+def _conv_geometry(
+    draw, shape: tuple[int, ...], uses: int = 1, largest_kernel: int = 3
+) -> tuple[int, int, int, int]:
     """``(kernel, stride, padding, dilation)`` of a convolution that fits ``shape``, and its own
     output shape as often as it is applied (a kernel of 1 always fits). The dilation is drawn
     after the kernel, among those that fit it, so that a dilation often matters."""
@@ -254,7 +266,7 @@ def _conv_geometry(draw, shape: tuple[int, ...], uses: int = 1) -> tuple[int, in
             current = _conv_shape(current, kernel, stride, padding, dilation)
         return True
 
-    largest = max(kernel for kernel in (1, 2, 3) if fits(kernel, 1))
+    largest = max(kernel for kernel in range(1, largest_kernel + 1) if fits(kernel, 1))
     kernel = draw(st.integers(1, largest), label="kernel")
     dilation = draw(st.integers(1, 2 if fits(kernel, 2) else 1), label="dilation")
     return kernel, stride, padding, dilation
