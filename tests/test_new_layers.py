@@ -236,6 +236,18 @@ def test_the_default_claim_covers_neither_the_new_layers_nor_does_the_reference_
     )
 
 
+def test_a_grouped_convolution_is_outside_a_claim_of_its_layer_type_alone():
+    grouped = _problem(
+        nn.Sequential(nn.Conv1d(2, 2, 1, groups=2)),
+        torch.zeros(3, 2, 4, dtype=torch.float64),
+        torch.zeros(3, 2, 4, dtype=torch.float64),
+    )
+    reason = "not supported: grouped convolutions (layers ['0'] with groups > 1)"
+    assert ReferenceCandidate.capabilities.unsupported_problem(grouped) == reason
+    claim = Capabilities(layer_types=frozenset({"Conv1d"}), grouped_convolutions=True)
+    assert claim.unsupported_problem(grouped) is None
+
+
 def test_an_embedding_on_a_sequence_is_weight_sharing_and_its_problem_dtype_is_the_parameters():
     problem = _problem(
         nn.Sequential(nn.Embedding(4, 2)),

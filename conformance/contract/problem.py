@@ -156,6 +156,9 @@ class Capabilities:
     # Linear layers on inputs with leading shared axes, (N, S, ..., D), and Embedding layers on
     # index tensors (N, S, ...)
     weight_sharing: bool = True
+    # convolutions with groups > 1, whose KFAC is block-diagonal over the groups: a claim of
+    # their layer type alone does not cover them (no candidate here claims them yet)
+    grouped_convolutions: bool = False
     approximations: frozenset[str] = frozenset({"kfac"})
     # how the blocks are scaled (kfac_conformance.contract.conventions); undeclared means the tutorial's
     conventions: Conventions = TUTORIAL
@@ -191,6 +194,14 @@ class Capabilities:
         reason = _first_missing(checks)
         if reason is not None:
             return reason
+        if not self.grouped_convolutions:
+            grouped = [
+                name
+                for name in problem.layers
+                if getattr(problem.model.get_submodule(name), "groups", 1) > 1
+            ]
+            if grouped:
+                return f"not supported: grouped convolutions (layers {grouped} with groups > 1)"
         if len(problem.batches) > 1 and not self.multiple_batches:
             return "not supported: several batches"
         if not self.weight_sharing:
