@@ -235,7 +235,10 @@ def _flattened_output(session: Session, entry: CaseEntry):
 
 def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
     problem = session.fresh(entry)
-    if all(getattr(problem.model.get_submodule(layer), "bias", None) is None for layer in problem.layers):
+    if all(
+        getattr(problem.model.get_submodule(layer), "bias", None) is None
+        for layer in problem.layers
+    ):
         raise CheckSkipped("no layer has a bias")
     measurement = Measurement()
     ran = False
