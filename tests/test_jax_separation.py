@@ -101,3 +101,20 @@ def test_the_jax_mc_check_is_the_pytorch_one():
         if set(record["exact"].get("type-2/expand", [])) == set(record["layers"])
     }
     assert set(checks.MC_CASE_IDS) == mc.STATISTICAL_CASE_IDS & all_exact
+
+
+def test_the_jax_runner_names_the_stored_cases_its_network_cannot_build():
+    """The new layers' stored cases (issue 22) are skipped by the JAX runner with the kinds
+    named, every other stored case is built (numpy only: importable here)."""
+    from kfac_conformance.cases.architectures import PARAMETER_KINDS
+    from kfac_conformance.jax import stored
+
+    without = {
+        case_id: stored.load(case_id).kinds_without_jax_network for case_id in stored.case_ids()
+    }
+    beyond_jax = set(PARAMETER_KINDS) - stored.JAX_KINDS
+    assert beyond_jax == {"conv1d", "conv3d", "embedding"}
+    for case_id, kinds in without.items():
+        architecture_kinds = {spec[0] for spec in stored.load(case_id).architecture}
+        assert set(kinds) == architecture_kinds & beyond_jax, case_id
+    assert sum(bool(kinds) for kinds in without.values()) == 7

@@ -128,6 +128,11 @@ def run_item(candidate: JaxCandidate, item: Item, command: str) -> dict:
         "reproduction": {"command": command, "problem": item.case_id},
     }
     case = stored.load(item.case_id)
+    missing = case.kinds_without_jax_network
+    if missing:
+        result.update(status="skipped", message=f"not supported by the JAX runner: {missing}")
+        result["duration_s"] = time.perf_counter() - start
+        return result
     refusal = candidate.refusal(case, item.fisher_type, item.flavour)
     try:
         if refusal is not None:

@@ -22,6 +22,12 @@ INDEX_FILE = "cases.json"
 STORED_CURVATURES = ("ggn", "empirical")
 
 
+# the layer kinds of the architecture language that :mod:`.network` builds in JAX
+JAX_KINDS = frozenset(
+    {"linear", "conv2d", "tanh", "sigmoid", "relu", "sum", "mean", "flatten", "movedim"}
+)
+
+
 @dataclass(frozen=True)
 class StoredCase:
     """One stored case: its index record and its tensors (read-only numpy arrays)."""
@@ -37,6 +43,12 @@ class StoredCase:
     @property
     def architecture(self) -> list[list]:
         return self.record["architecture"]
+
+    @property
+    def kinds_without_jax_network(self) -> list[str]:
+        """The case's layer kinds that :mod:`.network` does not build (Conv1d, Conv3d,
+        Embedding): its items are skipped with them named."""
+        return sorted({spec[0] for spec in self.architecture} - JAX_KINDS)
 
     @property
     def loss(self) -> str:
