@@ -278,7 +278,6 @@ def _new_layer_cases() -> list[Case]:
             reduction="mean",
             seed=413,
             exact={"type-2/reduce": _all(embedding_reduce), "type-2/expand": ("3",)},
-            quick=True,
             statement="embedding and linear layers, sequence mean-pooled before the loss: KFAC-reduce is the GGN block",
             source=_EMBEDDING,
         ),
