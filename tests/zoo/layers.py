@@ -32,6 +32,7 @@ class Conv1dChannelsLastInPatch(Mutant):
     """
 
     killers = ("exactness/type-2-reduce[conv1d-reduce[stride2-pad1-mean-pool]]",)
+    diagnosis = "wrong only on layers"
     capabilities = _claiming("Conv1d")
 
     def patches(self, request: Request):
@@ -74,6 +75,7 @@ class EmbeddingCountsForReduce(Mutant):
     """
 
     killers = ("exactness/type-2-reduce[embedding-reduce[mean-pool]]",)
+    diagnosis = "wrong only on layers"
     capabilities = _claiming("Embedding")
 
     def patches(self, request: Request):
