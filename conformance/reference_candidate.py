@@ -12,12 +12,17 @@ from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.execution.distributed import current_process_group
 from kfac_conformance.execution.session import reference_compute
 from kfac_ref.factors import KroneckerFactors
+from kfac_ref.layers import SUPPORTED_LAYERS
 
 
 class ReferenceCandidate:
     name = "kfac_ref"
     version = suite_version()
-    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}), distributed=True)
+    capabilities = Capabilities(
+        layer_types=frozenset(layer.__name__ for layer in SUPPORTED_LAYERS),
+        approximations=frozenset({"kfac", "ekfac"}),
+        distributed=True,
+    )
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         # inside a process group the problem is this rank's shard (kfac_ref.data_parallel)

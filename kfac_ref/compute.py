@@ -32,7 +32,9 @@ def compute_kfac(
 ) -> dict[str, KroneckerFactors]:
     r"""KFAC of :math:`L = R\sum_n c_n` over all batches in ``data``, one entry per layer.
 
-    ``A`` and ``B`` follow :mod:`kfac_ref.layers`; for ``"forward-only"`` ``B`` is the identity.
+    ``A`` and ``B`` follow :mod:`kfac_ref.layers`; for ``"forward-only"`` the output-gradient
+    factor (``B``, or ``A`` of an ``Embedding``: :func:`kfac_ref.layers.in_weight_order`) is
+    the identity.
     The batches are treated as one concatenated batch: sums over data are accumulated and
     normalised once, with the reduction factor of the whole data set.
 
@@ -47,6 +49,29 @@ def compute_kfac(
     """
     selected, rules = prepare(model, loss_func, fisher_type, kfac_approx, mc_samples, bias, layers)
     seed = data_parallel.rank_seed(seed, process_group)
+    factors = input_and_grad_factors(
+        model, loss_func, data, selected, rules, fisher_type, mc_samples, seed, bias, process_group
+    )
+    return {
+        name: layer_rules.in_weight_order(rules[name], layer_factors)
+        for name, layer_factors in factors.items()
+    }
+
+
+def input_and_grad_factors(
+    model: nn.Module,
+    loss_func: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    selected: dict[str, nn.Module],
+    rules: dict[str, layer_rules.LayerRule],
+    fisher_type: str,
+    mc_samples: int,
+    seed: int,
+    bias: str,
+    process_group: data_parallel.ProcessGroup | None = None,
+) -> dict[str, KroneckerFactors]:
+    """Every selected layer's KFAC with ``A`` from its inputs and ``B`` from its output
+    gradients, before :func:`kfac_ref.layers.in_weight_order` (``seed``: this rank's)."""
     input_sums: dict[str, Tensor] = {}
     grad_sums: dict[str, Tensor] = {}
     input_counts = dict.fromkeys(selected, 0)
@@ -77,10 +102,11 @@ def compute_kfac(
     for name, module in selected.items():
         A = input_sums[name] / input_counts[name]
         if fisher_type == "forward-only":
-            B = torch.eye(module.weight.shape[0], dtype=A.dtype, device=A.device)
+            size = layer_rules.output_features(module, rules[name])
+            B = torch.eye(size, dtype=A.dtype, device=A.device)
         else:
             B = reduction * grad_sums[name]
-        mode = "none" if module.bias is None else bias
+        mode = "none" if getattr(module, "bias", None) is None else bias
         result[name] = KroneckerFactors(A.detach(), B.detach(), mode)
     return result
 
@@ -162,7 +188,7 @@ def forward_backward(
         inputs = {}
         for name, module in selected.items():
             positions = rules[name].input_positions(module, recorded[name][0])
-            if bias == "joint" and module.bias is not None:
+            if bias == "joint" and getattr(module, "bias", None) is not None:
                 positions = layer_rules.with_ones(positions)
             inputs[name] = positions
         yield BatchPass(

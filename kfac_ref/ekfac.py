@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from kfac_ref import compute, data_parallel, losses
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.layers import in_weight_order
 
 EKFAC_FISHER_TYPES: tuple[str, ...] = ("type-2", "mc", "empirical")
 
@@ -73,15 +74,16 @@ def compute_ekfac(
     arguments = dict(
         fisher_type=fisher_type, kfac_approx=kfac_approx, mc_samples=mc_samples, bias=bias
     )
-    kfac = compute.compute_kfac(
-        model, loss_func, data, seed=seed, layers=layers, process_group=process_group, **arguments
-    )
-    bases = {name: kfac_eigenbasis(factors) for name, factors in kfac.items()}
     selected, rules = compute.prepare(model, loss_func, layers=layers, **arguments)
+    rank_seed = data_parallel.rank_seed(seed, process_group)
+    kfac = compute.input_and_grad_factors(
+        model, loss_func, data, selected, rules, fisher_type, mc_samples, rank_seed, bias,
+        process_group,
+    )  # fmt: skip
+    bases = {name: kfac_eigenbasis(factors) for name, factors in kfac.items()}
     weight_sums: dict[str, Tensor] = {}
     bias_sums: dict[str, Tensor] = {}
     num_data, num_terms = 0, None
-    rank_seed = data_parallel.rank_seed(seed, process_group)
     for batch in compute.forward_backward(
         model, loss_func, data, selected, rules, fisher_type, mc_samples, rank_seed, bias
     ):
@@ -99,12 +101,15 @@ def compute_ekfac(
     (num_data,) = data_parallel.count_over_ranks([num_data], process_group)
     R = losses.reduction_factor(loss_func, num_data, num_terms)
     return {
-        name: EKFACFactors(
-            QA.detach(),
-            QB.detach(),
-            (R * weight_sums[name]).detach(),
-            kfac[name].bias,
-            (R * bias_sums[name]).detach() if name in bias_sums else None,
+        name: in_weight_order(
+            rules[name],
+            EKFACFactors(
+                QA.detach(),
+                QB.detach(),
+                (R * weight_sums[name]).detach(),
+                kfac[name].bias,
+                (R * bias_sums[name]).detach() if name in bias_sums else None,
+            ),
         )
         for name, (QA, QB) in bases.items()
     }

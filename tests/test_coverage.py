@@ -33,6 +33,16 @@ PROFILE = "default"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "coverage.md"
 FULL_CLAIM = ReferenceCandidate.capabilities
 
+# The MC statistics gaps left: no statistical MC case has a Conv1d, Conv3d or Embedding layer
+# (issue 22: their MC value check is agreement/mc-drawn-labels; a statistical case needs its
+# false-positive rate measured first, docs/statistics.md). Listed so the test below fails as
+# soon as one is filled, and cannot go stale.
+PENDING_MC_STATISTICS = [
+    (pair, "layer type", layer)
+    for pair in (("mc", "kfac"), ("mc", "ekfac"))
+    for layer in ("Conv1d", "Conv3d", "Embedding")
+]
+
 
 @pytest.fixture(scope="module")
 def reference_map():
@@ -46,12 +56,13 @@ def test_every_cell_of_the_full_claim_has_a_value_and_an_invariance_check(refere
 
 def test_mc_statistics_reach_convolutions_and_shared_axes(reference_map):
     """Few candidates expose the labels they draw, so for MC the statistical checks are the
-    value checks that hold everywhere: they must reach every convolution and shared-axis cell."""
+    value checks that hold everywhere: they must reach every convolution, embedding and
+    shared-axis cell."""
     statistical_cells = [
         (pair, dimension, value)
         for pair in (("mc", "kfac"), ("mc", "ekfac"))
         for dimension, value in space.claimed_values(FULL_CLAIM)
-        if (dimension, value) == ("layer type", "Conv2d")
+        if (dimension == "layer type" and value != "Linear")
         or dimension in ("conv geometry", "pooling")
         or (dimension == "Linear shared axes" and value != "0")
     ]
@@ -62,7 +73,7 @@ def test_mc_statistics_reach_convolutions_and_shared_axes(reference_map):
             reference_map.kinds[check] == "statistical" for check in reference_map.checks(cell)
         )
     ]
-    assert without == []
+    assert sorted(without) == sorted(PENDING_MC_STATISTICS)
 
 
 def test_docs_coverage_md_is_the_generated_map(reference_map):

@@ -102,3 +102,22 @@ def test_the_jax_mc_check_is_the_pytorch_one():
         or "type-2" in record.get("reference", {}).get("kfac", [])
     }
     assert set(checks.MC_CASE_IDS) == mc.STATISTICAL_CASE_IDS & target_stored
+
+
+def test_the_jax_runner_names_the_stored_cases_its_network_cannot_build():
+    """The new layers' stored cases (issue 22) are refused by kfac-jax's candidate with the
+    kinds named, every other stored case is built (numpy only: importable here)."""
+    from kfac_conformance.cases.architectures import PARAMETER_KINDS
+    from kfac_conformance.jax import kinds
+    from kfac_conformance.neutral import fixtures as stored
+
+    assert set(PARAMETER_KINDS) - kinds.KINDS == {"conv1d", "conv3d", "embedding"}
+    refused = 0
+    for case_id in stored.case_ids():
+        architecture = stored.load(case_id).architecture
+        beyond = {spec[0] for spec in architecture} - kinds.KINDS
+        reason = kinds.unsupported(architecture)
+        assert (reason is None) == (not beyond), case_id
+        assert all(kind in (reason or "") for kind in beyond), case_id
+        refused += bool(beyond)
+    assert refused == 7

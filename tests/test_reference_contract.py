@@ -85,15 +85,15 @@ BAD_SETTINGS = [
         r"layer '1' \(BatchNorm1d\) is not supported",
     ),
     (
-        "conv1d",
+        "layernorm",
         lambda: (
-            nn.Sequential(nn.Conv1d(4, 2, 1), nn.Flatten()).double(),
+            nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 2)).double(),
             MSE,
-            [(torch.zeros(3, 4, 1, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64))],
+            regression_data(),
             {},
         ),
         NotImplementedError,
-        r"layer '0' \(Conv1d\) is not supported",
+        r"layer '0' \(LayerNorm\) is not supported",
     ),
     (
         "conv2d-groups",

@@ -3,7 +3,9 @@
 An architecture is a list of layer specs, each a list ``[kind, *arguments]``:
 
 - ``["linear", d_in, d_out, bias]``;
-- ``["conv2d", c_in, c_out, kernel, stride, padding, dilation, bias]``;
+- ``["conv1d" | "conv2d" | "conv3d", c_in, c_out, kernel, stride, padding, dilation, bias]``;
+- ``["embedding", num_embeddings, dim]``: only as the first layer, whose inputs are then
+  indices (:func:`input_vocabulary`);
 - ``["tanh"]``, ``["sigmoid"]``, ``["relu"]``;
 - ``["sum", dims]`` / ``["mean", dims]``: pool over the given axes (the shared axes);
 - ``["flatten"]`` (all but the batch axis); ``["movedim", source, destination]``;
@@ -48,6 +50,9 @@ class MoveDim(nn.Module):
 
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+_CONVOLUTIONS = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}
+# the spec kinds of the layers with parameters
+PARAMETER_KINDS = ("linear", *_CONVOLUTIONS, "embedding")
 
 
 def build_layer(spec: LayerSpec) -> nn.Module:
@@ -55,11 +60,14 @@ def build_layer(spec: LayerSpec) -> nn.Module:
     if kind == "linear":
         d_in, d_out, bias = args
         return nn.Linear(d_in, d_out, bias=bias)
-    if kind == "conv2d":
+    if kind in _CONVOLUTIONS:
         c_in, c_out, kernel, stride, padding, dilation, bias = args
-        return nn.Conv2d(
+        return _CONVOLUTIONS[kind](
             c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias
         )
+    if kind == "embedding":
+        num_embeddings, dim = args
+        return nn.Embedding(num_embeddings, dim)
     if kind in _ACTIVATIONS:
         return _ACTIVATIONS[kind]()
     if kind in ("sum", "mean"):
@@ -95,6 +103,13 @@ def initialised(model: nn.Module, dtype: torch.dtype, generator: torch.Generator
                 torch.rand(param.shape, generator=generator, dtype=dtype) * 2 * bound - bound
             )
     return model
+
+
+def input_vocabulary(architecture: Sequence[LayerSpec]) -> int | None:
+    """The number of indices the inputs are drawn from when the network starts with an
+    embedding, else ``None`` (real inputs)."""
+    first = architecture[0] if architecture else None
+    return first[1] if first is not None and first[0] == "embedding" else None
 
 
 def _tied_source(spec: LayerSpec, position: int) -> int:

@@ -9,11 +9,12 @@ bias blocks count; a joint bias is exact in the whole block.
 
 from __future__ import annotations
 
+from kfac_conformance.cases.architectures import PARAMETER_KINDS
 from kfac_conformance.cases.case import LOSSES, Case, draw_labels
 
 
 def _all(architecture: list) -> tuple[str, ...]:
-    return tuple(str(i) for i, spec in enumerate(architecture) if spec[0] in ("linear", "conv2d"))
+    return tuple(str(i) for i, spec in enumerate(architecture) if spec[0] in PARAMETER_KINDS)
 
 
 def _exact_everywhere(architecture: list, *keys: str) -> dict[str, tuple[str, ...]]:
@@ -248,6 +249,73 @@ def _conv_cases() -> list[Case]:
     ]
 
 
+_EMBEDDING = (
+    "Eschenhagen et al. 2023, KFAC-expand and KFAC-reduce, for an Embedding as the Linear "
+    "layer it is on one-hot inputs (linear weight sharing over the sequence axis)"
+)
+
+
+def _new_layer_cases() -> list[Case]:
+    """Conv1d, Conv3d and Embedding where the weight-sharing theorems make KFAC exact: the
+    settings of the Conv2d and shared-Linear cases above, in other dimensions."""
+    conv1d_reduce = [
+        ["conv1d", 2, 3, 3, 2, 1, 1, True],
+        ["conv1d", 3, 3, 1, 1, 0, 1, False],
+        ["mean", [2]],
+        ["linear", 3, 2, True],
+    ]
+    conv3d_last = [["conv3d", 2, 2, 1, 1, 0, 1, False], ["conv3d", 2, 2, 2, 1, 1, 2, True]]
+    embedding_expand = [["embedding", 5, 3], ["linear", 3, 2, True]]
+    embedding_reduce = [["embedding", 5, 3], ["linear", 3, 3, True], ["mean", [1]]]
+    embedding_reduce.append(["linear", 3, 2, True])
+    return [
+        Case(
+            id="conv1d-reduce[stride2-pad1-mean-pool]",
+            architecture=conv1d_reduce,
+            input_shape=(3, 2, 7),
+            loss="mse",
+            reduction="sum",
+            seed=410,
+            exact={"type-2/reduce": _all(conv1d_reduce), "type-2/expand": ("3",)},
+            statement="linear 1-D CNN (3 taps, stride 2, then 1 tap) mean-pooled before the loss: KFAC-reduce is exact",
+            source=ESCHENHAGEN,
+        ),
+        Case(
+            id="conv3d-expand[last-layer-pad1-dil2]",
+            architecture=conv3d_last,
+            input_shape=(2, 2, 3, 4, 3),
+            loss="mse",
+            reduction="mean",
+            seed=411,
+            exact={"type-2/expand": ("1",)},
+            statement="the last 3-D convolution (2x2x2 kernel, padding, dilation) with MSE on every voxel: KFAC-expand is exact",
+            source=ESCHENHAGEN,
+        ),
+        Case(
+            id="embedding-expand[deep-linear-per-position]",
+            architecture=embedding_expand,
+            input_shape=(3, 4),
+            loss="mse",
+            reduction="sum",
+            seed=412,
+            exact={"type-2/expand": _all(embedding_expand)},
+            statement="embedding and linear layer with MSE on every position: KFAC-expand is the GGN block",
+            source=_EMBEDDING,
+        ),
+        Case(
+            id="embedding-reduce[mean-pool]",
+            architecture=embedding_reduce,
+            input_shape=(4, 5),
+            loss="mse",
+            reduction="mean",
+            seed=413,
+            exact={"type-2/reduce": _all(embedding_reduce), "type-2/expand": ("3",)},
+            statement="embedding and linear layers, sequence mean-pooled before the loss: KFAC-reduce is the GGN block",
+            source=_EMBEDDING,
+        ),
+    ]
+
+
 def _agreement_cases() -> list[Case]:
     """Problems where KFAC is not exact: candidates are compared with the reference."""
     return [
@@ -325,6 +393,43 @@ def _agreement_cases() -> list[Case]:
             loss="ce",
             seed=505,
         ),
+        Case(
+            id="cnn1d[tanh-ce]",
+            architecture=[
+                ["conv1d", 2, 3, 3, 1, 1, 1, True],
+                ["tanh"],
+                ["conv1d", 3, 2, 2, 2, 0, 1, True],
+                ["flatten"],
+                ["linear", 6, 3, True],
+            ],
+            input_shape=(4, 2, 6),
+            loss="ce",
+            seed=506,
+        ),
+        Case(
+            id="cnn3d[sigmoid-mse-feature-map]",
+            architecture=[
+                ["conv3d", 1, 2, 2, 1, 1, 1, True],
+                ["sigmoid"],
+                ["conv3d", 2, 2, 2, 2, 0, 1, True],
+            ],
+            input_shape=(3, 1, 3, 3, 3),
+            loss="mse",
+            seed=507,
+        ),
+        Case(
+            id="embedding[tanh-bce-mean-pool]",
+            architecture=[
+                ["embedding", 6, 3],
+                ["tanh"],
+                ["mean", [1]],
+                ["linear", 3, 2, True],
+            ],
+            input_shape=(4, 5),
+            loss="bce",
+            reduction="sum",
+            seed=508,
+        ),
     ]
 
 
@@ -394,6 +499,7 @@ CANONICAL_CASES: list[Case] = [
     *_expand_cases(),
     *_reduce_cases(),
     *_conv_cases(),
+    *_new_layer_cases(),
     *_several_data_cases(),
 ]
 AGREEMENT_CASES: list[Case] = _agreement_cases()

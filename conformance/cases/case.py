@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from kfac_conformance.cases.architectures import build_model, parameter_layers
+from kfac_conformance.cases.architectures import build_model, input_vocabulary, parameter_layers
 from kfac_conformance.contract.problem import Problem
 
 LOSSES = {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
@@ -59,13 +59,13 @@ class Case:
         model = build_model(self.architecture, dtype, generator)
         datum_shape = self.input_shape[1:]
         if self.identical_inputs:
-            datum = torch.randn((1, *datum_shape), generator=generator, dtype=dtype)
+            datum = draw_inputs(self.architecture, (1, *datum_shape), dtype, generator)
         batches = []
         for size in self.sizes:
             if self.identical_inputs:
                 X = datum.expand(size, *datum_shape).clone()
             else:
-                X = torch.randn((size, *datum_shape), generator=generator, dtype=dtype)
+                X = draw_inputs(self.architecture, (size, *datum_shape), dtype, generator)
             with torch.no_grad():
                 output = model(X)
             batches.append((X, draw_labels(self.loss, output, generator)))
@@ -78,6 +78,16 @@ class Case:
     @property
     def num_data(self) -> int:
         return sum(self.sizes)
+
+
+def draw_inputs(
+    architecture: list, shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator
+) -> Tensor:
+    """Standard normal inputs, or uniform indices where the network starts with an embedding."""
+    vocabulary = input_vocabulary(architecture)
+    if vocabulary is not None:
+        return torch.randint(vocabulary, shape, generator=generator)
+    return torch.randn(shape, generator=generator, dtype=dtype)
 
 
 def draw_labels(loss: str, output: Tensor, generator: torch.Generator) -> Tensor:

@@ -5,7 +5,8 @@ in the package data folder ``kfac_conformance.fixture_data`` (``fixtures/`` in t
 tree). Keys in a case file:
 
 - ``param.<name>``: the float64 parameters, ``<name>`` as in ``model.named_parameters()``;
-- ``X.<i>``, ``y.<i>``: batch ``i`` (``y`` holds int64 class indices for cross-entropy);
+- ``X.<i>``, ``y.<i>``: batch ``i`` (``y`` holds int64 class indices for cross-entropy, ``X``
+  int64 indices for a network that starts with an embedding);
 - ``ggn.<layer>`` and ``empirical.<layer>``: the exact blocks of every parameter layer over
   all batches, over the layer's parameters in ``named_parameters`` order, flattened row-major
   (see :mod:`kfac_conformance.oracle.blocks` for the conventions);
@@ -162,7 +163,7 @@ def regenerate(directory: str | Path | None = None) -> list[Path]:
             "CE and BCE c = negative log-likelihood, R = 1 or 1/(number of averaged elements)",
             "ggn": "R * sum_n J_n^T (d^2 c_n / df_n^2) J_n over all batches",
             "empirical": "R * sum_n grad c_n grad c_n^T over all batches",
-            "dtype": "float64 (labels of cross-entropy: int64)",
+            "dtype": "float64 (labels of cross-entropy and the inputs of an embedding: int64)",
             "reference": "agreement cases: kfac_ref's KFAC (A, B) and EKFAC (QA, QB, S, S_bias) "
             "as <approximation>.<fisher type>.<flavour>.<bias>.<layer>.<factor>",
         },

@@ -28,6 +28,7 @@ from kfac_conformance.execution.session import (
     tolerance_for,
 )
 from kfac_ref.factors import KroneckerFactors
+from kfac_ref.layers import LayerRule, rule_for
 
 
 def _not_exact_for(fisher_type: str) -> Callable[[CaseEntry], bool]:
@@ -98,11 +99,21 @@ def kfac_on_labels(
         ]
         per_draw.append(reference_compute(problem, replace(request, fisher_type="empirical")))
     return {
-        layer: KroneckerFactors(
-            first.A, sum(result[layer].B for result in per_draw) / len(per_draw), first.bias
+        layer: _mean_over_draws(
+            rule_for(problem.model.get_submodule(layer), request.kfac_approx),
+            [result[layer] for result in per_draw],
         )
-        for layer, first in per_draw[0].items()
+        for layer in per_draw[0]
     }
+
+
+def _mean_over_draws(rule: LayerRule, draws: list[KroneckerFactors]) -> KroneckerFactors:
+    """The mean of the draws' blocks: only the output-gradient factor depends on the labels
+    (``B``, or ``A`` for a transposed weight), so the mean is that factor's."""
+    first = draws[0]
+    if rule.transposed_weight:
+        return KroneckerFactors(sum(d.A for d in draws) / len(draws), first.B, first.bias)
+    return KroneckerFactors(first.A, sum(d.B for d in draws) / len(draws), first.bias)
 
 
 def _mc_on_drawn_labels(session: Session, entry: CaseEntry):

@@ -21,7 +21,14 @@ from kfac_conformance.checks.base import (
 )
 from kfac_conformance.comparison.diagnosis import compare_diagnosed
 from kfac_conformance.contract import conventions
-from kfac_conformance.contract.problem import BIAS_MODES, FISHER_TYPES, FLAVOURS, Problem, Request
+from kfac_conformance.contract.problem import (
+    BIAS_MODES,
+    CONVOLUTIONS,
+    FISHER_TYPES,
+    FLAVOURS,
+    Problem,
+    Request,
+)
 from kfac_conformance.execution.session import (
     Session,
     compare_blocks,
@@ -69,8 +76,8 @@ def claimed_requests(
 def distinct_flavours(session: Session, problem: Problem) -> tuple[str, ...]:
     """The flavours worth asking for on ``problem``: every one where a layer shares its weights
     across positions, else the first claimed (without weight sharing reduce is expand)."""
-    shares = problem.linear_layers_with_shared_axes() or any(
-        isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+    shares = bool(problem.layers_with_shared_axes()) or any(
+        isinstance(problem.model.get_submodule(layer), CONVOLUTIONS) for layer in problem.layers
     )
     claimed = [f for f in FLAVOURS if f in session.candidate.capabilities.flavours]
     return tuple(claimed) if shares else tuple(claimed[:1])
@@ -228,7 +235,10 @@ def _flattened_output(session: Session, entry: CaseEntry):
 
 def _bias_joint_vs_separate(session: Session, entry: CaseEntry):
     problem = session.fresh(entry)
-    if all(problem.model.get_submodule(layer).bias is None for layer in problem.layers):
+    if all(
+        getattr(problem.model.get_submodule(layer), "bias", None) is None
+        for layer in problem.layers
+    ):
         raise CheckSkipped("no layer has a bias")
     measurement = Measurement()
     ran = False

@@ -20,7 +20,7 @@ from kfac_conformance.contract.problem import Problem, Request
 from kfac_ref import compute, losses
 from kfac_ref.backpropagated import backpropagated_vectors
 from kfac_ref.factors import KroneckerFactors
-from kfac_ref.layers import with_ones
+from kfac_ref.layers import in_weight_order, with_ones
 
 # replayed and called blocks must agree to this relative error (float64 round-off, with room)
 REPLAY_TOLERANCE = 1e-9
@@ -77,11 +77,11 @@ class ReferenceReplay:
         )
         self.batches = [_Batch(problem, self.selected, X, y) for X, y in problem.batches]
         self.joint = {
-            name: request.bias == "joint" and module.bias is not None
+            name: request.bias == "joint" and getattr(module, "bias", None) is not None
             for name, module in self.selected.items()
         }
         self.modes = {
-            name: "none" if module.bias is None else request.bias
+            name: "none" if getattr(module, "bias", None) is None else request.bias
             for name, module in self.selected.items()
         }
         self.positions = [
@@ -135,7 +135,10 @@ class ReferenceReplay:
                     part = self.rules[name].grad_sum(positions)
                     B[name] = part if name not in B else B[name] + part
             for name in self.selected:
-                factors = KroneckerFactors(self.A[name], self.R * B[name], self.modes[name])
+                factors = in_weight_order(
+                    self.rules[name],
+                    KroneckerFactors(self.A[name], self.R * B[name], self.modes[name]),
+                )
                 rows[name].append(factors.to_dense().flatten())
         return {name: torch.stack(values) for name, values in rows.items()}
 

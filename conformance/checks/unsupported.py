@@ -16,20 +16,20 @@ from kfac_conformance.execution.session import Session
 class UnsupportedLayerNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv1d = nn.Conv1d(2, 2, 2)
-        self.head = nn.Linear(2, 2)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.conv1d(x).mean(-1))
+        return self.head(self.norm(x))
 
 
 def _unsupported_layer_problem() -> Problem:
     with torch.random.fork_rng(devices=[]):  # seeded, without moving the caller's global RNG
         torch.manual_seed(0)
-        X = torch.randn(3, 2, 4, dtype=torch.float64)
+        X = torch.randn(3, 4, dtype=torch.float64)
         model = UnsupportedLayerNet().double()
         y = torch.randn(3, 2, dtype=torch.float64)
-    return Problem(model, nn.MSELoss(), [(X, y)], ["conv1d", "head"], "unsupported-layer[conv1d]")
+    return Problem(model, nn.MSELoss(), [(X, y)], ["norm", "head"], "unsupported-layer[layernorm]")
 
 
 def _unsupported_loss_problem() -> Problem:
@@ -78,7 +78,7 @@ def _expect_raise(what: str):
     return run
 
 
-UNSUPPORTED_LAYER_ENTRY = CaseEntry("unsupported-layer[conv1d]", _unsupported_layer_problem)
+UNSUPPORTED_LAYER_ENTRY = CaseEntry("unsupported-layer[layernorm]", _unsupported_layer_problem)
 UNSUPPORTED_LOSS_ENTRY = CaseEntry("unsupported-loss[l1]", _unsupported_loss_problem)
 
 SOURCE = "a plausible wrong number is worse than an error"
@@ -88,7 +88,7 @@ CHECKS = [
         "a layer outside the claimed capabilities makes the candidate raise",
         SOURCE,
         kind="guard",
-        measure=_expect_raise("a Conv1d layer"),
+        measure=_expect_raise("a LayerNorm layer"),
         own_cases=(UNSUPPORTED_LAYER_ENTRY,),
     ),
     Check(

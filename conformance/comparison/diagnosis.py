@@ -24,7 +24,7 @@ from kfac_conformance.comparison.blocks import (
 )
 from kfac_conformance.comparison.scale_records import failure_record, layer_record
 from kfac_conformance.comparison.tolerances import layer_pattern
-from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.contract.problem import CONVOLUTIONS, Problem, Request
 from kfac_conformance.execution.session import compare_blocks
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
@@ -37,8 +37,10 @@ def problem_counts(problem: Problem) -> tuple[dict[str, float], dict[str, int]]:
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, CONVOLUTIONS):
                 shared[name] = output.shape[2:].numel()
+            elif isinstance(module, nn.Embedding):  # its inputs are indices, with no feature axis
+                shared[name] = args[0].shape[1:].numel()
             else:
                 shared[name] = args[0].shape[1:-1].numel()
 

@@ -19,6 +19,11 @@ BIAS_MODES = ("separate", "joint")
 APPROXIMATIONS = ("kfac", "ekfac")
 
 
+CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# the input dimensionality from which a layer's input has shared axes
+_SHARED_AXES_FROM_NDIM: dict[type[nn.Module], int] = {nn.Linear: 3, nn.Embedding: 2}
+
+
 @dataclass
 class Problem:
     """One model, loss and data set; built fresh for every check.
@@ -34,7 +39,12 @@ class Problem:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.batches[0][0].dtype
+        """The inputs' floating dtype, or the parameters' where the inputs are indices
+        (a first ``Embedding`` layer)."""
+        X = self.batches[0][0]
+        if X.is_floating_point():
+            return X.dtype
+        return next(self.model.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
@@ -52,17 +62,22 @@ class Problem:
         self.batches = [(move(X), move(y)) for X, y in self.batches]
         return self
 
-    def linear_layers_with_shared_axes(self) -> list[str]:
-        """The requested Linear layers whose input has axes between batch and features."""
-        found: list[str] = []
+    def layers_with_shared_axes(self) -> dict[str, list[str]]:
+        """The requested Linear and Embedding layers whose inputs have axes between the batch
+        axis and the features (an Embedding's indices: any axis after the batch axis), by
+        layer type; types without such layers are left out."""
+        found: dict[str, set[str]] = {}
+
+        def record(name: str, module: nn.Module, inputs: Tensor) -> None:
+            if inputs.ndim >= _SHARED_AXES_FROM_NDIM[type(module)]:
+                found.setdefault(type(module).__name__, set()).add(name)
+
         handles = [
             module.register_forward_hook(
-                lambda module, args, output, name=name: (
-                    found.append(name) if args[0].ndim > 2 else None
-                )
+                lambda module, args, output, name=name: record(name, module, args[0])
             )
             for name in self.layers
-            if isinstance(module := self.model.get_submodule(name), nn.Linear)
+            if type(module := self.model.get_submodule(name)) in _SHARED_AXES_FROM_NDIM
         ]
         try:
             with torch.no_grad():
@@ -70,7 +85,7 @@ class Problem:
         finally:
             for handle in handles:
                 handle.remove()
-        return sorted(set(found))
+        return {kind: sorted(names) for kind, names in sorted(found.items())}
 
     def scale_quantities(self) -> dict[str, object]:
         """What scale conventions depend on: data ``N``, the tutorial's ``R``, the loss class
@@ -138,7 +153,12 @@ class Capabilities:
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
     dtypes: frozenset[str] = frozenset({"float32", "float64"})
     multiple_batches: bool = True
-    weight_sharing: bool = True  # Linear layers on inputs with leading shared axes, (N, S, ..., D)
+    # Linear layers on inputs with leading shared axes, (N, S, ..., D), and Embedding layers on
+    # index tensors (N, S, ...)
+    weight_sharing: bool = True
+    # convolutions with groups > 1, whose KFAC is block-diagonal over the groups: a claim of
+    # their layer type alone does not cover them (no candidate here claims them yet)
+    grouped_convolutions: bool = False
     approximations: frozenset[str] = frozenset({"kfac"})
     # compute inside a torch.distributed process group, given this rank's shard of the data,
     # returning on every rank the answer for the union of the shards (docs/distributed.md)
@@ -177,12 +197,21 @@ class Capabilities:
         reason = _first_missing(checks)
         if reason is not None:
             return reason
+        if not self.grouped_convolutions:
+            grouped = [
+                name
+                for name in problem.layers
+                if getattr(problem.model.get_submodule(name), "groups", 1) > 1
+            ]
+            if grouped:
+                return f"not supported: grouped convolutions (layers {grouped} with groups > 1)"
         if len(problem.batches) > 1 and not self.multiple_batches:
             return "not supported: several batches"
         if not self.weight_sharing:
-            shared = problem.linear_layers_with_shared_axes()
+            shared = problem.layers_with_shared_axes()
             if shared:
-                return f"not supported: Linear layers {shared} on inputs with shared axes"
+                layers = "; ".join(f"{kind} layers {names}" for kind, names in shared.items())
+                return f"not supported: {layers} on inputs with shared axes"
         return None
 
 
@@ -206,6 +235,7 @@ class Candidate(Protocol):
 __all__ = [
     "APPROXIMATIONS",
     "BIAS_MODES",
+    "CONVOLUTIONS",
     "FISHER_TYPES",
     "FLAVOURS",
     "Candidate",

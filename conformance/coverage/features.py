@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kfac_conformance.cases.architectures import Pool
-from kfac_conformance.contract.problem import Problem, Request
+from kfac_conformance.contract.problem import CONVOLUTIONS, Problem, Request
 
 Coordinate = tuple[str, str]  # (dimension, value), both as the map prints them
 
@@ -29,7 +29,8 @@ class LayerUse:
     layer_type: str
     geometry: tuple[str, ...]  # a convolution's kernel, stride, padding and dilation values
     shared_axes: int | None  # a Linear layer's axes between batch and features
-    has_positions: bool  # weight sharing: several positions per datum (conv, or shared axes)
+    # weight sharing: several positions per datum (a convolution, or shared axes)
+    has_positions: bool
     has_bias: bool
     uses: int  # calls in one forward pass (2 or more: weight tying)
 
@@ -71,8 +72,10 @@ def shared_axes_value(axes: int) -> str:
     return str(axes) if axes < MAX_SHARED_AXES else f"{MAX_SHARED_AXES}+"
 
 
-def conv_geometry(layer: nn.Conv2d) -> tuple[str, ...]:
-    one_by_one = tuple(layer.kernel_size) == (1, 1)
+def conv_geometry(layer: nn.Module) -> tuple[str, ...]:
+    """The values of a convolution of any dimension (``"1x1"``: a kernel of one tap on every
+    axis)."""
+    one_by_one = all(size == 1 for size in layer.kernel_size)
     if isinstance(layer.padding, str):  # "same" pads a kernel larger than 1x1, "valid" never
         padded = layer.padding == "same" and not one_by_one
     else:
@@ -115,12 +118,14 @@ def problem_coordinates(problem: Problem) -> frozenset[Coordinate]:
 
 def _layer_use(module: nn.Module, input_ndims: list[int]) -> LayerUse:
     shared_axes = max(input_ndims) - 2 if isinstance(module, nn.Linear) and input_ndims else None
-    is_conv = isinstance(module, nn.Conv2d)
+    is_conv = isinstance(module, CONVOLUTIONS)
+    # an Embedding's indices have no feature axis: every axis after the batch axis is shared
+    embedding_positions = isinstance(module, nn.Embedding) and max(input_ndims, default=1) > 1
     return LayerUse(
         layer_type=type(module).__name__,
         geometry=conv_geometry(module) if is_conv else (),
         shared_axes=shared_axes,
-        has_positions=is_conv or bool(shared_axes),
+        has_positions=is_conv or bool(shared_axes) or embedding_positions,
         has_bias=getattr(module, "bias", None) is not None,
         uses=len(input_ndims),
     )

@@ -30,6 +30,8 @@ from kfac_conformance.contract.problem import (
 Pair = tuple[str, str]  # (fisher type, approximation)
 
 CONV_GEOMETRY = ("1x1", "kernel>1", "stride>1", "padding>0", "dilation>1")
+LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
+CONVOLUTION_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d"})
 POOLING = (
     "per-position loss",
     "pooled at the end",
@@ -56,8 +58,8 @@ def _shared_axes(claim: Capabilities) -> tuple[str, ...]:
 
 
 def _pooling(claim: Capabilities) -> tuple[str, ...]:
-    positions = "Conv2d" in claim.layer_types or (
-        "Linear" in claim.layer_types and claim.weight_sharing
+    positions = bool(CONVOLUTION_TYPES & claim.layer_types) or (
+        bool({"Linear", "Embedding"} & claim.layer_types) and claim.weight_sharing
     )
     return POOLING if positions else ()
 
@@ -84,7 +86,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("loss", lambda c: _in_order(c.losses, _LOSSES), "the loss class"),
     Dimension(
         "layer type",
-        lambda c: _in_order(c.layer_types, ("Linear", "Conv2d")),
+        lambda c: _in_order(c.layer_types, LAYER_TYPES),
         "the class of a compared layer",
     ),
     Dimension(
@@ -107,7 +109,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
     ),
     Dimension(
         "conv geometry",
-        lambda c: CONV_GEOMETRY if "Conv2d" in c.layer_types else (),
+        lambda c: CONV_GEOMETRY if CONVOLUTION_TYPES & c.layer_types else (),
         "a compared convolution's kernel, stride, padding and dilation",
     ),
     Dimension(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-from kfac_conformance.cases.architectures import resolve_tied, tied_layers
+from kfac_conformance.cases.architectures import PARAMETER_KINDS, resolve_tied, tied_layers
 
 ACTIVATIONS = ("none", "tanh", "sigmoid", "relu")
-PARAMETER_KINDS = ("linear", "conv2d")
+CONV_KINDS = ("conv1d", "conv2d", "conv3d")
 
 
 def output_shapes(architecture: list, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -18,7 +18,9 @@ def output_shapes(architecture: list, input_shape: tuple[int, ...]) -> list[tupl
         kind, *args = resolve_tied(architecture, spec)
         if kind == "linear":
             shape = (*shape[:-1], args[1])
-        elif kind == "conv2d":
+        elif kind == "embedding":  # indices in, a vector of ``dim`` out at each of them
+            shape = (*shape, args[1])
+        elif kind in CONV_KINDS:
             _, c_out, kernel, stride, padding, dilation, _ = args
             spatial = tuple(
                 conv_output_size(size, kernel, stride, padding, dilation) for size in shape[1:]
@@ -38,18 +40,19 @@ def output_shapes(architecture: list, input_shape: tuple[int, ...]) -> list[tupl
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """``floor((size + 2 padding - dilation (kernel - 1) - 1) / stride) + 1`` (PyTorch's Conv2d)."""
+    """``floor((size + 2 padding - dilation (kernel - 1) - 1) / stride) + 1`` (PyTorch's
+    convolutions, along each spatial axis)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def positions(spec: list, shape: tuple[int, ...]) -> int:
     """Shared positions a parameter layer's output has per datum."""
-    return math.prod(shape[1:]) if spec[0] == "conv2d" else math.prod(shape[:-1])
+    return math.prod(shape[1:]) if spec[0] in CONV_KINDS else math.prod(shape[:-1])
 
 
 def _pointwise(spec: list) -> bool:
     """A parameter layer that maps every shared position on its own, the same way."""
-    if spec[0] == "linear":
+    if spec[0] in ("linear", "embedding"):
         return True
     _, _, _, kernel, stride, padding, _, _ = spec
     return kernel == 1 and stride == 1 and padding == 0
@@ -74,6 +77,7 @@ def exactness_map(
        (Eschenhagen et al. 2023): KFAC-expand is exact when the loss sees every position, and
        KFAC-reduce when the positions are sum- or mean-pooled (then linear layers only).
 
+    An embedding is the linear layer it is on one-hot inputs, so the theorems treat it as one.
     All three assume each layer is used once: with a module applied twice the map is empty
     (only the weight-tying properties run on such problems, see ``FuzzProperty``).
     """

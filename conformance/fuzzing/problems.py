@@ -9,8 +9,9 @@ linear layer of width one on one datum in float64.
 
 Drawn, each part only where the capabilities claim it:
 
-- an MLP on ``(N, *shared, D)`` inputs (zero to two shared axes), or a CNN on ``(N, C, H, W)``
-  with Conv2d layers of any kernel, stride, padding and dilation (1x1 included);
+- an MLP on ``(N, *shared, D)`` inputs (zero to two shared axes), the same after an Embedding
+  on ``(N, *shared)`` indices, or a CNN on ``(N, C, *spatial)`` with Conv1d, Conv2d or Conv3d
+  layers (one kind per network) of any kernel, stride, padding and dilation (1x1 included);
 - with or without bias per layer, an activation (or none) between layers;
 - the shared axes kept to the loss (MSE or BCE on every position, CE on multi-dimensional
   outputs), sum- or mean-pooled, or flattened, after any number of layers;
@@ -38,6 +39,7 @@ from hypothesis import strategies as st
 
 from kfac_conformance.cases.architectures import build_model, parameter_layers
 from kfac_conformance.cases.canonical import ESCHENHAGEN, LOSSES, TUTORIAL, Case, draw_labels
+from kfac_conformance.cases.case import draw_inputs
 from kfac_conformance.contract.problem import (
     BIAS_MODES,
     FISHER_TYPES,
@@ -66,6 +68,7 @@ MIN_UNCERTAINTY = 1e-4
 # problem in four, where claimed
 DTYPES = ("float64", "float64", "float64", "float32")
 LOSS_NAMES = {"mse": "MSELoss", "ce": "CrossEntropyLoss", "bce": "BCEWithLogitsLoss"}
+CONVOLUTION_TYPES = {1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}  # by spatial axes
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class DrawnCase(Case):
         model = build_model(self.architecture, dtype, generator)
         batches = []
         for size in self.batch_sizes:
-            X = torch.randn((size, *self.input_shape[1:]), generator=generator, dtype=dtype)
+            X = draw_inputs(self.architecture, (size, *self.input_shape[1:]), dtype, generator)
             with torch.no_grad():
                 output = model(X)
             batches.append((X, draw_labels(self.loss, output, generator)))
@@ -134,19 +137,25 @@ def _applied_twice(draw, architecture: list, spec: list) -> None:
 
 
 @st.composite
-def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size):
-    """Linear layers on ``(N, *shared, D)``; the shared axes kept, pooled or flattened."""
+def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size, embedding: bool = False):
+    """Linear layers on ``(N, *shared, D)``; the shared axes kept, pooled or flattened. With
+    ``embedding``, the first layer is an Embedding on ``(N, *shared)`` indices (and no
+    module is applied twice: the indices cannot be fed to a square layer)."""
     axes = []
     if capabilities.weight_sharing:
         axes = draw(st.lists(st.integers(1, 3), max_size=2), label="shared axes")
-    depth = draw(st.integers(1, size.max_layers), label="linear layers")
-    tied_at = _tied_position(draw, size.weight_tying, depth)
+    # Linear layers after an embedding only where Linear is claimed
+    most = size.max_layers if not embedding or "Linear" in capabilities.layer_types else 1
+    depth = draw(st.integers(1, most), label="linear layers")
+    tied_at = None if embedding else _tied_position(draw, size.weight_tying, depth)
     widths = [draw(st.integers(1, size.max_width), label="input width")]
     ending, end_after = "keep", depth
     if axes:
         ending = draw(st.sampled_from(SHARED_AXES_ENDINGS), label="shared axes ending")
         if ending != "keep":
-            end_after = draw(st.integers(0, depth), label="shared axes end after layer")
+            # indices are neither pooled nor flattened: an embedding's positions end after it
+            first = 1 if embedding else 0
+            end_after = draw(st.integers(first, depth), label="shared axes end after layer")
     architecture: list = []
     dims = list(range(1, len(axes) + 1))
     width = widths[0]
@@ -159,8 +168,10 @@ def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size):
         out = draw(st.integers(1, size.max_width), label="width")
         if index == depth - 1 and loss == "ce":
             out = max(out, 2)
-        bias = draw(st.booleans(), label="bias")
-        architecture.append(["linear", width, out, bias])
+        if embedding and index == 0:  # ``width`` is the number of indices
+            architecture.append(["embedding", width, out])
+        else:
+            architecture.append(["linear", width, out, draw(st.booleans(), label="bias")])
         width = out
         if index < depth - 1:
             activation = draw(st.sampled_from(ACTIVATIONS), label="activation")
@@ -173,36 +184,52 @@ def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size):
         _applied_twice(draw, architecture, ["linear", width, width, draw(st.booleans())])
     if loss == "ce" and axes and ending == "keep":
         architecture.append(["movedim", -1, 1])  # classes on axis 1, positions after it
-    return architecture, (*axes, widths[0])
+    return architecture, tuple(axes) if embedding else (*axes, widths[0])
 
 
 @st.composite
 def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
-    """Conv2d layers on ``(N, C, H, W)``; the feature map kept, pooled or flattened into
-    Linear layers."""
-    height, width = draw(st.integers(1, 5), label="height"), draw(st.integers(1, 5), label="width")
+    """Convolutions of one dimension (1, 2 or 3, among the claimed) on ``(N, C, *spatial)``;
+    the feature map kept, pooled or flattened into Linear layers."""
+    claimed = [d for d, layer in CONVOLUTION_TYPES.items() if layer in capabilities.layer_types]
+    # no draw where one is claimed, so that a Conv2d-only claim draws what it always drew
+    dims = draw(st.sampled_from(claimed), label="spatial axes") if len(claimed) > 1 else claimed[0]
+    kind = f"conv{dims}d"
+    # 3-D problems kept small (up to 3 per axis, kernels up to 2, two layers): the oracle's
+    # cost grows with the cube of both
+    volumetric = dims == 3
+    spatial = tuple(
+        draw(st.integers(1, 3 if volumetric else 5), label="spatial size") for _ in range(dims)
+    )
+    largest_kernel = 2 if volumetric else 3
     channels = draw(st.integers(1, 3), label="input channels")
-    depth = draw(st.integers(1, size.max_layers), label="conv layers")
+    most = min(size.max_layers, 2) if volumetric else size.max_layers
+    depth = draw(st.integers(1, most), label="conv layers")
     # before one of the conv layers, never after the last (its channels may be the output's)
     tied_at = _tied_position(draw, size.weight_tying, depth - 1)
     linear = "Linear" in capabilities.layer_types
     endings = SHARED_AXES_ENDINGS if linear else ("keep",)
     ending = draw(st.sampled_from(endings), label="feature map ending")
     architecture: list = []
-    shape, c_in = (height, width), channels
+    shape, c_in = spatial, channels
     for index in range(depth):
         if index == tied_at:
-            geometry = draw(_conv_geometry(shape, uses=2), label="geometry applied twice")
+            geometry = draw(
+                _conv_geometry(shape, uses=2, largest_kernel=largest_kernel),
+                label="geometry applied twice",
+            )
             shape = _conv_shape(_conv_shape(shape, *geometry), *geometry)
-            spec = ["conv2d", c_in, c_in, *geometry, draw(st.booleans())]
+            spec = [kind, c_in, c_in, *geometry, draw(st.booleans())]
             _applied_twice(draw, architecture, spec)
-        kernel, stride, padding, dilation = draw(_conv_geometry(shape), label="geometry")
+        kernel, stride, padding, dilation = draw(
+            _conv_geometry(shape, largest_kernel=largest_kernel), label="geometry"
+        )
         c_out = draw(st.integers(1, size.max_width), label="channels")
         last = index == depth - 1 and ending == "keep"
         if last and loss == "ce":
             c_out = max(c_out, 2)
         bias = draw(st.booleans(), label="bias")
-        architecture.append(["conv2d", c_in, c_out, kernel, stride, padding, dilation, bias])
+        architecture.append([kind, c_in, c_out, kernel, stride, padding, dilation, bias])
         shape = _conv_shape(shape, kernel, stride, padding, dilation)
         c_in = c_out
         if not last:
@@ -210,11 +237,12 @@ def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
             if activation != "none":
                 architecture.append([activation])
     if ending != "keep":
-        architecture.append(["flatten"] if ending == "flatten" else [ending, [2, 3]])
+        pooled = list(range(2, 2 + dims))
+        architecture.append(["flatten"] if ending == "flatten" else [ending, pooled])
         features = c_in * math.prod(shape) if ending == "flatten" else c_in
         out = draw(st.integers(2 if loss == "ce" else 1, size.max_width), label="width")
         architecture.append(["linear", features, out, draw(st.booleans(), label="bias")])
-    return architecture, (channels, height, width)
+    return architecture, (channels, *spatial)
 
 
 def _conv_shape(shape: tuple[int, ...], kernel, stride, padding, dilation) -> tuple[int, ...]:
@@ -222,8 +250,10 @@ def _conv_shape(shape: tuple[int, ...], kernel, stride, padding, dilation) -> tu
 
 
 @st.composite
-def _conv_geometry(draw, shape: tuple[int, ...], uses: int = 1) -> tuple[int, int, int, int]:
-    """``(kernel, stride, padding, dilation)`` of a Conv2d that fits ``shape``, and its own
+def _conv_geometry(
+    draw, shape: tuple[int, ...], uses: int = 1, largest_kernel: int = 3
+) -> tuple[int, int, int, int]:
+    """``(kernel, stride, padding, dilation)`` of a convolution that fits ``shape``, and its own
     output shape as often as it is applied (a kernel of 1 always fits). The dilation is drawn
     after the kernel, among those that fit it, so that a dilation often matters."""
     padding = draw(st.integers(0, 1), label="padding")
@@ -237,7 +267,7 @@ def _conv_geometry(draw, shape: tuple[int, ...], uses: int = 1) -> tuple[int, in
             current = _conv_shape(current, kernel, stride, padding, dilation)
         return True
 
-    largest = max(kernel for kernel in (1, 2, 3) if fits(kernel, 1))
+    largest = max(kernel for kernel in range(1, largest_kernel + 1) if fits(kernel, 1))
     kernel = draw(st.integers(1, largest), label="kernel")
     dilation = draw(st.integers(1, 2 if fits(kernel, 2) else 1), label="dilation")
     return kernel, stride, padding, dilation
@@ -257,10 +287,15 @@ def kfac_problems(
     with ``weight_tying``, one in four has a module applied twice."""
     capabilities = capabilities or Capabilities()
     losses = [name for name, cls in LOSS_NAMES.items() if cls in capabilities.losses]
+    claimed = capabilities.layer_types
     kinds = [
         kind
-        for kind, layer in (("mlp", "Linear"), ("cnn", "Conv2d"))
-        if layer in capabilities.layer_types
+        for kind, layers in (
+            ("mlp", {"Linear"}),
+            ("cnn", set(CONVOLUTION_TYPES.values())),
+            ("embedding", {"Embedding"}),
+        )
+        if layers & claimed
     ]
     reductions = sorted(capabilities.reductions)
     dtypes = [dtype for dtype in DTYPES if dtype in capabilities.dtypes]
@@ -273,9 +308,12 @@ def kfac_problems(
     dtype = draw(st.sampled_from(dtypes), label="dtype")
     kind = draw(st.sampled_from(kinds), label="network")
     loss = draw(st.sampled_from(losses), label="loss")
-    build = _mlp if kind == "mlp" else _cnn
     size = _Size(max_layers, max_width, weight_tying)
-    architecture, sample_shape = draw(build(capabilities, loss, size))
+    if kind == "cnn":
+        architecture, sample_shape = draw(_cnn(capabilities, loss, size))
+    else:
+        network = _mlp(capabilities, loss, size, embedding=kind == "embedding")
+        architecture, sample_shape = draw(network)
     batches = draw(st.integers(1, max_batches if capabilities.multiple_batches else 1))
     batch_sizes = tuple(
         draw(st.lists(st.integers(1, max_data), min_size=batches, max_size=batches), label="sizes")

@@ -40,7 +40,7 @@ import kfac_jax
 import numpy as np
 
 from kfac_conformance.contract.conventions import Conventions
-from kfac_conformance.jax import network
+from kfac_conformance.jax import kinds, network
 from kfac_conformance.neutral.candidate import Refused
 from kfac_conformance.neutral.factors import Factors
 from kfac_conformance.neutral.fixtures import StoredCase
@@ -156,6 +156,9 @@ class KfacJaxCandidate:
         self._estimations: dict[tuple[str, int], _Estimation] = {}
 
     def refusal(self, case: StoredCase, fisher_type: str, flavour: str) -> str | None:
+        unbuildable = kinds.unsupported(case.architecture)
+        if unbuildable is not None:
+            return unbuildable
         if fisher_type not in ESTIMATION_MODES:
             return f"kfac-jax has no estimation mode for fisher type {fisher_type!r}"
         if flavour == "reduce" and _has_shared_axes(case):

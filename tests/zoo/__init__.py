@@ -25,6 +25,7 @@ from .ekfac import (
     EkfacTransposedS,
     EkfacUncorrected,
 )
+from .layers import Conv1dChannelsLastInPatch, Conv3dKernelAxesReversed, EmbeddingCountsForReduce
 from .layout import (
     AccumulatesState,
     Float32Internally,
@@ -86,6 +87,9 @@ MUTANTS: list[type[Mutant]] = [
     ConvIgnoresDilation,
     TiedModuleMixesUses,
     UnequalBatchesWeightedEqually,
+    Conv1dChannelsLastInPatch,
+    Conv3dKernelAxesReversed,
+    EmbeddingCountsForReduce,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 

@@ -1,0 +1,19 @@
+"""The layer kinds :mod:`kfac_conformance.jax.network` builds, importable without JAX.
+
+A stored case with another kind (Conv1d, Conv3d, Embedding) is refused with the kinds named,
+not failed: its items are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+KINDS = frozenset(
+    {"linear", "conv2d", "tanh", "sigmoid", "relu", "sum", "mean", "flatten", "movedim"}
+)
+
+
+def unsupported(architecture: Sequence[Sequence]) -> str | None:
+    """Why the network cannot be built in JAX here (``None``: it can)."""
+    unknown = sorted({spec[0] for spec in architecture} - KINDS)
+    return f"the JAX network builder does not know the layer kinds {unknown}" if unknown else None
