@@ -71,7 +71,7 @@ def _conv1d_pair() -> tuple[nn.Sequential, nn.Sequential]:
 def test_the_conv1d_oracle_is_the_oracle_of_the_conv2d_of_height_one(curvature: str):
     conv1d, conv2d = _conv1d_pair()
     X = torch.randn(4, 2, 9, generator=seeded(1), dtype=torch.float64)
-    y = torch.randn(4, 2, 1, generator=seeded(2), dtype=torch.float64)
+    y = torch.randn(4, 2, 3, generator=seeded(2), dtype=torch.float64)  # the output (N, C, L)
     one = exact_blocks(conv1d, nn.MSELoss(), [(X, y)], ["0", "2"], curvature)
     two = exact_blocks(
         conv2d, nn.MSELoss(), [(X.unsqueeze(2), y.unsqueeze(2))], ["0", "2"], curvature
