@@ -47,7 +47,10 @@ class Equivalent:
     """The reference's answer, reshaped by :meth:`form` one layer at a time; subclasses
     override :meth:`form`, or :meth:`compute` for a form of the whole call."""
 
-    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
+    capabilities = Capabilities(
+        layer_types=ReferenceCandidate.capabilities.layer_types,
+        approximations=frozenset({"kfac", "ekfac"}),
+    )
     sampled_labels = ReferenceCandidate.sampled_labels
     version = ReferenceCandidate.version
     hygiene: str | None = None  # the hygiene message its one failing item must carry
@@ -105,7 +108,10 @@ class StridedStorage(Equivalent):
 
 class ChannelsLastInternally(Equivalent):
     """Computed on a copy of the problem whose model and 4-d inputs are channels-last: the
-    convolutions run on NHWC memory, so every intermediate tensor is strided that way."""
+    convolutions run on NHWC memory, so every intermediate tensor is strided that way.
+    Channels-last is a 4-d memory format: it claims Linear and Conv2d only."""
+
+    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, Factors]:
         model = copy.deepcopy(problem.model).to(memory_format=torch.channels_last)

@@ -61,12 +61,18 @@ def default_run(form: type[Equivalent]) -> list[Result]:
 
 
 def differences(results: list[Result], reference: dict[str, str]) -> list[str]:
+    """The items whose status differs from the reference's, but for the layer types a form
+    does not claim (a channels-last copy exists only for 4-d tensors)."""
     return [
         f"{result.item_id}: {result.status} (reference: {reference[result.item_id]}) "
         f"{result.message[:300]}"
         for result in results
         if result.status != reference[result.item_id]
+        and not (result.status == "skipped" and result.message.startswith(UNCLAIMED_LAYERS))
     ]
+
+
+UNCLAIMED_LAYERS = "not supported: layer types"
 
 
 def test_the_zoo_has_every_kind_of_form():

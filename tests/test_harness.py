@@ -372,12 +372,12 @@ def test_a_refusal_is_a_skip_with_its_reason_and_counts_as_raising_where_raising
 
 
 def _package_modules() -> list[str]:
-    """Every module of the package, found on disk; ``jax`` needs the jax extra."""
+    """Every module of the package, found on disk; ``jax`` and ``mlx`` need their extras."""
     root = Path(kfac_conformance.__file__).parent
     names = []
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts
-        if parts[0] == "jax" or parts[-1] == "__main__":
+        if parts[0] in ("jax", "mlx") or parts[-1] == "__main__":
             continue
         names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return [name for name in names if name]

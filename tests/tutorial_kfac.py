@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import grad, hessian
 from torch.nn import functional as F
 
-from kfac_conformance import Capabilities, Conventions, KroneckerFactors
+from kfac_conformance import Capabilities, Conventions, KroneckerFactors, NotSupported
 
 
 def criterion(loss_func: nn.Module, f: Tensor, y: Tensor, squared_error: bool = False) -> Tensor:
@@ -80,6 +80,13 @@ class TutorialKFAC:
         if not isinstance(loss_func, (nn.MSELoss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss)):
             raise NotImplementedError(f"the tutorial defines no criterion for {loss_func}")
         modules = {name: model.get_submodule(name) for name in problem.layers}
+        others = {
+            name: type(module).__name__
+            for name, module in modules.items()
+            if not isinstance(module, (nn.Linear, nn.Conv2d))
+        }
+        if others:
+            raise NotSupported(f"the tutorial's KFAC covers Linear and Conv2d layers, not {others}")
         generator = torch.Generator().manual_seed(request.seed)
         X = torch.cat([X for X, _ in problem.batches])
         y = torch.cat([y for _, y in problem.batches])
