@@ -131,11 +131,13 @@ class ScaleCase:
         return sum(p.numel() for p in self.architecture().parameters())
 
 
-def _layer_names(architecture: Callable[[], nn.Module]) -> tuple[str, ...]:
+def layer_names(architecture: Callable[[], nn.Module]) -> tuple[str, ...]:
+    """The parameter layers of ``architecture``, built without storage (on the meta device):
+    the catalogue imports the scale cases, and millions of parameters cost time to allocate."""
+    with torch.device("meta"):
+        model = architecture()
     return tuple(
-        name
-        for name, module in architecture().named_modules()
-        if isinstance(module, (nn.Linear, nn.Conv2d))
+        name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))
     )
 
 
@@ -153,7 +155,7 @@ def _cases(
     block = functools.partial(LinearTransformerBlock, width, hidden, 4)
     cnn = functools.partial(resnet_cnn, cnn_channels)
     side, cnn_num_data = cnn_data
-    every_linear_layer = _layer_names(linear)
+    every_linear_layer = layer_names(linear)
     mlp = functools.partial(tanh_mlp, mlp_widths)
     return [
         ScaleCase(
@@ -163,7 +165,7 @@ def _cases(
             num_data=1,
             seed=2303,
             exact={
-                f"{fisher_type}/{flavour}": _layer_names(mlp)
+                f"{fisher_type}/{flavour}": layer_names(mlp)
                 for fisher_type in ("type-2", "empirical")
                 for flavour in ("expand", "reduce")
             },
@@ -196,7 +198,7 @@ def _cases(
             datum_shape=(3, side, side),
             num_data=cnn_num_data,
             seed=2302,
-            exact={"type-2/expand": _layer_names(cnn)[-1:]},
+            exact={"type-2/expand": layer_names(cnn)[-1:]},
             statement="residual CNN; its last convolution with MSE on every pixel is exact "
             "(expand), the rest is compared with kfac_ref",
         ),

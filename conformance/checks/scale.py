@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from kfac_conformance.cases.scale import SCALE_CASES, ScaleCase
+from kfac_conformance.cases.scale import SCALE_CASES, ScaleCase, layer_names
 from kfac_conformance.checks.base import (
     CaseEntry,
     Check,
@@ -230,7 +230,7 @@ def _agreement(cases: Sequence[ScaleCase]) -> Callable[[Session, CaseEntry], Mea
 
 def _inexact_somewhere(case: ScaleCase) -> bool:
     """Whether a layer of ``case`` is not exact for some fisher type and flavour."""
-    layers = set(case.make_problem().layers)
+    layers = set(layer_names(case.architecture))
     return any(
         set(case.exact_layers(fisher_type, flavour)) != layers
         for fisher_type in ("type-2", "empirical")
