@@ -69,10 +69,15 @@ def tests(session: nox.Session) -> None:
 
 
 def run_conformance(
-    session: nox.Session, candidate: str, *command: str, env: dict | None = None
+    session: nox.Session,
+    candidate: str,
+    *command: str,
+    env: dict | None = None,
+    report: str | None = None,
 ) -> None:
-    """``command`` with the candidate, its report path, expected failures and the posargs;
-    with --for-matrix a failing check does not fail the session (the matrix records it)."""
+    """``command`` with the candidate, its report path (reports/<candidate>.json unless
+    ``report``), expected failures and the posargs; with --for-matrix a failing check does not
+    fail the session (the matrix records it)."""
     for_matrix = MATRIX_FLAG in session.posargs
     arguments = [argument for argument in session.posargs if argument != MATRIX_FLAG]
     xfail = Path(f"conformance/adapters/xfail/{candidate}.txt")
@@ -83,7 +88,7 @@ def run_conformance(
         "--candidate",
         candidate,
         "--report-json",
-        f"reports/{candidate}.json",
+        report or f"reports/{candidate}.json",
         *arguments,
         env=env,
         success_codes=[0, 1] if for_matrix else [0],
@@ -103,6 +108,14 @@ def conformance(session: nox.Session, candidate: str) -> None:
     install_project(session, ",".join(filter(None, [CANDIDATES[candidate], "report"])))
     html = ("--report-html", f"reports/{candidate}.html")
     run_conformance(session, candidate, "kfac-conformance", "run", *html)
+    if MATRIX_FLAG in session.posargs:
+        # the matrix also shows the opt-in distributed/* family: a candidate that does not
+        # claim distribution gets its items skipped with the reason (docs/distributed.md)
+        distributed = f"reports/distributed/{candidate}.json"
+        run_conformance(
+            session, candidate, "kfac-conformance", "run", "--profile", "distributed",
+            report=distributed,
+        )  # fmt: skip
 
 
 def install_torch_free(session: nox.Session, extra: str) -> None:

@@ -6,7 +6,8 @@ Usage::
                                    [--html docs/conformance-matrix.html]
 
 Every ``<reports>/*.json`` is one candidate's report (schema version 1 or 2, see
-``kfac_conformance.reports.report``). With ``--html``, the same matrix is also written as a page whose
+``kfac_conformance.reports.report``); its report for an opt-in profile that the matrix also runs,
+``<reports>/distributed/<name>.json``, adds its results to the same column. With ``--html``, the same matrix is also written as a page whose
 cells link to each candidate's HTML report, ``<reports>/<name>.html`` next to its JSON (written
 by ``kfac-conformance run --report-html``; ``nox -s matrix`` does). Rows are the check families, each followed by its checks;
 columns are the candidates (``kfac_ref`` first). A cell counts the items of that row by
@@ -49,6 +50,8 @@ NOT_USED = "not used"  # the torch_version of a report of the JAX or MLX runner
 # "<framework>_version" in a report of kfac_conformance.<framework> -> the runner's name
 OTHER_FRAMEWORKS = {"jax": "JAX", "mlx": "MLX"}
 FINDING_ID = re.compile(r"expected failure \(([A-Z]\d+)")
+# profiles the matrix runs beside the default one, each into reports/<profile>/ (nox -s matrix)
+OPT_IN_PROFILES = ("distributed",)
 
 
 def outcome(result: dict) -> str:
@@ -67,10 +70,37 @@ def declared_conventions(report: dict) -> str:
     return ", ".join(changed) or "tutorial's"
 
 
+def merged(report: dict, opt_in: dict) -> dict:
+    """One candidate's report with the results of an opt-in profile's report appended."""
+    summary = {
+        status: report["summary"].get(status, 0) + opt_in["summary"].get(status, 0)
+        for status in report["summary"].keys() | opt_in["summary"].keys()
+    }
+    return {
+        **report,
+        "profile": f"{report['profile']} + {opt_in['profile']}",
+        "complete": report["complete"] and opt_in["complete"],
+        "summary": summary,
+        "results": report["results"] + opt_in["results"],
+    }
+
+
 def load_reports(directory: Path) -> list[dict]:
-    reports = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
-    reports.sort(key=lambda r: (r["candidate"]["name"] != "kfac_ref", r["candidate"]["name"]))
-    return reports
+    """Every ``<directory>/*.json``, each merged with its candidate's reports of the opt-in
+    profiles, ``<directory>/<profile>/*.json`` (their families become rows of their own)."""
+    by_name = {}
+    for path in sorted(directory.glob("*.json")):
+        report = json.loads(path.read_text())
+        by_name[report["candidate"]["name"]] = report
+    for profile in OPT_IN_PROFILES:
+        for path in sorted((directory / profile).glob("*.json")):
+            opt_in = json.loads(path.read_text())
+            name = opt_in["candidate"]["name"]
+            by_name[name] = merged(by_name[name], opt_in) if name in by_name else opt_in
+    return sorted(
+        by_name.values(),
+        key=lambda r: (r["candidate"]["name"] != "kfac_ref", r["candidate"]["name"]),
+    )
 
 
 def cell(results: list[dict]) -> str:

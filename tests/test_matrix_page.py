@@ -46,3 +46,20 @@ def test_cells_link_to_the_reports_that_exist(tmp_path):
     assert ("../reports/lib.html", "1✓ 1✗ (0.5)") in links  # the family row and the check row
     assert ("../reports/lib.html", "lib") in links
     assert "<th>kfac_ref</th>" in text
+
+
+def test_an_opt_in_profile_adds_its_rows_to_the_candidates_column(tmp_path):
+    reports = tmp_path / "reports"
+    (reports / "distributed").mkdir(parents=True)
+    (reports / "lib.json").write_text(json.dumps(report("lib", ["passed", "failed"])))
+    distributed = report("lib", ["skipped", "skipped"])
+    distributed["profile"] = "distributed"
+    for result in distributed["results"]:
+        result["check_id"] = "distributed/equal-shards"
+    (reports / "distributed" / "lib.json").write_text(json.dumps(distributed))
+    [merged] = generator().load_reports(reports)
+    assert merged["profile"] == "quick + distributed"
+    assert merged["summary"] == {"passed": 1, "failed": 1, "xfailed": 0, "xpassed": 0}
+    text = generator().render([merged])
+    assert "| **distributed** | **2–** |" in text
+    assert "| **exactness** | **1✓ 1✗ (0.5)** |" in text
