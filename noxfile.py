@@ -176,7 +176,8 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def matrix_from_reports(session: nox.Session) -> None:
-    """docs/conformance-matrix.md and .html from the reports already in reports/ (no installs).
+    """docs/conformance-matrix.md and .html, and the README's summary of them, from the reports
+    already in reports/ (no installs).
 
     The HTML matrix links each cell to the candidate's HTML report in reports/.
     """
@@ -189,6 +190,8 @@ def matrix_from_reports(session: nox.Session) -> None:
         "docs/conformance-matrix.md",
         "--html",
         "docs/conformance-matrix.html",
+        "--readme",
+        "README.md",
     )
 
 

@@ -3,7 +3,7 @@
 Usage::
 
     python docs/generate_matrix.py [--reports reports] [--output docs/conformance-matrix.md]
-                                   [--html docs/conformance-matrix.html]
+                                   [--html docs/conformance-matrix.html] [--readme README.md]
 
 Every ``<reports>/*.json`` is one candidate's report (schema version 1 or 2, see
 ``kfac_conformance.reports.report``); its report for an opt-in profile that the matrix also runs,
@@ -28,6 +28,7 @@ outcome:
 from __future__ import annotations
 
 import argparse
+import datetime
 import html
 import json
 import os
@@ -50,6 +51,8 @@ NOT_USED = "not used"  # the torch_version of a report of the JAX or MLX runner
 # "<framework>_version" in a report of kfac_conformance.<framework> -> the runner's name
 OTHER_FRAMEWORKS = {"jax": "JAX", "mlx": "MLX"}
 FINDING_ID = re.compile(r"expected failure \(([A-Z]\d+)")
+README_START = "<!-- matrix summary: written by docs/generate_matrix.py --readme -->"
+README_END = "<!-- end of the matrix summary -->"
 # profiles the matrix runs beside the default one, each into reports/<profile>/ (nox -s matrix)
 OPT_IN_PROFILES = ("distributed",)
 
@@ -103,6 +106,11 @@ def load_reports(directory: Path) -> list[dict]:
     )
 
 
+def finding_ids(results: list[dict]) -> list[str]:
+    """The findings named by these expected failures."""
+    return sorted({m.group(1) for r in results if (m := FINDING_ID.search(r["message"]))})
+
+
 def cell(results: list[dict]) -> str:
     if not results:
         return ""
@@ -119,10 +127,8 @@ def cell(results: list[dict]) -> str:
             observed = [r["observed"] for r in items if r.get("observed") is not None]
             if observed:
                 text += f" ({max(observed):.3g})"
-        if status == "xfailed":
-            ids = sorted({m.group(1) for r in items if (m := FINDING_ID.search(r["message"]))})
-            if ids:
-                text += f" [{', '.join(ids)}]"
+        if status == "xfailed" and (ids := finding_ids(items)):
+            text += f" [{', '.join(ids)}]"
         parts.append(text)
     return " ".join(parts)
 
@@ -212,6 +218,38 @@ def render(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def readme_summary(reports: list[dict]) -> str:
+    """The candidates' totals, for the README (between README_START and README_END)."""
+    lines = [
+        f"Summary of `docs/conformance-matrix.md`, generated {datetime.date.today()}:",
+        "",
+        "| candidate | profile | passed | failed | errors | refused | skipped | expected failures [findings] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        outcomes = [outcome(r) for r in report["results"]]
+        xfailed = [r for r in report["results"] if r["status"] == "xfailed"]
+        findings = f" [{', '.join(finding_ids(xfailed))}]" if finding_ids(xfailed) else ""
+        name = f"{report['candidate']['name']} {report['candidate'].get('version') or ''}"
+        lines.append(
+            f"| {name.strip()} | {report['profile']} | {outcomes.count('passed')} "
+            f"| {outcomes.count('failed')} | {outcomes.count('error')} "
+            f"| {outcomes.count('refused')} | {outcomes.count('skipped')} "
+            f"| {len(xfailed)}{findings} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme_summary(readme: Path, reports: list[dict]) -> None:
+    """Replace the text between the README's summary markers with :func:`readme_summary`."""
+    text = readme.read_text()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise SystemExit(f"{readme} needs one {README_START!r} line and one {README_END!r} line")
+    before, rest = text.split(README_START)
+    after = rest.split(README_END)[1]
+    readme.write_text(f"{before}{README_START}\n{readme_summary(reports)}\n{README_END}{after}")
+
+
 def render_html(reports: list[dict], links: list[str | None]) -> str:
     """The matrix as a self-contained page; ``links[i]`` is the HTML report of ``reports[i]``."""
 
@@ -267,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", default="reports", type=Path)
     parser.add_argument("--output", default=Path("docs/conformance-matrix.md"), type=Path)
     parser.add_argument("--html", type=Path, help="also write the matrix as an HTML page here")
+    parser.add_argument(
+        "--readme", type=Path, help="also write the candidates' totals into this README's summary"
+    )
     args = parser.parse_args(argv)
     reports = load_reports(args.reports)
     if not reports:
@@ -278,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         links = report_links(args.reports, reports, args.html)
         args.html.write_text(render_html(reports, links), encoding="utf-8")
         print(f"wrote {args.html} ({sum(link is not None for link in links)} reports linked)")
+    if args.readme:
+        write_readme_summary(args.readme, reports)
+        print(f"wrote the summary in {args.readme}")
     return 0
 
 

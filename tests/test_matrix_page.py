@@ -63,3 +63,46 @@ def test_an_opt_in_profile_adds_its_rows_to_the_candidates_column(tmp_path):
     text = generator().render([merged])
     assert "| **distributed** | **2–** |" in text
     assert "| **exactness** | **1✓ 1✗ (0.5)** |" in text
+
+
+def test_readme_summary_replaces_only_the_text_between_its_markers(tmp_path):
+    module = generator()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{module.README_START}\nstale\n{module.README_END}\nrest\n")
+    reports = [report("kfac_ref", ["passed", "passed"]), report("lib", ["passed", "failed"])]
+    module.write_readme_summary(readme, reports)
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{module.README_START}\nSummary of") and "stale" not in text
+    assert text.endswith(f"{module.README_END}\nrest\n")
+    assert "| kfac_ref 1 | quick | 2 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "| lib 1 | quick | 1 | 1 | 0 | 0 | 0 | 0 |" in text
+
+
+def table_rows(lines: list[str], header: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header line starts with ``header``, by the first
+    word of their first cell (the candidate's name)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(header)]
+    assert len(starts) == 1, f"no table, or several, with the header {header!r}"
+    start = starts[0]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].split()[0]] = cells
+    return rows
+
+
+def test_the_readme_summary_has_the_matrix_s_totals():
+    module = generator()
+    readme = (ROOT / "README.md").read_text()
+    summary = readme.split(module.README_START)[1].split(module.README_END)[0].splitlines()
+    matrix = (ROOT / "docs/conformance-matrix.md").read_text().splitlines()
+    in_readme = table_rows(summary, "| candidate | profile |")
+    in_matrix = table_rows(matrix, "| candidate | version |")
+    assert in_readme.keys() == in_matrix.keys()
+    for name, cells in in_matrix.items():
+        # matrix: candidate, version, conventions, profile, complete, passed .. xfailed, xpassed
+        profile, counts = cells[3], cells[5:11]
+        readme_counts = in_readme[name][2:7] + [in_readme[name][7].split()[0]]
+        assert [in_readme[name][1], *readme_counts] == [profile, *counts], name
