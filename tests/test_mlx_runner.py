@@ -127,6 +127,9 @@ def test_a_layer_the_builder_does_not_know_is_refused_with_its_spec():
     record = {**case.record, "architecture": [grouped]}
     reason = MlxKfacCandidate().refusal(replace(case, record=record), "empirical", "expand")
     assert reason is not None and str(grouped) in reason
+    record = {**case.record, "architecture": [["linear", 4, 5, True], ["embedding", 5, 3]]}
+    with pytest.raises(ValueError, match="embedding only as the first layer"):
+        network.build(replace(case, record=record))
 
 
 class DeclaresTheTutorialsScale(MlxKfacCandidate):

@@ -75,6 +75,9 @@ def unsupported(architecture: Sequence[Sequence]) -> str | None:
     other = [list(s) for s in architecture if s[0] in PARAMETRIC and len(s) != PARAMETRIC[s[0]]]
     if other:
         return f"the MLX network builder does not know the layer specs {other} (other lengths)"
+    if any(spec[0] == "embedding" for spec in architecture[1:]):
+        # the stored indices are the network's input: an embedding further in would get floats
+        return "the architecture language has an embedding only as the first layer"
     return None
 
 
