@@ -149,7 +149,11 @@ def tests_mlx(session: nox.Session) -> None:
     """The MLX runner's tests, in an environment without torch and without JAX."""
     install_torch_free(session, "mlx")
     session.run(
-        "pytest", "tests/test_mlx_runner.py", "tests/test_mlx_separation.py", *session.posargs
+        "pytest",
+        "tests/test_mlx_runner.py",
+        "tests/test_mlx_network.py",
+        "tests/test_mlx_separation.py",
+        *session.posargs,
     )
 
 

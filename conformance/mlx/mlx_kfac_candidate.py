@@ -3,17 +3,23 @@ r"""mlx-kfac (a native MLX K-FAC optimizer) as an MLX candidate: its optimizer s
 How mlx-kfac is asked (mlx-kfac 0.4.0, ``mlx_kfac/optimizer.py`` and ``capture.py``):
 
 - ``KFAC(model=network, loss_reduction="sum", max_factor_size=None)`` instruments the
-  network's ``nn.Linear`` and ``nn.Conv2d`` modules (an identity with a custom VJP records each
-  module's input and output cotangent); ``max_factor_size=None`` keeps every factor whole;
+  network's ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and (``include_embeddings``, on by
+  default) ``nn.Embedding`` modules (an identity with a custom VJP records each module's input
+  and output cotangent); ``max_factor_size=None`` keeps every factor whole;
 - per batch, ``nn.value_and_grad`` of the case's loss *summed* over the batch (:func:`loss`),
   then ``apply_gradients``, whose parameter updates are discarded (the network never changes);
   the factors come from the recorded inputs and cotangents, not from the gradients passed;
-- the state of a layer holds ``A`` (mean over the batch's rows ``N x positions`` of the input
-  with a one appended when the layer has a bias; a convolution's patches in MLX's
-  ``(kh, kw, c_in)`` order), ``G`` (the same mean of the output cotangents) and
-  ``curvature_scale`` (rows per datum), and its curvature is ``curvature_scale * kron(G, A)``
-  over the row-major ``[W | b]`` (``KFAC._precondition`` divides by the scale after solving
-  with ``G`` and ``A``);
+- the state of a linear layer or convolution holds ``A`` (mean over the batch's rows
+  ``N x positions`` of the input with a one appended when the layer has a bias; a
+  convolution's patches in MLX's ``(k..., c_in)`` order, every output position a row), ``G``
+  (the same mean of the output cotangents) and ``curvature_scale`` (rows per datum), and its
+  curvature is ``curvature_scale * kron(G, A)`` over the row-major ``[W | b]``
+  (``KFAC._precondition`` divides by the scale after solving with ``G`` and ``A``);
+- an embedding's state holds ``A_diag``, the counts of each index over the rows
+  ``N x positions`` divided by their number (the diagonal of the one-hot inputs' mean outer
+  product, never formed), ``G`` and ``curvature_scale`` as above, and its curvature is
+  ``curvature_scale * kron(diag(A_diag), G)`` over the row-major ``num_embeddings x dim``
+  weight (the one-hot factor on the left: the weight is the transpose of a linear layer's);
 - ``factor_decay`` is set to ``n / (n + M)`` before a batch of ``M`` data after ``n``, so that
   the moving average holds the mean over all data (the first batch replaces the identity the
   state starts from).
@@ -46,6 +52,9 @@ from kfac_conformance.neutral.candidate import Refused
 from kfac_conformance.neutral.factors import Factors
 from kfac_conformance.neutral.fixtures import StoredCase
 
+# the parameter layers whose MLX modules mlx-kfac instruments (``capture.instrument_model``)
+INSTRUMENTED = {"linear", "conv1d", "conv2d", "embedding"}
+
 
 def loss(kind: str, output: mx.array, targets: mx.array) -> mx.array:
     """The case's per-datum criterion summed over the batch: ``||f - y||^2`` (MSE), the
@@ -60,26 +69,33 @@ def loss(kind: str, output: mx.array, targets: mx.array) -> mx.array:
     raise ValueError(f"unknown loss {kind!r}; expected 'mse', 'ce' or 'bce'")
 
 
-def patch_order(channels: int, kernel: int) -> np.ndarray:
-    """For each entry of PyTorch's ``(c_in, kh, kw)`` patch, its index in MLX's
-    ``(kh, kw, c_in)`` patch."""
-    return (
-        np.arange(kernel * kernel * channels)
-        .reshape(kernel, kernel, channels)
-        .transpose(2, 0, 1)
-        .ravel()
+def patch_order(channels: int, kernel: int, spatial_axes: int) -> np.ndarray:
+    """For each entry of PyTorch's ``(c_in, k...)`` patch (``spatial_axes`` kernel axes), its
+    index in MLX's ``(k..., c_in)`` patch."""
+    mlx_patch = np.arange(kernel**spatial_axes * channels).reshape(
+        (kernel,) * spatial_axes + (channels,)
     )
+    return mlx_patch.transpose(spatial_axes, *range(spatial_axes)).ravel()
 
 
-def to_suite_layout(spec: list, A: np.ndarray, G: np.ndarray, scale: float, bias: bool) -> Factors:
-    """mlx-kfac's ``scale * kron(G, A)`` over the row-major ``[W | b]`` as the suite's factors
-    (a convolution's patch reordered to PyTorch's; the appended one stays last)."""
-    if spec[0] == "conv2d":
-        order = patch_order(spec[1], spec[3])
+def to_suite_layout(spec: list, state: dict[str, np.ndarray], bias: bool) -> Factors:
+    """A layer's mlx-kfac state as the suite's factors.
+
+    A linear layer or convolution's curvature is ``curvature_scale * kron(G, A)`` over the
+    row-major ``[W | b]``: a convolution's patch is reordered to PyTorch's (the appended one
+    stays last). An embedding's is ``curvature_scale * kron(diag(A_diag), G)`` over its
+    ``num_embeddings x dim`` weight: the one-hot factor is the suite's ``B``, ``G`` its ``A``.
+    """
+    scale = float(state["curvature_scale"])
+    if spec[0] == "embedding":
+        return Factors(A=state["G"], B=scale * np.diag(state["A_diag"]))
+    A = state["A"]
+    if spec[0] in network.CONVOLUTIONS:
+        order = patch_order(spec[1], spec[3], network.SPATIAL_AXES[spec[0]])
         if bias:
             order = np.append(order, A.shape[0] - 1)
         A = A[np.ix_(order, order)]
-    return Factors(A=A, B=scale * G, bias="joint" if bias else "none")
+    return Factors(A=A, B=scale * state["G"], bias="joint" if bias else "none")
 
 
 class MlxKfacCandidate:
@@ -104,7 +120,16 @@ class MlxKfacCandidate:
             return (
                 "mlx-kfac has no KFAC-reduce: it treats the shared positions as extra data (expand)"
             )
-        return network.unsupported(case.architecture)
+        if reason := network.unsupported(case.architecture):
+            return reason
+        kinds = {spec[0] for spec in case.architecture if spec[0] in network.PARAMETRIC}
+        uninstrumented = sorted(kinds - INSTRUMENTED)
+        if uninstrumented:
+            return (
+                f"mlx-kfac {self.version} instruments no {uninstrumented} layer (its layer "
+                "kinds: nn.Linear, nn.Conv1d, nn.Conv2d and nn.Embedding)"
+            )
+        return None
 
     def compute(
         self, case: StoredCase, fisher_type: str, flavour: str, mc_samples: int = 1, seed: int = 0
@@ -134,8 +159,11 @@ class MlxKfacCandidate:
         result = {}
         for layer in case.layers:
             state = optimizer.state["layers"][_state_key(paths[layer])]
-            A, G = (np.array(state[name], dtype=np.float64) for name in ("A", "G"))
-            scale = float(state["curvature_scale"].item())
+            arrays = {
+                name: np.array(state[name], dtype=np.float64)
+                for name in ("A", "A_diag", "G", "curvature_scale")
+                if name in state
+            }
             bias = case.parameter(layer, "bias") is not None
-            result[layer] = to_suite_layout(case.architecture[int(layer)], A, G, scale, bias)
+            result[layer] = to_suite_layout(case.architecture[int(layer)], arrays, bias)
         return result

@@ -1,13 +1,18 @@
 r"""The architecture language of :mod:`kfac_conformance.cases.architectures`, in MLX.
 
-The network computes what the PyTorch ``nn.Sequential`` computes, on the same NCHW tensors,
-built from MLX's own modules (so that mlx-kfac finds and instruments them):
+The network computes what the PyTorch ``nn.Sequential`` computes, on the same channels-first
+tensors (NCL, NCHW, NCDHW), built from MLX's own modules (so that mlx-kfac finds and
+instruments them):
 
 - ``["linear", d_in, d_out, bias]``: ``nn.Linear``, whose weight is ``d_out x d_in`` as in
   PyTorch;
-- ``["conv2d", c_in, c_out, kernel, stride, padding, dilation, bias]``: ``nn.Conv2d`` works on
-  NHWC with an ``(out, kh, kw, in)`` kernel, so the weight is transposed from OIHW and the
-  module is wrapped in :class:`ChannelsFirst` (NCHW in and out);
+- ``["conv1d" | "conv2d" | "conv3d", c_in, c_out, kernel, stride, padding, dilation, bias]``:
+  ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` work channels last (NLC, NHWC, NDHWC) with an
+  ``(out, k..., in)`` kernel, so the weight is moved from PyTorch's ``(out, in, k...)``
+  (:func:`kernel_to_mlx`) and the module is wrapped in :class:`ChannelsFirst` (channels-first
+  in and out);
+- ``["embedding", num_embeddings, dim]``: ``nn.Embedding``, whose weight is
+  ``num_embeddings x dim`` as in PyTorch, on the stored int64 indices;
 - activations, ``sum``/``mean`` over absolute axes, ``flatten`` (from axis 1, in NCHW order),
   ``movedim``.
 
@@ -15,10 +20,10 @@ Layer kinds not listed, and parameter layers with more entries than these (such 
 convolution's groups), are refused (:func:`unsupported`), not guessed.
 
 Everything is float32 (:data:`DTYPE`), deliberately: mlx-kfac accumulates its factors in
-float32 whatever it is given, MLX's CPU ``Conv2d`` raises on float64, and MLX's float64
-``exp``, ``sigmoid``, softmax and ``sin`` are only float32-accurate, so float64 would promise
-a precision that is not there. The conversion names the dtype because ``mx.array`` of a
-float64 ndarray silently becomes float32 without one (:func:`as_mlx`).
+float32 whatever it is given, MLX's CPU convolutions raise on float64 when dilated, and
+MLX's float64 ``exp``, ``sigmoid``, softmax and ``sin`` are only float32-accurate, so float64
+would promise a precision that is not there. The conversion names the dtype because
+``mx.array`` of a float64 ndarray silently becomes float32 without one (:func:`as_mlx`).
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ from kfac_conformance.neutral.fixtures import StoredCase
 
 DTYPE = mx.float32
 # the parameter layers and the length of their specs (a longer one, e.g. with groups, is refused)
-PARAMETRIC = {"linear": 4, "conv2d": 8}
+PARAMETRIC = {"linear": 4, "conv1d": 8, "conv2d": 8, "conv3d": 8, "embedding": 3}
 ELEMENTWISE: dict[str, Callable[[mx.array], mx.array]] = {
     "tanh": mx.tanh,
     "sigmoid": mx.sigmoid,
     "relu": nn.relu,
 }
 STRUCTURAL = ("sum", "mean", "flatten", "movedim")
-# PyTorch's OIHW kernel -> MLX's OHWI
-CONV2D_TO_MLX = (0, 2, 3, 1)
+CONVOLUTIONS: dict[str, type[nn.Module]] = {
+    "conv1d": nn.Conv1d,
+    "conv2d": nn.Conv2d,
+    "conv3d": nn.Conv3d,
+}
+SPATIAL_AXES = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 
 
 def as_mlx(array: np.ndarray) -> mx.array:
@@ -50,6 +59,11 @@ def as_mlx(array: np.ndarray) -> mx.array:
     if np.issubdtype(array.dtype, np.floating):
         return mx.array(array, dtype=DTYPE)
     return mx.array(array)
+
+
+def kernel_to_mlx(weight: np.ndarray) -> np.ndarray:
+    """PyTorch's ``(out, in, k...)`` convolution kernel in MLX's ``(out, k..., in)`` layout."""
+    return np.moveaxis(weight, 1, -1)
 
 
 def unsupported(architecture: Sequence[Sequence]) -> str | None:
@@ -61,6 +75,9 @@ def unsupported(architecture: Sequence[Sequence]) -> str | None:
     other = [list(s) for s in architecture if s[0] in PARAMETRIC and len(s) != PARAMETRIC[s[0]]]
     if other:
         return f"the MLX network builder does not know the layer specs {other} (other lengths)"
+    if any(spec[0] == "embedding" for spec in architecture[1:]):
+        # the stored indices are the network's input: an embedding further in would get floats
+        return "the architecture language has an embedding only as the first layer"
     return None
 
 
@@ -117,15 +134,22 @@ def _function(spec: Sequence) -> Callable[[mx.array], mx.array]:
 def _parametric(case: StoredCase, index: int, spec: Sequence) -> nn.Module:
     layer = str(index)
     weight, bias = case.parameter(layer, "weight"), case.parameter(layer, "bias")
-    if spec[0] == "linear":
+    kind = spec[0]
+    if kind == "embedding":
+        module = nn.Embedding(spec[1], spec[2])
+        module.weight = as_mlx(weight)
+        return module
+    if kind == "linear":
         _, d_in, d_out, _ = spec
         module = nn.Linear(d_in, d_out, bias=bias is not None)
         module.weight = as_mlx(weight)
         wrapped = module
     else:
         _, c_in, c_out, kernel, stride, padding, dilation, _ = spec
-        module = nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation, bias=bias is not None)
-        module.weight = as_mlx(np.transpose(weight, CONV2D_TO_MLX))
+        module = CONVOLUTIONS[kind](
+            c_in, c_out, kernel, stride, padding, dilation, bias=bias is not None
+        )
+        module.weight = as_mlx(kernel_to_mlx(weight))
         wrapped = ChannelsFirst(module)
     if bias is not None:
         module.bias = as_mlx(bias)
@@ -148,7 +172,7 @@ def build(case: StoredCase) -> Network:
 def module_paths(architecture: Sequence[Sequence]) -> dict[str, str]:
     """Each parameter layer's path in :class:`Network` (``named_modules`` spelling)."""
     return {
-        str(index): f"layers.{index}" + (".conv" if spec[0] == "conv2d" else "")
+        str(index): f"layers.{index}" + (".conv" if spec[0] in CONVOLUTIONS else "")
         for index, spec in enumerate(architecture)
         if spec[0] in PARAMETRIC
     }
