@@ -185,7 +185,7 @@ class _Launch:
                     )
                     code = 0
                 finally:
-                    os._exit(code)
+                    _exit_rank(arguments.parent, code)
             writer.close()
             if self.group_id is None:
                 self.group_id = pid
@@ -366,3 +366,12 @@ def _kill_group_when_orphaned(parent: int) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     threading.Thread(target=watch, name="kfac-conformance-orphan-watch", daemon=True).start()
+
+
+def _exit_rank(parent: int, code: int) -> None:
+    """End this rank; one whose parent is gone first kills its group, as its watch would:
+    a rank that ends between two polls of the watch (its collective broken by a peer's death)
+    would otherwise leave what the candidate started."""
+    if os.getppid() != parent:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    os._exit(code)

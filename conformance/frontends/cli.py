@@ -296,10 +296,11 @@ def run(args: argparse.Namespace) -> int:
         if report is None:  # stopped while loading and planning: there is no report yet
             raise
         exit_code = 128 + getattr(interrupt, "signal_number", signal.SIGINT)
-        print(
-            f"\ninterrupted by {report.interruption}: the report is marked incomplete",
-            file=sys.stderr,
-        )
+        if not args.follower:
+            print(
+                f"\ninterrupted by {report.interruption}: the report is marked incomplete",
+                file=sys.stderr,
+            )
     if args.report_json:
         report.write(args.report_json)
     if not args.follower:
@@ -307,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
     _write_outputs(args, report.to_json())
     if exit_code is not None:
         return exit_code
-    return 0 if report.succeeded else 1
+    # a follower's verdicts are rank 0's to give: its 1 would make torchrun stop rank 0
+    return 0 if report.succeeded or args.follower else 1
 
 
 def convert_report(args: argparse.Namespace) -> int:
