@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -139,6 +140,12 @@ def _launch(candidate, requests, with_labels, timeout_s, shards, rendezvous, wor
         launch.kill()
 
 
+class Rendezvous(Protocol):
+    """Where the ranks of one group meet: the store they initialise it on."""
+
+    def open(self, world: int, timeout: timedelta): ...
+
+
 @dataclass(frozen=True)
 class FileRendezvous:
     """Where forked ranks meet: a file store in a fresh folder (no port needed)."""
@@ -160,7 +167,7 @@ class _Launch:
     requests: list[Request]
     with_labels: bool
     timeout_s: float
-    rendezvous: object  # FileRendezvous or torchrun.AgentStoreRendezvous: open(world, timeout)
+    rendezvous: Rendezvous
     world: int
     pids: dict[int, int] = field(default_factory=dict)
     readers: dict[int, Connection] = field(default_factory=dict)
@@ -258,7 +265,7 @@ class _Launch:
 class _RankArguments:
     rank: int
     world: int
-    rendezvous: object  # FileRendezvous or torchrun.AgentStoreRendezvous
+    rendezvous: Rendezvous
     group_id: int  # 0: this rank leads a new OS process group
     parent: int
     timeout_s: float
