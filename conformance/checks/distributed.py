@@ -15,7 +15,9 @@ MC KFAC *of the labels the group drew*: the candidate's ``sampled_labels(problem
 called on each rank, says which, and the check compares with ``kfac_ref``'s KFAC on them.
 
 These items start processes (about a second per layout), so they run only in the opt-in
-``distributed`` profile, on purpose-built problems of 12 data.
+``distributed`` profile, on purpose-built problems of 12 data. Under ``torchrun``
+(``--launcher torchrun``) the launch fixes ``W``: an item runs its two layouts for that ``W``
+only.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from kfac_conformance.execution.session import (
     reference_compute,
     tolerance_for,
 )
+from kfac_conformance.execution.torchrun import TorchrunProcess
 from kfac_ref.factors import KroneckerFactors
 
 WORLD_SIZES = (2, 4)
@@ -87,8 +90,16 @@ class _Layout:
         return f"W={self.world} {self.layout} shards {list(sizes)}"
 
 
-def _layouts() -> list[_Layout]:
-    return [_Layout(world, layout) for world in WORLD_SIZES for layout in LAYOUTS]
+def _layouts(launcher: str, num_data: int) -> list[_Layout]:
+    if launcher != "torchrun":
+        return [_Layout(world, layout) for world in WORLD_SIZES for layout in LAYOUTS]
+    world = TorchrunProcess.from_environment().world
+    if num_data < 2 * world:
+        raise CheckSkipped(
+            f"not supported on this launch: {num_data} data are too few for unequal shards "
+            f"over the {world} ranks torchrun started (at most {num_data // 2})"
+        )
+    return [_Layout(world, layout) for layout in LAYOUTS]
 
 
 def _claimed_requests(
@@ -116,14 +127,19 @@ def _compare_ranks(
     if not requests:
         raise CheckSkipped("not supported: no request of this check is claimed on the problem")
     measurement = Measurement()
-    for layout in _layouts():
+    num_data = sum(X.shape[0] for X, _ in session.fresh(entry).batches)
+    for layout in _layouts(session.launcher, num_data):
         problem = session.fresh(entry)
-        sizes = shard_sizes(
-            sum(X.shape[0] for X, _ in problem.batches), layout.world, layout.layout
-        )
+        sizes = shard_sizes(num_data, layout.world, layout.layout)
         pieces = shards(problem, sizes)
         quantities = problem.scale_quantities()
-        answers = run_in_process_group(session.candidate, pieces, requests, with_labels=with_labels)
+        answers = run_in_process_group(
+            session.candidate,
+            pieces,
+            requests,
+            with_labels=with_labels,
+            launcher=session.launcher,
+        )
         whole = Problem(
             problem.model,
             problem.loss_func,

@@ -12,13 +12,18 @@ No process outlives the run: the ranks form one OS process group, killed as a wh
 rank kills that group itself if the process that started it dies (a supervised worker
 killed for its item's timeout), so a hang never leaves orphans.
 
+With ``launcher="torchrun"`` this process stands for one rank of a ``torchrun`` launch
+(:mod:`kfac_conformance.execution.torchrun`): it forks that rank alone, the ranks meet in the
+agent's store, and the processes swap their ranks' outcomes there.
+
 The ranks are forked (cheap, and any candidate object is inherited), so they run CPU
 problems with gloo; CUDA cannot be used in a forked child, and CUDA problems are skipped with
-a reason pointing at ``torchrun`` and NCCL (the design is in docs/distributed.md).
+a reason pointing at the NCCL design in docs/distributed.md.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing
 import os
@@ -30,13 +35,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from kfac_conformance.contract.outcomes import CandidateRefused, CheckFailed, CheckSkipped
 from kfac_conformance.contract.problem import Candidate, Problem, Request
+from kfac_conformance.execution import torchrun
 from kfac_conformance.execution.calling import CandidateError, call_candidate, traceback_tail
+from kfac_conformance.execution.torchrun import AgentStoreRendezvous
 
 # how long the ranks of one run may take together (a collective may take twice as long, so
 # that the run's deadline, which sees every rank, reports a hang first)
@@ -83,8 +91,13 @@ def run_in_process_group(
     *,
     with_labels: bool = False,
     timeout_s: float | None = None,
+    launcher: str = "fork",
 ) -> list[RankAnswer]:
     """Every rank's answers to ``requests``, rank ``r`` holding ``shards[r]``.
+
+    ``launcher="fork"`` forks every rank here; ``"torchrun"`` forks only the rank of this
+    ``torchrun`` process, whose world size must be ``len(shards)``, and gathers the other
+    ranks' answers from their processes.
 
     Raises what a call on any rank raised (:class:`CheckSkipped`, :class:`CheckFailed`),
     and :class:`ProcessGroupFailed` for a rank that crashed, raised, or had not answered
@@ -94,41 +107,80 @@ def run_in_process_group(
         raise CheckSkipped(
             f"not supported on this run: the distributed checks fork their ranks, which run "
             f"CPU problems only (CUDA cannot be used in a forked child), not "
-            f"{shards[0].device.type}; on GPUs see the torchrun design in docs/distributed.md"
+            f"{shards[0].device.type}; on GPUs see the NCCL design in docs/distributed.md"
         )
     timeout_s = PROCESS_GROUP_TIMEOUT_S if timeout_s is None else timeout_s
-    with tempfile.TemporaryDirectory(prefix="kfac-conformance-pg-") as folder:
-        launch = _Launch(candidate, list(shards), list(requests), with_labels, timeout_s, folder)
+    launch = functools.partial(_launch, candidate, list(requests), with_labels, timeout_s)
+    if launcher == "fork":
+        with tempfile.TemporaryDirectory(prefix="kfac-conformance-pg-") as folder:
+            rendezvous = FileRendezvous(os.path.join(folder, "store"))
+            return _answers_of(launch(dict(enumerate(shards)), rendezvous, len(shards)))
+    if launcher != "torchrun":
+        raise ValueError(f"launcher must be 'fork' or 'torchrun', got {launcher!r}")
+
+    def one_rank(rank: int, rendezvous: AgentStoreRendezvous, world: int) -> tuple:
         try:
-            launch.start()
-            outcomes = launch.collect()
-        finally:
-            launch.kill()
-    return [_answer(rank, outcome) for rank, outcome in enumerate(outcomes)]
+            return launch({rank: shards[rank]}, rendezvous, world)[rank]
+        except ProcessGroupFailed as lost:
+            return "lost", lost.message
+
+    # what names the group alike in every process: they all run the same plan
+    identity = (shards[0].case_id, [len(piece.batches[0][0]) for piece in shards], list(requests))
+    return _answers_of(
+        torchrun.outcomes(repr((identity, with_labels)), len(shards), one_rank, timeout_s)
+    )
+
+
+def _launch(candidate, requests, with_labels, timeout_s, shards, rendezvous, world) -> dict:
+    launch = _Launch(candidate, shards, requests, with_labels, timeout_s, rendezvous, world)
+    try:
+        launch.start()
+        return launch.collect()
+    finally:
+        launch.kill()
+
+
+class Rendezvous(Protocol):
+    """Where the ranks of one group meet: the store they initialise it on."""
+
+    def open(self, world: int, timeout: timedelta): ...
+
+
+@dataclass(frozen=True)
+class FileRendezvous:
+    """Where forked ranks meet: a file store in a fresh folder (no port needed)."""
+
+    path: str
+
+    def open(self, world: int, timeout: timedelta):
+        import torch.distributed as dist
+
+        return dist.FileStore(self.path, world)
 
 
 @dataclass
 class _Launch:
+    """Forks the ranks of ``shards`` (by global rank) of a group of ``world`` ranks."""
+
     candidate: Candidate
-    shards: list[Problem]
+    shards: dict[int, Problem]
     requests: list[Request]
     with_labels: bool
     timeout_s: float
-    folder: str
-    pids: list[int] = field(default_factory=list)
-    readers: list[Connection] = field(default_factory=list)
+    rendezvous: Rendezvous
+    world: int
+    pids: dict[int, int] = field(default_factory=dict)
+    readers: dict[int, Connection] = field(default_factory=dict)
     exit_codes: dict[int, int] = field(default_factory=dict)
     group_id: int | None = None
 
     def start(self) -> None:
         # os.fork, not multiprocessing: a supervised worker is a daemonic process, which
         # multiprocessing forbids to have children
-        world = len(self.shards)
-        init_method = "file://" + os.path.join(self.folder, "store")
-        for rank, shard in enumerate(self.shards):
+        for rank, shard in self.shards.items():
             reader, writer = multiprocessing.Pipe(duplex=False)
             arguments = _RankArguments(
-                rank, world, init_method, self.group_id or 0, os.getpid(), self.timeout_s
+                rank, self.world, self.rendezvous, self.group_id or 0, os.getpid(), self.timeout_s
             )
             pid = os.fork()
             if pid == 0:  # the rank: never returns into the caller's code
@@ -140,23 +192,22 @@ class _Launch:
                     )
                     code = 0
                 finally:
-                    os._exit(code)
+                    _exit_rank(arguments.parent, code)
             writer.close()
             if self.group_id is None:
                 self.group_id = pid
             _join_group(pid, self.group_id)
-            self.pids.append(pid)
-            self.readers.append(reader)
+            self.pids[rank] = pid
+            self.readers[rank] = reader
 
-    def collect(self) -> list[tuple]:
+    def collect(self) -> dict[int, tuple]:
         deadline = time.monotonic() + self.timeout_s
         outcomes: dict[int, tuple] = {}
-        world = len(self.pids)
-        while len(outcomes) < world:
-            waiting = [rank for rank in range(world) if rank not in outcomes]
+        while len(outcomes) < len(self.pids):
+            waiting = [rank for rank in self.pids if rank not in outcomes]
             if time.monotonic() >= deadline:
                 raise ProcessGroupFailed(
-                    f"ranks {waiting} of {world} had not answered after {self.timeout_s:g} s "
+                    f"ranks {waiting} of {self.world} had not answered after {self.timeout_s:g} s "
                     "(a hang, e.g. in a collective that not every rank entered); every rank "
                     "was killed"
                 )
@@ -168,7 +219,7 @@ class _Launch:
                     outcomes[rank] = self._receive(rank)
                 elif self._exited(rank):
                     raise self._crashed(rank)
-        return [outcomes[rank] for rank in range(world)]
+        return outcomes
 
     def _receive(self, rank: int) -> tuple:
         try:
@@ -189,8 +240,7 @@ class _Launch:
         code = self.exit_codes[rank]
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         return ProcessGroupFailed(
-            f"rank {rank} of {len(self.pids)} {how} before answering (a crash); every rank "
-            "was killed"
+            f"rank {rank} of {self.world} {how} before answering (a crash); every rank was killed"
         )
 
     def kill(self) -> None:
@@ -200,14 +250,14 @@ class _Launch:
                 os.killpg(self.group_id, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for rank, pid in enumerate(self.pids):
+        for rank, pid in self.pids.items():
             if rank not in self.exit_codes:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 self._exited(rank, block=True)
-        for reader in self.readers:
+        for reader in self.readers.values():
             reader.close()
 
 
@@ -215,7 +265,7 @@ class _Launch:
 class _RankArguments:
     rank: int
     world: int
-    init_method: str  # file:// here; env:// under torchrun (docs/distributed.md)
+    rendezvous: Rendezvous
     group_id: int  # 0: this rank leads a new OS process group
     parent: int
     timeout_s: float
@@ -227,6 +277,16 @@ def _join_group(pid: int, group_id: int) -> None:
         os.setpgid(pid, group_id)
     except (ProcessLookupError, PermissionError):
         pass  # it exited already, or set it itself
+
+
+def _answers_of(outcomes: dict[int, tuple]) -> list[RankAnswer]:
+    """The ranks' answers in rank order; else what the first rank that did not answer gives,
+    a lost rank (crashed or hung) first: it explains the errors of the ranks that waited for it
+    in a collective."""
+    lost = [payload for kind, payload in outcomes.values() if kind == "lost"]
+    if lost:
+        raise ProcessGroupFailed("; ".join(lost))
+    return [_answer(rank, outcomes[rank]) for rank in sorted(outcomes)]
 
 
 def _answer(rank: int, outcome: tuple) -> RankAnswer:
@@ -265,13 +325,14 @@ def _rank_outcome(arguments, candidate, shard, requests, with_labels) -> tuple:
     import torch.distributed as dist
 
     try:
+        # longer than the run's deadline, so that a hang is reported as one, by the parent
+        timeout = timedelta(seconds=2 * arguments.timeout_s)
         dist.init_process_group(
             "gloo",  # CPU shards only: run_in_process_group skips CUDA problems
-            init_method=arguments.init_method,
+            store=arguments.rendezvous.open(arguments.world, timeout),
             rank=arguments.rank,
             world_size=arguments.world,
-            # longer than the run's deadline, so that a hang is reported as one, by the parent
-            timeout=timedelta(seconds=2 * arguments.timeout_s),
+            timeout=timeout,
         )
         try:
             return "answer", _answers(candidate, shard, requests, with_labels)
@@ -312,3 +373,12 @@ def _kill_group_when_orphaned(parent: int) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     threading.Thread(target=watch, name="kfac-conformance-orphan-watch", daemon=True).start()
+
+
+def _exit_rank(parent: int, code: int) -> None:
+    """End this rank; one whose parent is gone first kills its group, as its watch would:
+    a rank that ends between two polls of the watch (its collective broken by a peer's death)
+    would otherwise leave what the candidate started."""
+    if os.getppid() != parent:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    os._exit(code)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_S = 300.0
 Mode = Literal["supervised", "child", "thread", "inline"]
 MODES: tuple[str, ...] = get_args(Mode)
+Launcher = Literal["fork", "torchrun"]
+LAUNCHERS: tuple[str, ...] = get_args(Launcher)
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
@@ -45,6 +47,9 @@ class RunOptions:
     :func:`kfac_conformance.check_candidate` with its report once when the run starts and
     again after each result (``run_items`` has no report and does not call it).
     ``threads`` is the number of torch intra-op threads of the supervised worker process.
+    ``launcher`` says how the distributed checks start their process groups: ``"fork"``
+    forks every rank; ``"torchrun"``, in a process that ``torchrun`` started, forks only
+    this process's rank (:mod:`kfac_conformance.execution.torchrun`).
     """
 
     profile: str = "default"
@@ -53,6 +58,7 @@ class RunOptions:
     timeout_s: float | None = DEFAULT_TIMEOUT_S
     limits: RunLimits = RunLimits()
     threads: int = 1
+    launcher: Launcher = "fork"
     expected: Sequence[ExpectedFailure] = ()
     reproduce: Callable[[Item], dict] | None = None
     progress: Callable[[Report], None] | None = None
@@ -64,6 +70,8 @@ class RunOptions:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {list(MODES)}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {self.launcher!r}; choose one of {list(LAUNCHERS)}")
         self._check_timeout()
         if not isinstance(self.limits, RunLimits):
             raise TypeError(f"limits must be a RunLimits, got {type(self.limits).__name__}")

@@ -55,7 +55,12 @@ def open_executor(
         if specs is None:
             raise ValueError(_NEEDS_SPECS)
         config = WorkerConfig(
-            specs.candidate, specs.cases, options.profile, options.device, options.threads
+            specs.candidate,
+            specs.cases,
+            options.profile,
+            options.device,
+            options.threads,
+            options.launcher,
         )
         return Supervisor(config)
     executors = {"child": ChildExecutor, "thread": ThreadExecutor, "inline": InlineExecutor}
@@ -109,7 +114,9 @@ class ItemRun:
             raise RuntimeError("an ItemRun runs once: call run_items again for another run")
         options = self._options
         self._stopper = Stopper(options.limits)
-        session = Session(self._candidate, PROFILES[options.profile], options.device)
+        session = Session(
+            self._candidate, PROFILES[options.profile], options.device, options.launcher
+        )
         caller = GlobalState.take()
         baseline = seeded_baseline()
         executor = open_executor(options, session, baseline, self._specs)

@@ -33,6 +33,7 @@ class Session:
     candidate: Candidate
     profile: Profile = PROFILES["default"]
     device: str = "cpu"
+    launcher: str = "fork"  # how the distributed checks start their ranks (RunOptions.launcher)
     side_effects: list[str] = field(default_factory=list)
     # every converted answer's scale record, for the run's scale summary (see scale_records.py)
     answers: list[dict] = field(default_factory=list)

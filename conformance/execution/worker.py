@@ -37,6 +37,7 @@ class WorkerConfig:
     profile: str = "default"
     device: str = "cpu"
     threads: int = 1
+    launcher: str = "fork"
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def serve(connection, config: WorkerConfig, log_path: str) -> None:
     except Exception as error:  # the parent loaded them; report rather than die silently
         connection.send(LoadFailed(f"{type(error).__name__}: {error}"))
         return
-    session = Session(candidate, PROFILES[config.profile], config.device)
+    session = Session(candidate, PROFILES[config.profile], config.device, config.launcher)
     baseline = seeded_baseline()
     connection.send(READY)
     while True:

@@ -21,6 +21,7 @@ from kfac_conformance.execution.limits import DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, 
 from kfac_conformance.execution.options import DEFAULT_TIMEOUT_S, RunOptions
 from kfac_conformance.execution.plan import case_entries, plan
 from kfac_conformance.execution.profiles import PROFILES
+from kfac_conformance.execution.torchrun import NotUnderTorchrun, TorchrunProcess
 from kfac_conformance.frontends import coverage_command, fuzz_command
 from kfac_conformance.frontends.environment import (
     CANDIDATE_OPTION_HELP,
@@ -100,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
         "run, and a hang can only be abandoned in a thread",
     )
     run.add_argument(
+        "--launcher",
+        choices=["fork", "torchrun"],
+        default="fork",
+        help="how the distributed checks start their process groups: 'fork' (default) forks "
+        "every rank; 'torchrun' runs in each process that torchrun started, each forking its "
+        "own rank; rank 0 writes the report and prints the summary (docs/distributed.md); "
+        "only with --profile distributed",
+    )
+    run.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -110,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no progress output; one line per failure"
     )
     _add_output_options(run, html_option="--report-html")
+    run.set_defaults(follower=False)  # a torchrun process other than rank 0: silent
     report = commands.add_parser(
         "report",
         help="turn a JSON report into HTML, JUnit XML or GitHub annotations; without any of "
@@ -192,6 +203,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _check_usage(args: argparse.Namespace) -> None:
+    if args.launcher == "torchrun":
+        _check_torchrun_usage(args)
     if args.timeout < 0:
         raise UsageError(f"--timeout must be positive, or 0 for no limit; got {args.timeout:g}")
     if args.threads < 1:
@@ -208,6 +221,23 @@ def _check_usage(args: argparse.Namespace) -> None:
             )
 
 
+def _check_torchrun_usage(args: argparse.Namespace) -> None:
+    """Under ``--launcher torchrun`` every process runs the plan; all but rank 0 stay silent."""
+    if args.profile != "distributed":
+        raise UsageError(
+            "--launcher torchrun starts only the distributed checks' process groups: give "
+            f"--profile distributed (got --profile {args.profile}); the other checks would run "
+            "once per process"
+        )
+    try:
+        process = TorchrunProcess.from_environment()
+    except NotUnderTorchrun as error:
+        raise UsageError(str(error)) from None
+    if process.rank != 0:
+        args.report_json = args.html = args.junit_xml = None
+        args.quiet, args.format, args.follower = True, "text", True
+
+
 def _options(args: argparse.Namespace, progress: _Progress) -> RunOptions:
     try:
         limits = RunLimits(args.max_consecutive_timeouts, args.maxfail, args.max_time)
@@ -218,6 +248,7 @@ def _options(args: argparse.Namespace, progress: _Progress) -> RunOptions:
             timeout_s=args.timeout or None,
             limits=limits,
             threads=args.threads,
+            launcher=args.launcher,
             progress=progress,
         )
     except ValueError as error:
@@ -265,17 +296,20 @@ def run(args: argparse.Namespace) -> int:
         if report is None:  # stopped while loading and planning: there is no report yet
             raise
         exit_code = 128 + getattr(interrupt, "signal_number", signal.SIGINT)
-        print(
-            f"\ninterrupted by {report.interruption}: the report is marked incomplete",
-            file=sys.stderr,
-        )
+        if not args.follower:
+            print(
+                f"\ninterrupted by {report.interruption}: the report is marked incomplete",
+                file=sys.stderr,
+            )
     if args.report_json:
         report.write(args.report_json)
-    print(summary_text(report, quiet=args.quiet))
+    if not args.follower:
+        print(summary_text(report, quiet=args.quiet))
     _write_outputs(args, report.to_json())
     if exit_code is not None:
         return exit_code
-    return 0 if report.succeeded else 1
+    # a follower's verdicts are rank 0's to give: its 1 would make torchrun stop rank 0
+    return 0 if report.succeeded or args.follower else 1
 
 
 def convert_report(args: argparse.Namespace) -> int:
