@@ -11,7 +11,8 @@ MC KFAC with ``MC_SAMPLES`` samples under ``SEEDS`` seeds, and forms
 
 .. math::  z_k(v) = v^\top K_k v \,/\, v^\top G v - 1,
 
-with :math:`v^\top K_k v = \langle V, B_k V A_k^\top\rangle` from the factors and
+with :math:`v^\top K_k v = \langle B_k, V A_k V^\top\rangle` from the factors
+(:func:`~kfac_conformance.comparison.kronecker_products.output_side_form`) and
 :math:`v^\top G v = \langle v, Gv\rangle` by autodiff (JVP and VJP): no P x P tensor. A
 correct candidate gives :math:`E[z_k] = 0`. Each (layer, probe) is a one-sample t test with
 ``SEEDS - 1`` degrees of freedom; the item fails when Holm's procedure rejects one of its tests
