@@ -17,7 +17,16 @@ from kfac_conformance.cases.canonical import CANONICAL_CASES
 from kfac_conformance.cases.scale import MINI_SCALE_CASES, SCALE_CASES
 from kfac_conformance.checks.catalogue import ALL_CHECKS
 from kfac_conformance.checks.scale import PROBES, scale_checks
-from kfac_conformance.comparison.kronecker_products import kronecker_product
+from kfac_conformance.checks.scale_mc import (
+    MC_SAMPLES,
+    MIN_DATA,
+    SEEDS,
+    estimable,
+    forms_over_seeds,
+    scale_mc_checks,
+)
+from kfac_conformance.checks.scale_mc_calibration import calibrate
+from kfac_conformance.comparison.kronecker_products import kronecker_product, output_side_form
 from kfac_conformance.execution.peak_memory import PeakMemory
 from kfac_conformance.execution.plan import Item, case_entries, entries_of, plan
 from kfac_conformance.execution.profiles import GENERAL_PROFILES
@@ -27,7 +36,7 @@ from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_conformance.reports.report import Report, summary_text
 from kfac_ref import compute_kfac
 
-MINI_CHECKS = scale_checks(MINI_SCALE_CASES)
+MINI_CHECKS = [*scale_checks(MINI_SCALE_CASES), *scale_mc_checks(MINI_SCALE_CASES)]
 MINI_ITEMS = [Item(check, entry) for check in MINI_CHECKS for entry in check.own_cases]
 # products of two float64 computations of the same matrix-vector product
 ROUND_OFF = 1e-12
@@ -56,7 +65,7 @@ def test_probe_products_equal_the_dense_oracle_blocks_times_the_probe(case_id, c
 
 
 @pytest.mark.parametrize("bias", ["separate", "joint"])
-def test_kronecker_products_equal_the_dense_block_times_the_probe(bias):
+def test_kronecker_products_and_forms_equal_the_dense_blocks(bias):
     case = next(c for c in CANONICAL_CASES if c.id.startswith("conv-expand[last-layer"))
     problem = case.make_problem()
     result = compute_kfac(problem.model, problem.loss_func, problem.batches, bias=bias)
@@ -66,6 +75,8 @@ def test_kronecker_products_equal_the_dense_block_times_the_probe(bias):
         assert (_flat(kronecker_product(factors, probe)) - expected).norm() <= (
             ROUND_OFF * expected.norm()
         )
+        form = (factors.B * output_side_form(factors, probe)).sum()
+        assert abs(form - _flat(probe) @ expected) <= ROUND_OFF * abs(_flat(probe) @ expected)
 
 
 def test_the_scale_checks_run_in_the_scale_profile_only():
@@ -155,3 +166,50 @@ def test_peak_memory_sees_a_torch_allocation():
     if peak.bytes is None:
         pytest.skip("this system cannot reset the resident set's high-water mark")
     assert peak.bytes >= size // 2
+
+
+def test_the_mc_check_runs_on_the_deep_linear_network_alone():
+    """Its statistic needs type-2 KFAC exact on every layer and enough data for near-normal
+    forms: of the profile's cases only the deep linear network has both."""
+    for cases in (SCALE_CASES, MINI_SCALE_CASES):
+        chosen = [case for case in cases if estimable(case)]
+        assert [case.id.split("[")[0] for case in chosen] == ["deep-linear"]
+        assert chosen[0].num_data >= max(MIN_DATA, CHUNK + 1)
+    assert [item.id for item in plan("scale", case_entries("scale")) if "mc" in item.id] == [
+        f"scale/mc-unbiased[{chosen_id}]"
+        for chosen_id in (case.id for case in SCALE_CASES if estimable(case))
+    ]
+
+
+@pytest.mark.parametrize("bias", ["separate", "joint"])
+def test_type_2_kfac_has_the_exact_ggn_forms_on_the_deep_linear_network(bias):
+    """Type-2 KFAC is the GGN block there: given in place of the MC estimates, its forms
+    equal the exact side's to round-off (a separate bias without the GGN's cross terms), and
+    the t tests see no bias."""
+    case = next(case for case in MINI_SCALE_CASES if estimable(case))
+    problem = case.make_problem()
+    layers = case.exact_layers("type-2", "expand")
+
+    def type_2(seed: int):
+        return compute_kfac(problem.model, problem.loss_func, problem.batches, bias=bias)
+
+    forms = forms_over_seeds(case.make_problem(), layers, "expand", type_2, range(3))
+    assert len(forms) == PROBES * len(layers)
+    for form in forms:
+        assert form.exact > 0
+        assert (form.ratios - 1).abs().max().item() <= ROUND_OFF
+        assert form.test().statistic == 0
+
+
+def test_the_mc_calibration_runs_independent_trials_of_the_check():
+    """Two trials of the calibration on the small deep linear network: each fails with
+    probability at most about 1e-6 (the check's family-wise level), and the forms' mean ratio
+    is one: every form's seed-to-seed spread is at most sqrt(2 / (N M)), so is that of a
+    seed's mean form, and the mean over the 2 x 16 independent seeds is held to 5 of its
+    spreads (false-positive rate below 1e-6 for near-normal forms)."""
+    case = next(case for case in MINI_SCALE_CASES if estimable(case))
+    figures = calibrate(case, trials=2)
+    assert figures["failed_at_family_alpha"] == 0
+    assert figures["tests_per_trial"] == PROBES * len(case.exact_layers("type-2", "expand"))
+    spread = (2 / (case.num_data * MC_SAMPLES)) ** 0.5
+    assert abs(figures["mean_ratio"] - 1) <= 5 * spread / (2 * SEEDS) ** 0.5

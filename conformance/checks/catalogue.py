@@ -20,6 +20,7 @@ from kfac_conformance.checks import (
     mc,
     parity,
     scale,
+    scale_mc,
     side_effects,
     structure,
     unsupported,
@@ -40,6 +41,7 @@ ALL_CHECKS: list[Check] = [
     *ekfac.CHECKS,
     *parity.CHECKS,
     *scale.CHECKS,
+    *scale_mc.CHECKS,
     *distributed.CHECKS,
 ]
 if len({check.id for check in ALL_CHECKS}) != len(ALL_CHECKS):

@@ -74,7 +74,7 @@ def scale_entry(case: ScaleCase) -> CaseEntry:
     return CaseEntry(case.id, case.make_problem)
 
 
-def _scale_case(entry: CaseEntry, cases: Sequence[ScaleCase]) -> ScaleCase:
+def scale_case(entry: CaseEntry, cases: Sequence[ScaleCase]) -> ScaleCase:
     for case in cases:
         if case.id == entry.id:
             return case
@@ -94,7 +94,7 @@ def _compare_products(
     for index, layer in enumerate(layers):
         target = target_of(layer)
         if candidate[layer].bias == "separate":
-            target = _without_cross_terms(target)
+            target = without_cross_terms(target)
         params = layer_parameters(problem, layer)
         for probe in gaussian_probes(params, PROBES, PROBE_SEED + index):
             expected = target(probe)
@@ -115,7 +115,7 @@ def _relative(difference: float, target: float) -> float:
     return 0.0 if difference == 0 else math.inf
 
 
-def _without_cross_terms(product: Callable[[Probe], Probe]) -> Callable[[Probe], Probe]:
+def without_cross_terms(product: Callable[[Probe], Probe]) -> Callable[[Probe], Probe]:
     """The product with the weight and bias blocks alone: a separate bias's KFAC has no
     weight-bias cross terms by definition, so they are no part of the comparison."""
 
@@ -129,7 +129,7 @@ def _without_cross_terms(product: Callable[[Probe], Probe]) -> Callable[[Probe],
     return restricted
 
 
-def _measured(session: Session, entry: CaseEntry, body: Callable[[Measurement], None]):
+def measured(session: Session, entry: CaseEntry, body: Callable[[Measurement], None]):
     """Run ``body``, recording the peak memory and the parameter count in the details."""
     measurement = Measurement()
     problem = session.fresh(entry)
@@ -156,7 +156,7 @@ def _exactness(
     curvature, name = _CURVATURE[fisher_type]
 
     def measure(session: Session, entry: CaseEntry) -> Measurement:
-        case = _scale_case(entry, cases)
+        case = scale_case(entry, cases)
 
         def body(measurement: Measurement) -> None:
             ran = False
@@ -180,7 +180,7 @@ def _exactness(
             if not ran:
                 raise CheckSkipped(session.why_unclaimed([fisher_type]))
 
-        return _measured(session, entry, body)
+        return measured(session, entry, body)
 
     return measure
 
@@ -195,7 +195,7 @@ def _on_exact_layers(fisher_type: str, cases: Sequence[ScaleCase]) -> tuple[Case
 
 def _agreement(cases: Sequence[ScaleCase]) -> Callable[[Session, CaseEntry], Measurement]:
     def measure(session: Session, entry: CaseEntry) -> Measurement:
-        case = _scale_case(entry, cases)
+        case = scale_case(entry, cases)
 
         def body(measurement: Measurement) -> None:
             ran = False
@@ -223,7 +223,7 @@ def _agreement(cases: Sequence[ScaleCase]) -> Callable[[Session, CaseEntry], Mea
             if not ran:
                 raise CheckSkipped(session.why_unclaimed(["type-2", "empirical"]))
 
-        return _measured(session, entry, body)
+        return measured(session, entry, body)
 
     return measure
 

@@ -17,13 +17,8 @@ from kfac_ref.factors import KroneckerFactors
 
 def kronecker_product(factors: KroneckerFactors, probe: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """The block of ``factors`` times ``probe`` (the layer's weight, then its bias if any)."""
+    _check_probe(factors, probe)
     A, B = factors.A.to(probe[0]), factors.B.to(probe[0])
-    expected = 1 if factors.bias == "none" else 2
-    if len(probe) != expected:
-        raise ValueError(
-            f"factors with bias={factors.bias!r} act on {expected} parameter tensors, "
-            f"the layer has {len(probe)}"
-        )
     weight = probe[0].reshape(probe[0].shape[0], -1)
     if factors.bias == "joint":
         joint = B @ torch.cat([weight, probe[1].unsqueeze(1)], dim=1) @ A.T
@@ -34,6 +29,15 @@ def kronecker_product(factors: KroneckerFactors, probe: tuple[Tensor, ...]) -> t
     return weight_product, B @ probe[1]
 
 
+def _check_probe(factors: KroneckerFactors, probe: tuple[Tensor, ...]) -> None:
+    expected = 1 if factors.bias == "none" else 2
+    if len(probe) != expected:
+        raise ValueError(
+            f"factors with bias={factors.bias!r} act on {expected} parameter tensors, "
+            f"the layer has {len(probe)}"
+        )
+
+
 def probe_norm(probe: tuple[Tensor, ...]) -> float:
     """The Euclidean norm of the probe over all its tensors."""
     return float(torch.sqrt(sum((t.double() ** 2).sum() for t in probe)))
@@ -41,3 +45,19 @@ def probe_norm(probe: tuple[Tensor, ...]) -> float:
 
 def probe_difference(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return tuple(a - b.to(a) for a, b in zip(first, second, strict=True))
+
+
+def output_side_form(factors: KroneckerFactors, probe: tuple[Tensor, ...]) -> Tensor:
+    r"""The matrix ``C`` with :math:`v^\top (B \otimes A)\, v = \langle B, C\rangle` for the
+    probe ``v``: ``C = V A V^T`` over the weight (a joint bias as its extra column), plus
+    ``b b^T`` for a separate bias. It depends on ``A`` and the probe only, so quadratic forms
+    of several blocks that share ``A`` cost one product with ``B`` each."""
+    _check_probe(factors, probe)
+    A = factors.A.to(probe[0])
+    weight = probe[0].reshape(probe[0].shape[0], -1)
+    if factors.bias == "joint":
+        weight = torch.cat([weight, probe[1].unsqueeze(1)], dim=1)
+    form = weight @ A @ weight.T
+    if factors.bias == "separate":
+        form = form + torch.outer(probe[1], probe[1])
+    return form

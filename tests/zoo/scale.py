@@ -4,22 +4,25 @@ Each mutant is ``kfac_ref`` itself wherever a batch holds at most ``CHUNK`` data
 convolution at most ``WIDE_CHANNELS`` input channels, which every problem of the block
 profiles (quick, default, thorough) does; so they pass the default profile by construction
 (``tests/test_scale.py`` checks the condition on its every problem) and only the ``scale``
-profile (:mod:`kfac_conformance.checks.scale`) can kill them. ``killers`` name its checks.
+profile (:mod:`kfac_conformance.checks.scale`, :mod:`kfac_conformance.checks.scale_mc`) can
+kill them. ``killers`` name its checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from kfac_conformance.contract.problem import Problem, Request
+from kfac_ref import compute
 from kfac_ref.factors import KroneckerFactors
 from kfac_ref.layers import LayerRule
 
-from .base import Mutant, reference_compute, rules_replaced
+from .base import Mutant, reference_compute, replace, rules_replaced
 
 CHUNK = 128
 WIDE_CHANNELS = 64
@@ -115,8 +118,39 @@ class WidePatchesChannelsLast(Mutant):
         return [rules_replaced(change)]
 
 
+_original_vectors = compute.backpropagated_vectors
+
+
+class McSamplesCappedAtScale(Mutant):
+    """To bound the memory of the sampled gradients, a batch of more than 128 data draws at
+    most ``128 M`` labels in all (``max(1, 128 M // N)`` per datum), but the sampled gradients
+    are still normalised by the ``M`` that was asked: ``B`` is ``drawn / M`` of its value
+    (1/2 for 160 data and ``M = 2``). Type-2 and the empirical Fisher draw nothing and are
+    exact.
+
+    Killed by scale/mc-unbiased on the deep linear network (160 data), the only check that
+    sees MC KFAC on more than one chunk.
+    """
+
+    killers = ("scale/mc-unbiased",)
+
+    def patches(self, request: Request):
+        def capped(loss_func, output, labels, fisher_type, mc_samples, generator):
+            data = output.shape[0]
+            if fisher_type != "mc" or data <= CHUNK:
+                return _original_vectors(
+                    loss_func, output, labels, fisher_type, mc_samples, generator
+                )
+            drawn = max(1, CHUNK * mc_samples // data)
+            vectors = _original_vectors(loss_func, output, labels, "mc", drawn, generator)
+            return vectors * math.sqrt(drawn / mc_samples)
+
+        return [replace(compute, "backpropagated_vectors", capped)]
+
+
 SCALE_MUTANTS: list[type[Mutant]] = [
     ChunksDropPartial,
     Float32ChunkAccumulation,
     WidePatchesChannelsLast,
+    McSamplesCappedAtScale,
 ]
