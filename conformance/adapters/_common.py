@@ -102,13 +102,14 @@ def refuse_dilated_conv2d(problem: Problem, library: str) -> None:
         raise Unsupported(library, f"dilated Conv2d layers {dilated}")
 
 
-def refuse_reduce_on_conv2d(problem: Problem, request: Request, library: str) -> None:
-    """Refuse ``kfac_approx="reduce"`` for ``nn.Conv2d`` layers, which the library
-    approximates as in KFC (expand) only."""
+def refuse_reduce_on_convolutions(problem: Problem, request: Request, library: str) -> None:
+    """Refuse ``kfac_approx="reduce"`` for convolutions (``nn.Conv1d``, ``nn.Conv2d``,
+    ``nn.Conv3d``), which the library approximates as in KFC (expand) only."""
+    convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     if request.kfac_approx != "expand" and any(
-        isinstance(problem.model.get_submodule(layer), nn.Conv2d) for layer in problem.layers
+        isinstance(problem.model.get_submodule(layer), convolutions) for layer in problem.layers
     ):
-        raise Unsupported(library, "Conv2d is approximated as in KFC (expand) only")
+        raise Unsupported(library, "convolutions are approximated as in KFC (expand) only")
 
 
 def total_data(problem: Problem) -> int:

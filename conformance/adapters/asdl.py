@@ -48,7 +48,7 @@ from kfac_conformance.adapters._common import (
     has_bias,
     package,
     refuse_dilated_conv2d,
-    refuse_reduce_on_conv2d,
+    refuse_reduce_on_convolutions,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
     require,
@@ -88,7 +88,7 @@ class AsdlCandidate:
             raise Unsupported(LIBRARY, f"fisher_type {request.fisher_type!r}")
         if request.bias != "separate":
             raise Unsupported(LIBRARY, "only a separate bias block is computed")
-        refuse_reduce_on_conv2d(problem, request, LIBRARY)
+        refuse_reduce_on_convolutions(problem, request, LIBRARY)
         # its conv2d Fisher raises "conv2d.dilation has to be (1, 1)" (found by the fuzzer)
         refuse_dilated_conv2d(problem, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)

@@ -25,12 +25,18 @@ Conventions (BackPACK 1.7.1, verified numerically against the suite's oracle):
   ``G = sum_b (R / R_b) G_b`` (``R_b``, ``R``: the loss's reduction factor on batch ``b`` and
   on all data). KFRA's backpropagated quantity is a batch average that does not decompose
   this way, so ``backpack-kfra`` claims a single batch only.
-- Supported: ``nn.Linear`` on ``(N, D)`` inputs and ``nn.Conv2d``; MSE and CE on ``(N, C)``
-  outputs; BCE-with-logits only with one output (and not with KFRA). Unsupported inputs are
-  refused with ``NotImplementedError`` before BackPACK runs.
-- ``nn.Conv2d`` follows Grosse & Martens 2016 (KFC) according to BackPACK's docs, i.e.
+- Supported: ``nn.Linear`` on ``(N, D)`` inputs and ``nn.Conv1d``, ``nn.Conv2d`` and
+  ``nn.Conv3d`` without groups (one class, ``hbp/convnd.py`` ``HBPConvNd``, computes all three;
+  it raises ``NotImplementedError`` for ``groups > 1``); MSE and CE on ``(N, C)`` outputs;
+  BCE-with-logits only with one output (and not with KFRA). Unsupported inputs are refused
+  with ``NotImplementedError`` before BackPACK runs.
+- Convolutions follow Grosse & Martens 2016 (KFC) according to BackPACK's docs, i.e.
   KFAC-expand; only ``kfac_approx="expand"`` is claimed (for ``Linear`` on ``(N, D)`` inputs
-  expand and reduce coincide).
+  expand and reduce coincide). ``A`` is in ``weight.flatten(1)`` order (input channel, then
+  kernel taps) in every dimension. ``HBPConvNd`` documents that its block differs from KFC's
+  by the number of output positions ``|T|`` (finding B1 of ``docs/findings.md``, the same
+  code in one, two and three dimensions); the adapter hands the factors on unconverted, as
+  documented, and the differing items are expected failures naming B1.
 
 ``extend`` marks every module with ``_backpack_extend`` and installs hooks for the module's
 lifetime (BackPACK documents no way to undo it), and ``backward`` writes ``.grad``. To build
@@ -54,7 +60,7 @@ from kfac_conformance.adapters._common import (
     batch_reduction_factor,
     has_bias,
     package,
-    refuse_reduce_on_conv2d,
+    refuse_reduce_on_convolutions,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
     require,
@@ -66,7 +72,7 @@ from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
 LIBRARY = "BackPACK"
-LAYER_TYPES = frozenset({"Linear", "Conv2d"})
+LAYER_TYPES = frozenset({"Linear", "Conv1d", "Conv2d", "Conv3d"})
 
 
 def _check_outputs(problem: Problem, library: str) -> None:
@@ -101,7 +107,7 @@ class _BackpackCandidate:
             raise Unsupported(LIBRARY, "only a separate bias block is computed")
         refuse_shared_linear_inputs(problem, LIBRARY)
         _check_outputs(problem, LIBRARY)
-        refuse_reduce_on_conv2d(problem, request, LIBRARY)
+        refuse_reduce_on_convolutions(problem, request, LIBRARY)
         if len(problem.batches) > 1 and not self.capabilities.multiple_batches:
             raise Unsupported(LIBRARY, f"{self.name} is defined on one batch only")
 

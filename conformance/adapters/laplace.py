@@ -4,10 +4,11 @@ Usage follows laplace-torch's documented flow: ``la = Laplace(model, likelihood,
 subset_of_weights="all", hessian_structure="kron", backend=..., prior_precision=0.,
 temperature=1., sigma_noise=1.)``, then ``la.fit(loader)``; the factors are ``la.H_facs``
 (a ``laplace.utils.matrix.Kron``), one entry per trainable parameter in ``model.parameters()``
-order: ``[B, A]`` for a weight (block ``kron(B, A)`` over ``weight.flatten()``, Conv2d ``A``
-in ``weight.flatten(1)`` order) and ``[B_bias]`` for a bias, always separate. One candidate per
-backend with a Kronecker-factored GGN: ``CurvlinopsGGN``/``CurvlinopsEF``, ``AsdlGGN``/
-``AsdlEF`` and ``BackPackGGN`` (``BackPackEF`` raises ``NotImplementedError`` for kron).
+order: ``[B, A]`` for a weight (block ``kron(B, A)`` over ``weight.flatten()``, a
+convolution's ``A`` in ``weight.flatten(1)`` order) and ``[B_bias]`` for a bias, always
+separate. One candidate per backend with a Kronecker-factored GGN: ``CurvlinopsGGN``/
+``CurvlinopsEF``, ``AsdlGGN``/``AsdlEF`` and ``BackPackGGN`` (``BackPackEF`` raises
+``NotImplementedError`` for kron).
 
 Conventions (laplace-torch 0.3, read in source and verified numerically):
 
@@ -97,7 +98,7 @@ class _LaplaceKron:
         self.version = installed_version(self.requires.distributions[0])
 
     def _check(self, problem: Problem, request: Request) -> None:
-        require(problem, LIBRARY, LAYER_TYPES, LIKELIHOODS)
+        require(problem, LIBRARY, self.capabilities.layer_types, LIKELIHOODS)
         if request.fisher_type not in self.capabilities.fisher_types:
             raise Unsupported(LIBRARY, f"fisher_type {request.fisher_type!r} with this backend")
         if request.kfac_approx not in self.capabilities.flavours:
@@ -140,9 +141,11 @@ class _LaplaceKron:
         return weight_and_bias_factors(problem, la.H_facs.kfacs, layer_names)
 
 
-def _capabilities(fisher_types: set[str], flavours: set[str]) -> Capabilities:
+def _capabilities(
+    fisher_types: set[str], flavours: set[str], layer_types: frozenset[str] = LAYER_TYPES
+) -> Capabilities:
     return Capabilities(
-        layer_types=LAYER_TYPES,
+        layer_types=layer_types,
         losses=frozenset(LIKELIHOODS),
         fisher_types=frozenset(fisher_types),
         flavours=frozenset(flavours),
@@ -189,7 +192,13 @@ class LaplaceBackpackCandidate(_LaplaceKron):
     # the backend is a dependency of laplace-torch
     requires = Requirement(("laplace-torch", "backpack-for-pytorch"), "laplace")
     ggn_backend, ef_backend = "BackPackGGN", None
-    capabilities = replace(_capabilities({"type-2", "mc"}, {"expand"}), weight_sharing=False)
+    # BackPACK computes Conv3d as well, but laplace-torch 0.3 does not take it: its
+    # Kron.init_from_model raises "Invalid parameter shape in network." for a weight with more
+    # than 4 axes (laplace/utils/matrix.py), before anything is fitted
+    capabilities = replace(
+        _capabilities({"type-2", "mc"}, {"expand"}, LAYER_TYPES | {"Conv1d"}),
+        weight_sharing=False,
+    )
 
     def _check(self, problem: Problem, request: Request) -> None:
         super()._check(problem, request)

@@ -43,7 +43,7 @@ from kfac_conformance.adapters._common import (
     has_bias,
     package,
     package_ekfac,
-    refuse_reduce_on_conv2d,
+    refuse_reduce_on_convolutions,
     refuse_shared_linear_inputs,
     refuse_shared_outputs,
     require,
@@ -89,7 +89,7 @@ class NngeometryCandidate:
             raise Unsupported(LIBRARY, "Monte Carlo only for cross-entropy (classif_logits)")
         if request.bias != "joint":
             raise Unsupported(LIBRARY, "only a joint bias (ones column appended) is computed")
-        refuse_reduce_on_conv2d(problem, request, LIBRARY)
+        refuse_reduce_on_convolutions(problem, request, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)
         if isinstance(problem.loss_func, nn.CrossEntropyLoss):
             # classif_logits raises on (N, C, H, W) logits (found by the fuzzer)

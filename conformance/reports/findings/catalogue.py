@@ -81,11 +81,18 @@ FINDINGS = (
     Finding(
         id="B1",
         libraries=("backpack",),
-        title="Conv2d KFAC is |T| times KFC, with the gradient factor of KFAC-reduce",
+        title="Conv1d, Conv2d and Conv3d KFAC is |T| times KFC, with the gradient factor of "
+        "KFAC-reduce",
         classification="convention difference",
         pinned=(BACKPACK,),
-        at_head="unchanged, with the same documentation",
-        cause=(Source("1.7.1", "backpack/extensions/secondorder/hbp/convnd.py", "124-152"),),
+        at_head="unchanged, with the same documentation (`hbp/convnd.py`, `hbp/conv1d.py` and "
+        "`hbp/conv3d.py` are identical to 1.7.1's)",
+        cause=(
+            Source("1.7.1", "backpack/extensions/secondorder/hbp/convnd.py", "124-152"),
+            # Conv1d and Conv3d are the same class in one and three dimensions
+            Source("1.7.1", "backpack/extensions/secondorder/hbp/conv1d.py", "6-11"),
+            Source("1.7.1", "backpack/extensions/secondorder/hbp/conv3d.py", "6-11"),
+        ),
         documented=(
             Source(
                 "1.7.1",
@@ -103,7 +110,10 @@ FINDINGS = (
                 "because |Τ| * Γ is the MC/exact GGN w.r.t. the convolution's bias.",
             ),
         ),
-        repros=("docs/repro/backpack_conv2d_hybrid.py",),
+        repros=(
+            "docs/repro/backpack_conv2d_hybrid.py",
+            "docs/repro/backpack_conv1d_conv3d_hybrid.py",
+        ),
     ),
     Finding(
         id="B2",

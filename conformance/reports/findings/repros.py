@@ -38,6 +38,7 @@ REPROS = (
     Repro("docs/repro/asdl_mc_scale.py", "asdl"),
     Repro("docs/repro/asdl_shared_axes.py", "asdl"),
     Repro("docs/repro/backpack_conv2d_hybrid.py", "backpack"),
+    Repro("docs/repro/backpack_conv1d_conv3d_hybrid.py", "backpack"),
     Repro("docs/repro/backpack_kfra_multi_datum.py", "backpack"),
     Repro("docs/repro/backpack_kfra_float64.py", "backpack"),
     Repro("docs/repro/nngeometry_float64_classif.py", "nngeometry"),
