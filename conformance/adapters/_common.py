@@ -111,6 +111,16 @@ def refuse_reduce_on_conv2d(problem: Problem, request: Request, library: str) ->
         raise Unsupported(library, "Conv2d is approximated as in KFC (expand) only")
 
 
+def refuse_reduce_on_convolutions(problem: Problem, request: Request, library: str) -> None:
+    """Refuse ``kfac_approx="reduce"`` for convolutions of any dimension, which the library
+    approximates as in KFC (expand) only."""
+    convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    if request.kfac_approx != "expand" and any(
+        isinstance(problem.model.get_submodule(layer), convolutions) for layer in problem.layers
+    ):
+        raise Unsupported(library, "convolutions are approximated as in KFC (expand) only")
+
+
 def total_data(problem: Problem) -> int:
     return sum(X.shape[0] for X, _ in problem.batches)
 
