@@ -75,8 +75,9 @@ FINDINGS = (
         cause=(
             Source("0.1a5", "asdl/fisher.py", "473"),
             Source("0.1a5", "asdl/operations/linear.py", "155-156"),
+            Source("0.1a5", "asdl/operations/embedding.py", "35-46"),
         ),
-        repros=("docs/repro/asdl_shared_axes.py",),
+        repros=("docs/repro/asdl_shared_axes.py", "docs/repro/asdl_embedding_shared_axes.py"),
     ),
     Finding(
         id="B1",

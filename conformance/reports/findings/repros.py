@@ -37,6 +37,7 @@ REPROS = (
     Repro("docs/repro/curvlinops_type2_loss_terms.py", "curvlinops"),
     Repro("docs/repro/asdl_mc_scale.py", "asdl"),
     Repro("docs/repro/asdl_shared_axes.py", "asdl"),
+    Repro("docs/repro/asdl_embedding_shared_axes.py", "asdl"),
     Repro("docs/repro/backpack_conv2d_hybrid.py", "backpack"),
     Repro("docs/repro/backpack_kfra_multi_datum.py", "backpack"),
     Repro("docs/repro/backpack_kfra_float64.py", "backpack"),
