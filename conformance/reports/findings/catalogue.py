@@ -219,6 +219,19 @@ FINDINGS = (
         upstream="docs/upstream/laplace-L1.md",
     ),
     Finding(
+        id="L2",
+        libraries=("laplace",),
+        title="an Embedding's Kronecker factors are read in a Linear layer's layout",
+        classification="limitation",
+        pinned=(LAPLACE, "asdfghjkl==0.1a4"),
+        at_head="unchanged (`_get_kron_factors` and `Kron.init_from_model` as in 0.3)",
+        cause=(
+            Source("0.3", "laplace/curvature/asdl.py", "145-154"),
+            Source("0.3", "laplace/utils/matrix.py", "62-73"),
+        ),
+        repros=("docs/repro/laplace_embedding_layout.py",),
+    ),
+    Finding(
         id="J1",
         libraries=("kfac-jax",),
         title="a dense layer with extra axes and a bias: the bias column ignores the mask",
