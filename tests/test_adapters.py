@@ -286,3 +286,56 @@ def test_inputs_the_fuzzer_found_crashing_are_refused(name, problem, reason):
             problem(),
             Request("type-2", "expand", bias=sorted(candidate.capabilities.bias_modes)[0]),
         )
+
+
+@pytest.mark.parametrize("approximation", ["kfac", "ekfac"])
+def test_nngeometry_conv1d_is_the_reference_kfac_expand(approximation):
+    """Strided, padded and dilated Conv1d layers with MSE on the feature map, in float64
+    (nngeometry's "regression" works there, unlike classif_logits, N1): nngeometry's patches
+    are in weight[o].flatten() order, so its blocks are kfac_ref's, in the suite's scale."""
+    candidate = load("nngeometry" if approximation == "kfac" else "nngeometry-ekfac")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Conv1d(3, 2, 2, dilation=2)
+    ).double()
+    X = torch.randn(4, 2, 9, dtype=torch.float64)
+    with torch.no_grad():
+        y = torch.randn_like(model(X))
+    problem = Problem(model, nn.MSELoss(), [(X, y)], ["0", "2"], "conv1d")
+    request = Request("type-2", "expand", bias="joint", approximation=approximation)
+    assert candidate.capabilities.unsupported(problem, request) is None
+    result = Session(candidate).call(problem, request)
+    expected = reference_compute(problem, request)
+    for layer in problem.layers:
+        assert relative_error(result[layer].to_dense(), expected[layer].to_dense()) < 1e-10
+
+
+def test_asdl_embedding_with_one_index_is_the_ggn_of_one_datum():
+    """One datum with one index, (1, 1): ASDL's Embedding KFAC is the exact GGN block once the
+    adapter has swapped ASDL's factors into kron(B, A) over weight.flatten() (a weight of
+    shape (5, 3): the unswapped product is a different matrix)."""
+    candidate = load("asdl")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Flatten(), nn.Linear(3, 2)).double()
+    X = torch.tensor([[3]])
+    problem = Problem(
+        model, nn.MSELoss(), [(X, torch.randn(1, 2, dtype=torch.float64))], ["0"], "e"
+    )
+    request = Request("type-2", "expand", bias="separate")
+    # called directly: the harness counts the (1, 1) indices as a shared axis, not claimed
+    result = candidate.compute(problem, request)
+    scale = tutorial_scale(candidate, problem, request)
+    exact = oracle.exact_blocks(problem.model, problem.loss_func, problem.batches, ["0"], "ggn")
+    assert relative_error(result["0"].to_dense() / scale, exact["0"]) < 1e-10
+
+
+def test_asdl_embedding_on_one_index_per_datum_is_refused():
+    """(N,) indices make ASDL's cov_kron_A raise (torch.bincount of a 0-d tensor)."""
+    candidate = load("asdl")
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)).double()
+    X = torch.tensor([0, 3, 3])
+    problem = Problem(
+        model, nn.MSELoss(), [(X, torch.zeros(3, 2, dtype=torch.float64))], ["0"], "e"
+    )
+    with pytest.raises(NotSupported, match=re.escape("Embedding layers ['0'] on (N,) indices")):
+        candidate.compute(problem, Request("type-2", "expand", bias="separate"))

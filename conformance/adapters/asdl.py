@@ -33,6 +33,15 @@ Conventions (asdfghjkl 0.1a5, from its source and verified numerically):
   are refused, as are ``nn.Linear`` layers on inputs with shared axes (ASDL treats the
   extra axes as data without the ``1/S`` of KFAC-expand; see ``docs/findings.md``).
 - ``nn.Conv2d`` is KFAC-expand (KFC); only ``kfac_approx="expand"`` is claimed.
+- ``nn.Embedding``: ASDL's ``kron.A`` is the ``num_embeddings``-square factor of the index
+  counts and ``kron.B`` the ``embedding_dim``-square one of the output gradients. Over the
+  embedding's ``weight.flatten()`` (``num_embeddings x embedding_dim``, the transpose of a
+  Linear layer's) the block is ``kron(kron.A, kron.B)``, so the adapter hands them over
+  swapped, as the suite's ``kron(B, A)``. ASDL's ``A`` is in float32 whatever the model's
+  dtype (the counts times ``1/data_size``: relative errors near 1e-8), and ASDL raises on one index per datum, ``(N,)`` inputs
+  (``torch.bincount`` of each datum's 0-d index tensor), so those are refused. Index tensors
+  ``(N, S)`` are shared axes (not claimed): ASDL squares each datum's summed counts, with
+  cross terms between positions, which is classic KFAC only for ``S = 1`` (findings A2).
 - MC: ASDL seeds the global RNG with ``seed`` on every ``forward_and_backward``; the adapter
   runs it inside ``torch.random.fork_rng`` so the caller's RNG state is preserved.
 """
@@ -46,6 +55,7 @@ from torch import nn
 from kfac_conformance.adapters._common import (
     Unsupported,
     has_bias,
+    layer_input_ndims,
     package,
     refuse_dilated_conv2d,
     refuse_reduce_on_convolutions,
@@ -61,7 +71,7 @@ from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import KroneckerFactors
 
 LIBRARY = "ASDL"
-LAYER_TYPES = frozenset({"Linear", "Conv2d"})
+LAYER_TYPES = frozenset({"Linear", "Conv2d", "Embedding"})
 LOSSES = frozenset({"MSELoss", "CrossEntropyLoss"})
 
 
@@ -93,6 +103,7 @@ class AsdlCandidate:
         refuse_dilated_conv2d(problem, LIBRARY)
         refuse_shared_linear_inputs(problem, LIBRARY)
         refuse_shared_outputs(problem, LIBRARY)
+        refuse_single_index_embeddings(problem)
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]:
         self._check(problem, request)
@@ -128,7 +139,27 @@ class AsdlCandidate:
 
         result = {}
         for layer in problem.layers:
-            kron = problem.model.get_submodule(layer).fisher.kron
+            module = problem.model.get_submodule(layer)
+            kron = module.fisher.kron
+            if isinstance(module, nn.Embedding):  # the weight is (inputs x outputs)
+                result[layer] = package(problem, kron.B, kron.A, "none")
+                continue
             bias = "separate" if has_bias(problem, layer) else "none"
             result[layer] = package(problem, kron.A, kron.B, bias)
         return result
+
+
+def refuse_single_index_embeddings(problem: Problem) -> None:
+    """Refuse ``nn.Embedding`` layers on ``(N,)`` indices, on which ASDL's factor raises."""
+    ndims = layer_input_ndims(problem)
+    single = [
+        layer
+        for layer, ndim in ndims.items()
+        if isinstance(problem.model.get_submodule(layer), nn.Embedding) and ndim == 1
+    ]
+    if single:
+        raise Unsupported(
+            LIBRARY,
+            f"Embedding layers {single} on (N,) indices (its factor calls torch.bincount on "
+            "each datum's 0-d index tensor and raises); only (N, S) indices are computed",
+        )

@@ -27,6 +27,11 @@ Conventions (laplace-torch 0.3, read in source and verified numerically):
   the global RNG. The global RNG is seeded with ``request.seed`` inside ``fork_rng``.
 - Flavour: ``kfac_approx`` reaches curvlinops through ``asdl_fisher_kwargs``; ASDL and
   BackPACK are expand only.
+- ``nn.Embedding`` is not claimed for any backend: curvlinops 3.0.1 and BackPACK 1.7.1 have
+  no Embedding KFAC, and with ASDL laplace reads the factors in a Linear layer's layout
+  (``Kron.init_from_model``: ``B`` sized by the weight's rows), the transpose of an
+  embedding's, so fitting raises a size mismatch or, where ``num_embeddings == dim``, builds
+  the wrong block (findings L2).
 - ``la.fit`` puts the model in eval mode and sets attributes on it: every call fits a deep
   copy. Parameters outside ``problem.layers`` are frozen in the copy, since
   ``subset_of_weights="all"`` takes the parameters that require grad.

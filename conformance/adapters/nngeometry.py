@@ -22,8 +22,12 @@ Conventions (nngeometry 0.4, verified numerically):
   product ``kron(G, A)`` is identifiable, so this is irrelevant and left as is.
 - No empirical Fisher and no forward-only KFAC; Monte Carlo only for ``classif_logits``
   (CE), so MC requests with another loss are refused.
-- ``nn.Linear`` only on ``(N, D)`` inputs (nngeometry fails on extra axes); ``nn.Conv2d`` is
-  KFAC-expand, so only ``kfac_approx="expand"`` is claimed.
+- ``nn.Linear`` only on ``(N, D)`` inputs (nngeometry fails on extra axes); ``nn.Conv2d`` and
+  ``nn.Conv1d`` are KFAC-expand, so only ``kfac_approx="expand"`` is claimed. A ``Conv1d``
+  patch is unfolded as a ``(C_in, 1, k)`` image patch (``Conv1dJacobianFactory.kfac_xx``),
+  i.e. ordered ``(C_in, k)`` like ``weight[o].flatten()``, and ``G`` averages the output
+  gradients' outer products over the positions as for ``Conv2d``: the same layout, nothing to
+  convert. nngeometry 0.4 has no ``Conv3d`` or ``Embedding`` (``LayerCollection`` rejects them).
 - The adapter feeds the problem's batches as they are (``_common.batch_loader``: an
   explicit ``batch_sampler`` and a private ``torch.Generator``, since a ``DataLoader`` draws a
   base seed from the global RNG otherwise). MC samples come from the global RNG, which the
@@ -55,7 +59,7 @@ from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 
 LIBRARY = "nngeometry"
-LAYER_TYPES = frozenset({"Linear", "Conv2d"})
+LAYER_TYPES = frozenset({"Linear", "Conv1d", "Conv2d"})
 LOSSES = frozenset({"MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"})
 VARIANTS = {
     "MSELoss": "regression",

@@ -75,8 +75,9 @@ FINDINGS = (
         cause=(
             Source("0.1a5", "asdl/fisher.py", "473"),
             Source("0.1a5", "asdl/operations/linear.py", "155-156"),
+            Source("0.1a5", "asdl/operations/embedding.py", "35-46"),
         ),
-        repros=("docs/repro/asdl_shared_axes.py",),
+        repros=("docs/repro/asdl_shared_axes.py", "docs/repro/asdl_embedding_shared_axes.py"),
     ),
     Finding(
         id="B1",
@@ -226,6 +227,19 @@ FINDINGS = (
         ),
         repros=("docs/repro/laplace_ef_regression_scale.py",),
         upstream="docs/upstream/laplace-L1.md",
+    ),
+    Finding(
+        id="L2",
+        libraries=("laplace",),
+        title="an Embedding's Kronecker factors are read in a Linear layer's layout",
+        classification="limitation",
+        pinned=(LAPLACE, "asdfghjkl==0.1a4"),
+        at_head="unchanged (`_get_kron_factors` and `Kron.init_from_model` as in 0.3)",
+        cause=(
+            Source("0.3", "laplace/curvature/asdl.py", "145-154"),
+            Source("0.3", "laplace/utils/matrix.py", "62-73"),
+        ),
+        repros=("docs/repro/laplace_embedding_layout.py",),
     ),
     Finding(
         id="J1",
