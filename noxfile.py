@@ -137,8 +137,8 @@ def tests_jax(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("candidate", list(JAX_CANDIDATES))
 def conformance_jax(session: nox.Session, candidate: str) -> None:
-    """Exactness, mc/unbiased, invariances and agreement on the stored cases against a JAX
-    candidate, without torch; the JSON report goes to reports/<candidate>.json (--for-matrix
+    """Exactness, mc/unbiased, invariances, agreement and (across host devices) distributed
+    items on the stored cases against a JAX candidate, without torch; the JSON report goes to reports/<candidate>.json (--for-matrix
     as for conformance)."""
     install_torch_free(session, JAX_CANDIDATES[candidate])
     run_conformance(session, candidate, "python", "-m", "kfac_conformance.jax", env=JAX_ENV)

@@ -2,16 +2,19 @@
 
 ``counterpart`` names the mutant of ``tests/zoo`` with the same bug; ``tests/test_jax_runner.py``
 runs each on the killers of its counterpart that the JAX runner has (exactness items of stored
-cases) and requires the same failures. Importing this module needs JAX and kfac-jax.
+cases) and requires the same failures. ``DISTRIBUTED_MUTANTS`` combine the devices' factors
+wrongly (two are data-parallel mutants of ``tests/zoo/distributed.py`` in kfac-jax's terms);
+their killer is ``distributed/kfac-type-2``. Importing this module needs JAX and kfac-jax.
 """
 
 from __future__ import annotations
 
+import jax
 import kfac_jax
 
 from kfac_conformance.contract import conventions
 from kfac_conformance.jax import kfac_jax_candidate
-from kfac_conformance.jax.kfac_jax_candidate import KfacJaxCandidate
+from kfac_conformance.jax.kfac_jax_candidate import DEVICE_AXIS, KfacJaxCandidate
 from kfac_conformance.neutral.factors import Factors
 from kfac_conformance.neutral.fixtures import LOSS_CLASSES, StoredCase
 
@@ -95,3 +98,44 @@ class McGaussianUnitVariance(KfacJaxCandidate):
 
 
 MUTANTS = (KroneckerOrderSwapped, ReductionFactorMissing, McNormalisedByM, McGaussianUnitVariance)
+
+
+class NotSynced(KfacJaxCandidate):
+    """kfac-jax's ``sync`` never called: each device keeps the factors of its own shard."""
+
+    name = "kfac-jax-not-synced"
+    diagnosis = "this device's shard alone"
+
+    def combined(self, estimator, state):
+        return state
+
+
+class SyncsOnlyInputFactor(KfacJaxCandidate):
+    """Only the input factor (kfac-jax's ``factors[0]``) averaged over the devices; the
+    output-gradient factor keeps this device's shard (the zoo's ``ForgetsToReduceB``)."""
+
+    name = "kfac-jax-syncs-only-input-factor"
+    diagnosis = ""  # kron(A of all, G of one shard): no named factor or hypothesis fits
+
+    def combined(self, estimator, state):
+        for block_state in state.blocks_states:
+            block_state.factors[0].sync(DEVICE_AXIS)
+        return state
+
+
+class SumsInputFactor(KfacJaxCandidate):
+    """The input factor summed over the devices (``psum``) instead of averaged: W times too
+    large, as the zoo's ``ReducesATwice``; the output-gradient factor is averaged."""
+
+    name = "kfac-jax-sums-input-factor"
+    diagnosis = "x 2 = W (W = 2 devices)"
+
+    def combined(self, estimator, state):
+        for block_state in state.blocks_states:
+            inputs, gradients = block_state.factors
+            inputs.value = jax.lax.psum(inputs.value, DEVICE_AXIS)
+            gradients.sync(DEVICE_AXIS)
+        return state
+
+
+DISTRIBUTED_MUTANTS = (NotSynced, SyncsOnlyInputFactor, SumsInputFactor)

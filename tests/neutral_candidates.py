@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from kfac_conformance.contract import conventions
 from kfac_conformance.contract.conventions import TUTORIAL, Conventions
 from kfac_conformance.neutral.candidate import Refused
 from kfac_conformance.neutral.factors import Factors
-from kfac_conformance.neutral.fixtures import StoredCase
+from kfac_conformance.neutral.fixtures import LOSS_CLASSES, StoredCase
 
 
 class StoredReference:
@@ -164,6 +165,17 @@ class NumpyEmpiricalKFAC:
         return None
 
     def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
+        return self.normalised(self.sums(case), case.counts["R"])
+
+    @staticmethod
+    def normalised(sums: dict, R: float) -> dict[str, Factors]:
+        return {
+            layer: Factors(A / count, R * G, bias) for layer, (A, count, G, bias) in sums.items()
+        }
+
+    def sums(self, case) -> dict[str, tuple[np.ndarray, int, np.ndarray, str]]:
+        """Per layer: the sum of ``a_n a_n^T``, the number of data, the sum of ``g_n g_n^T``
+        and the bias mode."""
         X = np.concatenate([X for X, _ in case.batches])
         y = np.concatenate([y for _, y in case.batches])
         inputs, outputs, f = {}, [], X
@@ -185,8 +197,7 @@ class NumpyEmpiricalKFAC:
                 if case.parameter(layer, "bias") is not None:
                     a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
                 bias = "joint" if a.shape[1] > inputs[layer].shape[1] else "none"
-                B = case.counts["R"] * gradient.T @ gradient
-                result[layer] = Factors(a.T @ a / a.shape[0], B, bias)
+                result[layer] = (a.T @ a, a.shape[0], gradient.T @ gradient, bias)
                 gradient = gradient @ case.parameter(layer, "weight")
             else:
                 gradient = gradient * self.ACTIVATIONS[spec[0]][1](outputs[index])
@@ -229,3 +240,63 @@ class OrderWeighted(NumpyEmpiricalKFAC):
             layer: Factors(f.A * (1 + abs(float(first[0]))), f.B, f.bias) if layer == "0" else f
             for layer, f in result.items()
         }
+
+
+class NumpyDataParallel(NumpyEmpiricalKFAC):
+    """Data-parallel empirical KFAC as ``kfac_ref`` does it: each device's sums of outer
+    products and its count of data, summed over the devices (an all-reduce), normalised once
+    with the reduction factor of all the data. Right on every device."""
+
+    name = "numpy-data-parallel"
+
+    def compute_on_devices(self, shards, fisher_type, flavour):
+        return [self.normalised(*self.all_reduced(shards))] * len(shards)
+
+    def all_reduced(self, shards) -> tuple[dict, float]:
+        """The sums of every device, summed, and the reduction factor of all the data."""
+        each = [self.sums(shard) for shard in shards]
+        summed = {
+            layer: (*(sum(sums[layer][part] for sums in each) for part in range(3)), bias)
+            for layer, (*_, bias) in each[0].items()
+        }
+        case = shards[0]
+        N = sum(shard.num_data for shard in shards)
+        loss = LOSS_CLASSES[case.loss]
+        return summed, conventions.reduction_factor(loss, case.reduction, N, case.counts["T"])
+
+
+class DevicesNotCombined(NumpyDataParallel):
+    """Each device answers for its own shard."""
+
+    name = "numpy-devices-not-combined"
+
+    def compute_on_devices(self, shards, fisher_type, flavour):
+        return [self.compute(shard, fisher_type, flavour) for shard in shards]
+
+
+class GradientSumsNotCombined(NumpyDataParallel):
+    """The input sums and counts all-reduced, the gradient sums not: ``B`` of the device's
+    shard alone, normalised with the reduction factor of all the data."""
+
+    name = "numpy-gradient-sums-not-combined"
+
+    def compute_on_devices(self, shards, fisher_type, flavour):
+        summed, R = self.all_reduced(shards)
+        answers = []
+        for shard in shards:
+            own = self.sums(shard)
+            mixed = {
+                layer: (A, count, own[layer][2], bias)
+                for layer, (A, count, _, bias) in summed.items()
+            }
+            answers.append(self.normalised(mixed, R))
+        return answers
+
+
+class AnswersForOneDevice(NumpyDataParallel):
+    """One answer, whatever the number of devices: malformed."""
+
+    name = "numpy-answers-for-one-device"
+
+    def compute_on_devices(self, shards, fisher_type, flavour):
+        return super().compute_on_devices(shards, fisher_type, flavour)[:1]

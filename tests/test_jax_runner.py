@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,15 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kfac_conformance.jax.devices import request_host_devices
+from kfac_conformance.neutral.checks import WORLD_SIZES
+
+# as `python -m kfac_conformance.jax` does, before anything starts JAX's backend
+request_host_devices(max(WORLD_SIZES))
 pytest.importorskip(
     "jax", reason="the JAX runner needs the optional extra 'jax' (nox -s tests_jax)"
 )
 pytest.importorskip("kfac_jax", reason="the JAX runner needs kfac-jax (nox -s tests_jax)")
 
 from import_blocking import blocking_prelude  # noqa: E402
-from jax_mutants import MUTANTS  # noqa: E402
+from jax_mutants import DISTRIBUTED_MUTANTS, MUTANTS  # noqa: E402
 
+from kfac_conformance.contract.expected_failures import read_expected_failures  # noqa: E402
 from kfac_conformance.jax import runner  # noqa: E402
+from kfac_conformance.jax.devices import HOST_DEVICE_FLAG  # noqa: E402
 from kfac_conformance.jax.kfac_jax_candidate import _torch_patch_order  # noqa: E402
 
 ZOO = Path(__file__).parent / "zoo"
@@ -44,21 +52,31 @@ PASSING = [
     # its own answers to transformed stored cases (type-2, MC with one seed, empirical)
     "invariance/mean-vs-sum[deep-linear[mse-mean-3batches]]",
 ]
+# data-parallel kfac-jax on host devices: type-2 over two batches, and on a convolution
+DISTRIBUTED_PASSING = [
+    "distributed/kfac-type-2[mlp[tanh-ce-batch]]",
+    "distributed/kfac-type-2[cnn[relu-ce]]",
+]
+# the cheapest distributed item (one batch of 4 data), for the runs in a fresh process
+ONE_DISTRIBUTED = "distributed/kfac-type-2[reduce-deep-linear[mean-pool]]"
+XFAIL = Path(__file__).parents[1] / "conformance" / "adapters" / "xfail" / "kfac-jax.txt"
 BLOCK_TORCH = blocking_prelude("torch")
 
 
-def run_items(spec: str, item_ids: list[str]) -> dict[str, dict]:
+def run_items(spec: str, item_ids: list[str], expected=()) -> dict[str, dict]:
     items = [item for item in runner.plan() if item.id in item_ids]
     assert len(items) == len(item_ids), f"not all of {item_ids} are planned"
-    document = runner.run(spec, items)
+    document = runner.run(spec, items, expected)
     return {result["id"]: result for result in document["results"]}
 
 
-def test_the_runner_works_with_torch_unimportable(tmp_path: Path):
+def run_module(tmp_path: Path, item_ids: list[str], prelude: str, env: dict) -> dict:
+    """``python -m kfac_conformance.jax`` on ``item_ids`` in a fresh process; its report."""
     report = tmp_path / "kfac-jax.json"
-    code = BLOCK_TORCH + textwrap.dedent(f"""
+    items = [option for item in item_ids for option in ("--item", item)]
+    code = prelude + textwrap.dedent(f"""
         import runpy
-        sys.argv = ["kfac_conformance.jax", "--candidate", "kfac-jax", "--item", {PASSING[0]!r},
+        sys.argv = ["kfac_conformance.jax", "--candidate", "kfac-jax", *{items!r},
                     "--report-json", {str(report)!r}]
         try:
             runpy.run_module("kfac_conformance.jax", run_name="__main__")
@@ -66,13 +84,59 @@ def test_the_runner_works_with_torch_unimportable(tmp_path: Path):
             print("torch imported:", "torch" in sys.modules)
             raise
         """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "torch imported: False" in done.stdout
-    document = json.loads(report.read_text())
+    return json.loads(report.read_text())
+
+
+def test_the_runner_works_with_torch_unimportable_and_starts_its_devices(tmp_path: Path):
+    """Without XLA_FLAGS in its environment, the runner asks for the devices itself."""
+    env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
+    document = run_module(tmp_path, [PASSING[0], ONE_DISTRIBUTED], BLOCK_TORCH, env)
     assert document["schema_version"] == 1 and document["complete"]
     assert document["torch_version"] == "not used"
-    assert [r["status"] for r in document["results"]] == ["passed"]
+    assert [r["status"] for r in document["results"]] == ["passed", "passed"]
+
+
+def test_too_few_devices_skip_the_distributed_items_naming_the_flag(tmp_path: Path):
+    env = {**os.environ, "XLA_FLAGS": f"{HOST_DEVICE_FLAG}=1"}  # the user's count is kept
+    document = run_module(tmp_path, [ONE_DISTRIBUTED], "import sys\n", env)
+    (result,) = document["results"]
+    assert result["status"] == "skipped", result
+    assert (
+        "not available in this process: 2 JAX CPU devices needed, 1 present" in (result["message"])
+    )
+    assert f"XLA_FLAGS={HOST_DEVICE_FLAG}=2" in result["message"]
+
+
+def test_kfac_jax_across_devices_gives_every_device_its_one_device_type2_kfac():
+    results = run_items("kfac-jax", DISTRIBUTED_PASSING)
+    for item, result in results.items():
+        assert result["status"] == "passed", (item, result["message"], result["diagnosis"])
+        assert result["observed"] <= result["tolerance"] == 1e-10
+
+
+def test_kfac_jax_empirical_fisher_on_w_devices_is_w_times_one_devices_an_expected_failure():
+    """Finding J3: every device divides by its own batch size."""
+    item = "distributed/kfac-empirical[mlp[tanh-ce-batch]]"
+    failed = run_items("kfac-jax", [item])[item]
+    assert failed["status"] == "failed", failed
+    assert "device 0 of W=2 holding 8 of the 16 data" in failed["message"]
+    assert "off by a constant factor x 2 = W (W = 2 devices)" in failed["diagnosis"]
+    expected = run_items("kfac-jax", [item], read_expected_failures(XFAIL))[item]
+    assert expected["status"] == "xfailed" and "J3" in expected["message"], expected
+
+
+@pytest.mark.parametrize("mutant", DISTRIBUTED_MUTANTS, ids=lambda mutant: mutant.__name__)
+def test_a_wrong_combination_of_the_devices_factors_fails_the_distributed_items(mutant):
+    item = DISTRIBUTED_PASSING[0]
+    result = run_items(f"jax_mutants:{mutant.__name__}", [item])[item]
+    assert result["status"] == "failed", result  # an error would be no kill
+    assert "of W=2" in result["message"]
+    assert mutant.diagnosis in (result["diagnosis"] or ""), result
 
 
 def test_kfac_jax_passes_where_kfac_is_exact():

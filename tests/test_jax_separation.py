@@ -7,6 +7,7 @@ The runtime proof is ``tests/test_jax_runner.py`` (torch blocked in a subprocess
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,18 @@ def test_the_jax_runner_names_the_stored_cases_its_network_cannot_build():
         assert all(kind in (reason or "") for kind in beyond), case_id
         refused += bool(beyond)
     assert refused == 7
+
+
+def test_the_runner_asks_for_its_devices_and_keeps_a_count_the_user_set(monkeypatch):
+    """No JAX needed: the flag is an environment variable that JAX reads when it starts."""
+    from kfac_conformance.jax.devices import HOST_DEVICE_FLAG, request_host_devices
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    request_host_devices(4)
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {HOST_DEVICE_FLAG}=4"
+    monkeypatch.setenv("XLA_FLAGS", f"{HOST_DEVICE_FLAG}=1")
+    request_host_devices(4)
+    assert os.environ["XLA_FLAGS"] == f"{HOST_DEVICE_FLAG}=1"
+    monkeypatch.delenv("XLA_FLAGS")
+    request_host_devices(2)
+    assert os.environ["XLA_FLAGS"] == f"{HOST_DEVICE_FLAG}=2"

@@ -17,6 +17,7 @@ import torch
 from import_blocking import blocking_prelude
 
 from kfac_conformance.cases import stored as torch_fixtures
+from kfac_conformance.checks import distributed as distributed_checks
 from kfac_conformance.checks.invariance import concatenated
 from kfac_conformance.comparison import blocks as torch_blocks
 from kfac_conformance.comparison.diagnosis import problem_counts
@@ -28,6 +29,7 @@ from kfac_conformance.contract.conventions import (
 )
 from kfac_conformance.execution.session import with_reduction
 from kfac_conformance.neutral import comparison, fixtures, plan, runner, transforms
+from kfac_conformance.neutral.checks import WORLD_SIZES
 from kfac_conformance.neutral.factors import EigenFactors, Factors, dense_block, joint_order
 from kfac_ref.factors import EKFACFactors, KroneckerFactors
 from kfac_ref.factors import joint_order as torch_joint_order
@@ -371,3 +373,79 @@ def test_transformed_cases_are_the_torch_sides(case_id: str):
     permuted = transforms.permuted(case)
     assert sorted(map(tuple, permuted.batches[0][0])) == sorted(map(tuple, X.numpy()))
     assert not np.array_equal(permuted.batches[0][0], X.numpy())
+
+
+DISTRIBUTED_ITEMS = plan.plan(plan.DISTRIBUTED_CASE_IDS, distributed=True)
+
+
+def test_distributed_items_are_planned_only_for_a_runner_that_asks_for_them():
+    assert not [item for item in plan.plan() if item.check_id.startswith("distributed/")]
+    distributed = {
+        item.id for item in DISTRIBUTED_ITEMS if item.check_id.startswith("distributed/")
+    }
+    assert distributed == {
+        f"distributed/kfac-{fisher_type}[{case_id}]"
+        for fisher_type in ("type-2", "empirical", "forward-only")
+        for case_id in plan.DISTRIBUTED_CASE_IDS
+    }
+
+
+@pytest.mark.parametrize("case_id", plan.DISTRIBUTED_CASE_IDS)
+def test_shards_hold_every_batch_in_device_order_with_their_own_counts(case_id: str):
+    """Each shard's counts are those of its own data, as the PyTorch check's shards have them."""
+    case = fixtures.load(case_id)
+    problem = torch_fixtures.load_problem(case_id)
+    for world in WORLD_SIZES:
+        shards = transforms.sharded(case, world)
+        assert len({shard.id for shard in shards} | {case.id}) == world + 1
+        for index, (X, y) in enumerate(case.batches):
+            np.testing.assert_array_equal(np.concatenate([s.batches[index][0] for s in shards]), X)
+            np.testing.assert_array_equal(np.concatenate([s.batches[index][1] for s in shards]), y)
+        sizes = [case.num_data // world] * world
+        torch_shards = distributed_checks.shards(problem, sizes)
+        for shard, torch_shard in zip(shards, torch_shards, strict=True):
+            assert shard.num_data == shard.counts["N"] == case.num_data // world
+            torch_R = torch_shard.scale_quantities()["R"]
+            assert shard.counts["R"] == pytest.approx(torch_R, rel=AGREE)
+
+
+def test_sharding_refuses_shards_of_unequal_size_by_name():
+    case = fixtures.load("mlp[tanh-ce-batch]")
+    with pytest.raises(ValueError, match=r"batches of \[8, 8\] data do not split into 3 equal"):
+        transforms.sharded(case, 3)
+
+
+def distributed_empirical() -> list[plan.Item]:
+    return [
+        item
+        for item in DISTRIBUTED_ITEMS
+        if item.check_id == "distributed/kfac-empirical" and item.case_id in NUMPY_KFAC_CASES
+    ]
+
+
+def test_a_data_parallel_numpy_kfac_passes_the_distributed_items():
+    items = distributed_empirical()
+    assert len(items) == 2
+    for item, result in run(neutral_candidates.NumpyDataParallel, items).items():
+        assert result["status"] == "passed", (item, result["message"])
+        assert result["observed"] <= result["tolerance"] == 1e-10, item
+
+
+def test_the_distributed_items_catch_devices_combined_wrongly_and_name_the_shard():
+    items = distributed_empirical()
+    for item, result in run(neutral_candidates.DevicesNotCombined, items).items():
+        assert result["status"] == "failed", item
+        assert "device 0 of W=2" in result["message"], result
+        assert "of this device's shard alone" in result["diagnosis"], result
+    for result in run(neutral_candidates.GradientSumsNotCombined, items).values():
+        assert result["status"] == "failed" and "of W=2" in result["message"], result
+
+
+def test_the_distributed_items_skip_a_one_device_candidate_and_error_on_a_malformed_answer():
+    item = distributed_empirical()[:1]
+    (result,) = run(neutral_candidates.NumpyEmpiricalKFAC, item).values()
+    assert result["status"] == "skipped", result
+    assert "computes on one device only (it has no compute_on_devices)" in result["message"]
+    (result,) = run(neutral_candidates.AnswersForOneDevice, item).values()
+    assert result["status"] == "error", result
+    assert result["message"] == "the candidate returned 1 answers for 2 devices"

@@ -56,6 +56,7 @@ QUANTITY_NAMES = {
     "T": "loss terms per datum",
     "S": "shared positions of the layer",
     "K": "batches",
+    "W": "devices",
 }
 
 

@@ -4,7 +4,9 @@
 runs the exactness checks of the PyTorch suite, its ``mc/unbiased``, three of its
 invariances and its agreement checks (against the reference's answers stored with the
 agreement cases), with the same check ids, tolerances, statistics and scale conventions, and
-writes a report in the suite's JSON schema, so that ``docs/generate_matrix.py`` shows the candidate as one more column. Install with the
+``distributed/kfac-<fisher type>`` (the candidate across W = 2 and 4 host devices against its
+own single-process answer; :mod:`.devices`, docs/distributed.md), and writes a report in the
+suite's JSON schema, so that ``docs/generate_matrix.py`` shows the candidate as one more column. Install with the
 optional extra ``jax`` (``pip install --no-deps -e .`` beside it keeps torch out entirely).
 
 Everything but JAX itself is the framework-neutral core :mod:`kfac_conformance.neutral`

@@ -19,7 +19,11 @@ How kfac-jax is asked (kfac-jax 0.0.8, ``kfac_jax/_src``):
   dense layer's ones last; a convolution's patches in ``(kh, kw, c_in)`` order), ``factors[1]``
   over the outputs, and the scale ``1`` for dense, ``1/average_repeats`` for dense layers on
   inputs with extra axes (``RepeatedDenseKroneckerFactored``) and the number of output
-  locations for convolutions (``Conv2DTwoKroneckerFactored.fixed_scale``).
+  locations for convolutions (``Conv2DTwoKroneckerFactored.fixed_scale``);
+- across devices (``compute_on_devices``), as kfac-jax's optimizer runs it: the same update
+  ``pmap``-ed over the axis :data:`DEVICE_AXIS` (kfac-jax's ``pmap_axis_name``), each device
+  on its shard of every batch with ``batch_size`` its shard's size, then
+  ``estimator.sync(state, pmap_axis_name)``, which averages every factor over the devices.
 
 Every factor is divided by the batch size (``DenseTwoKroneckerFactored``'s
 ``jnp.einsum("ay,az->yz", x, x) / batch_size``, likewise ``dy``), and the registered losses
@@ -31,6 +35,7 @@ curvature of :math:`\|f-y\|^2` (MSE) or of the negative log-likelihood (CE, BCE)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
@@ -41,7 +46,8 @@ import numpy as np
 
 from kfac_conformance.contract.conventions import Conventions
 from kfac_conformance.jax import kinds, network
-from kfac_conformance.neutral.candidate import Refused
+from kfac_conformance.jax.devices import too_few
+from kfac_conformance.neutral.candidate import Refused, Unavailable
 from kfac_conformance.neutral.factors import Factors
 from kfac_conformance.neutral.fixtures import StoredCase
 
@@ -57,6 +63,16 @@ KRONECKER_BLOCKS = (
     kfac_jax.RepeatedDenseKroneckerFactored,
     kfac_jax.Conv2DTwoKroneckerFactored,
 )
+# the pmap axis the devices share: kfac-jax's `pmap_axis_name`
+DEVICE_AXIS = "devices"
+
+
+def host_devices(world: int) -> list:
+    """The first ``world`` CPU devices (:mod:`kfac_conformance.jax.devices` asks for them)."""
+    devices = jax.devices("cpu")
+    if len(devices) < world:
+        raise Unavailable(too_few(len(devices), world))
+    return devices[:world]
 
 
 def register_loss(loss: str, output: jax.Array, targets: jax.Array) -> jax.Array:
@@ -110,6 +126,7 @@ class _Estimation:
     batches: list[tuple[jax.Array, jax.Array]]
     initial: object
     updates: dict = field(default_factory=dict)
+    device_runs: dict = field(default_factory=dict)
 
     def update(self, mode: str, size: int):
         if (mode, size) not in self.updates:
@@ -140,6 +157,34 @@ class _Estimation:
             )
             seen += size
         return state
+
+    def run_on_devices(self, mode: str, shards: list, devices: list, combine: Callable):
+        """Each device's state after every batch of its shard (weighted by the data of all the
+        devices, as :meth:`run`), then ``combine(estimator, state)`` inside the ``pmap``; the
+        states stacked along a leading device axis. ``shards[d]``: device ``d``'s batches."""
+        world, sizes = len(devices), tuple(X.shape[0] for X, _ in shards[0])
+        if (mode, world, sizes) not in self.device_runs:
+
+            def on_device(state, batches):
+                seen = 0
+                for index, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
+                    total = world * size
+                    rng = jax.random.PRNGKey(index)
+                    update = self.update(mode, size)
+                    state = update(state, rng, batch, seen / (seen + total), total / (seen + total))
+                    seen += total
+                return combine(self.estimator, state)
+
+            run = jax.pmap(on_device, axis_name=DEVICE_AXIS, in_axes=(None, 0), devices=devices)
+            self.device_runs[mode, world, sizes] = run
+        stacked = [
+            tuple(
+                jnp.stack([jnp.asarray(batches[index][part]) for batches in shards])
+                for part in (0, 1)
+            )
+            for index in range(len(sizes))
+        ]
+        return self.device_runs[mode, world, sizes](self.initial, stacked)
 
 
 class KfacJaxCandidate:
@@ -179,6 +224,31 @@ class KfacJaxCandidate:
         estimation = self._estimation(case, samples)
         state = estimation.run(ESTIMATION_MODES[fisher_type], seed)
         return self._factors(case, estimation.estimator, state)
+
+    def compute_on_devices(
+        self, shards: Sequence[StoredCase], fisher_type: str, flavour: str
+    ) -> list[dict[str, Factors]]:
+        """Each of ``len(shards)`` CPU devices' factors after the data-parallel run."""
+        case = shards[0]
+        reason = self.refusal(case, fisher_type, flavour)
+        if reason is not None:
+            raise Refused(reason)
+        devices = host_devices(len(shards))
+        estimation = self._estimation(case, 1)
+        batches = [shard.batches for shard in shards]
+        mode = ESTIMATION_MODES[fisher_type]
+        states = estimation.run_on_devices(mode, batches, devices, self.combined)
+        return [
+            self._factors(
+                case, estimation.estimator, jax.tree.map(lambda leaf, d=d: leaf[d], states)
+            )
+            for d in range(len(shards))
+        ]
+
+    def combined(self, estimator: kfac_jax.BlockDiagonalCurvature, state):
+        """The devices' states combined as kfac-jax's optimizer combines them (``sync``: the
+        mean of every factor over :data:`DEVICE_AXIS`); called inside the ``pmap``."""
+        return estimator.sync(state, pmap_axis_name=DEVICE_AXIS)
 
     def _estimation(self, case: StoredCase, mc_samples: int) -> _Estimation:
         key = (case.id, mc_samples)

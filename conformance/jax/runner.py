@@ -1,8 +1,9 @@
 """The JAX candidates and their run, on the neutral core (:mod:`kfac_conformance.neutral`).
 
 ``python -m kfac_conformance.jax`` (:mod:`.__main__`) runs the neutral items (exactness,
-``mc/unbiased``, agreement with the stored reference answers) against a candidate registered
-here or given as ``module:Class``.
+``mc/unbiased``, invariances, agreement with the stored reference answers, and the
+``distributed/*`` items across host devices) against a candidate registered here or given as
+``module:Class``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from pathlib import Path
 
 from kfac_conformance.contract.expected_failures import ExpectedFailure
 from kfac_conformance.neutral import runner
-from kfac_conformance.neutral.plan import Item, plan
+from kfac_conformance.neutral.plan import Item
+from kfac_conformance.neutral.plan import plan as neutral_plan
 
 MODULE = "kfac_conformance.jax"
 CANDIDATES = {"kfac-jax": "kfac_conformance.jax.kfac_jax_candidate:KfacJaxCandidate"}
 DEFAULT_CANDIDATE = "kfac-jax"
+
+
+def plan(
+    case_ids: Sequence[str] | None = None, check_ids: Sequence[str] | None = None
+) -> list[Item]:
+    """The neutral items with the ``distributed/*`` ones: JAX candidates compute across devices
+    (the process needs them before JAX starts: :mod:`.devices`)."""
+    return neutral_plan(case_ids, check_ids, distributed=True)
 
 
 def run(

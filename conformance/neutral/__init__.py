@@ -11,10 +11,12 @@ case) and calls :func:`kfac_conformance.neutral.cli.main`; everything else lives
 - :mod:`.comparison`: ``tolerance`` (by dtype), ``relative_error``, ``compare_layers``,
   ``diagnose``;
 - :mod:`.statistics`: the t tests of ``mc/unbiased``;
-- :mod:`.candidate`: the ``FrameworkCandidate`` protocol and ``Refused``;
-- :mod:`.plan`: ``Item`` and ``plan`` (exactness, ``mc/unbiased``, invariances, agreement);
+- :mod:`.candidate`: the ``FrameworkCandidate`` protocol, ``Refused``, ``Unavailable`` and
+  the optional ``MultiDeviceCandidate`` (``compute_on_devices``);
+- :mod:`.plan`: ``Item`` and ``plan`` (exactness, ``mc/unbiased``, invariances, agreement,
+  and for a runner that asks, ``distributed/kfac-<fisher type>``);
 - :mod:`.transforms`: the cases the invariances compare with (other reduction, batches
-  concatenated or split, data permuted);
+  concatenated or split, data permuted) and a case's equal shards for W devices;
 - :mod:`.checks`: each item's measurement, with the declared conventions converted;
 - :mod:`.report` and :mod:`.runner`: the run and its report in the suite's JSON schema;
 - :mod:`.cli`: the command line.

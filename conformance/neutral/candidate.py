@@ -9,7 +9,7 @@ runner's (:mod:`kfac_conformance.neutral.runner`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from kfac_conformance.contract.conventions import Conventions
@@ -23,6 +23,11 @@ FLAVOURS = ("expand", "reduce")
 class Refused(Exception):
     """The candidate does not offer what was asked (a limitation of its library): the item is
     skipped, worded as the PyTorch runner words a refusal."""
+
+
+class Unavailable(Exception):
+    """What the item needs is not there in this process (e.g. fewer devices than it shards
+    over): the item is skipped with the reason, which is no verdict on the candidate."""
 
 
 @runtime_checkable
@@ -53,3 +58,19 @@ class FrameworkCandidate(Protocol):
         """Factors of every parameter layer over all batches of ``case`` (all data as one
         data set); for ``"mc"``, ``mc_samples`` labels per datum drawn from ``seed``. May
         raise :class:`Refused`."""
+
+
+@runtime_checkable
+class MultiDeviceCandidate(Protocol):
+    """A candidate that also computes data-parallel, which the ``distributed/*`` items check.
+
+    ``compute_on_devices(shards, fisher_type, flavour)`` runs on ``len(shards)`` devices at
+    once, device ``d`` holding ``shards[d]`` (:func:`~kfac_conformance.neutral.transforms.sharded`:
+    an equal slice of every batch of one case), and returns each device's factors, in device
+    order; each must be the answer for all the data of all the shards. May raise
+    :class:`Refused`, or :class:`Unavailable` where the process has too few devices.
+    """
+
+    def compute_on_devices(
+        self, shards: Sequence[StoredCase], fisher_type: str, flavour: str
+    ) -> Sequence[Mapping[str, Factors]]: ...

@@ -8,11 +8,16 @@ r"""The measurements of the neutral runner's items: each returns the result fiel
 - agreement: it equals the stored reference KFAC (``kfac_ref``'s) on every layer, in the bias
   mode the candidate answers with;
 - ``mc/unbiased``: the mean of MC KFAC over seeds is the stored GGN (two t tests per layer,
-  Holm-corrected across the layers).
+  Holm-corrected across the layers);
+- ``distributed/kfac-<fisher type>``: computed on W = 2 and 4 devices, each holding an equal
+  shard of every batch, the candidate's KFAC is on every device its own single-process KFAC
+  of all the data (what data parallelism must not change; agreement and exactness hold the
+  single-process answer to the reference).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,7 +25,7 @@ import numpy as np
 from kfac_conformance.checks.significance import FAMILY_ALPHA, critical_t, holm_rejected
 from kfac_conformance.contract import conventions
 from kfac_conformance.neutral import transforms
-from kfac_conformance.neutral.candidate import FrameworkCandidate, Refused
+from kfac_conformance.neutral.candidate import FrameworkCandidate, MultiDeviceCandidate, Refused
 from kfac_conformance.neutral.comparison import (
     Comparison,
     compare_layers,
@@ -35,6 +40,9 @@ from kfac_conformance.neutral.statistics import MC_SEEDS, UNBIASED_SAMPLES, unbi
 # exactness/<fisher type>-<flavour> compares with this stored block; the other is a hypothesis
 CURVATURE = {"type-2": ("ggn", "empirical"), "empirical": ("empirical", "ggn")}
 NAMES = {"ggn": "GGN", "empirical": "empirical Fisher"}
+WORLD_SIZES = (2, 4)
+# the diagnosis's hypothesis for a device whose answer is wrong
+OWN_SHARD = "single-process KFAC of this device's shard alone (the devices' factors not combined)"
 
 
 def scale_of(candidate: FrameworkCandidate, fisher_type: str, case: StoredCase) -> float:
@@ -248,6 +256,71 @@ def invariance(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> d
     return {"observed": worst, "tolerance": tol}
 
 
+def _on_world(
+    candidate: MultiDeviceCandidate,
+    item: Item,
+    case: StoredCase,
+    flavour: str,
+    world: int,
+    expected: dict[str, np.ndarray],
+) -> dict:
+    """Every device's answer on ``world`` devices against ``expected`` (the single-process
+    blocks over the scale): the first wrong device's verdict, else the worst error."""
+    (fisher_type,) = item.fisher_types
+    tol = tolerance(candidate.dtype)
+    scale = scale_of(candidate, fisher_type, case)
+    shards = transforms.sharded(case, world)
+    answers = list(candidate.compute_on_devices(shards, fisher_type, flavour))
+    if len(answers) != world:
+        message = f"the candidate returned {len(answers)} answers for {world} devices"
+        return {"status": "error", "message": message}
+    worst = 0.0
+    for device, answer in enumerate(answers):
+        missing = _missing(answer, case.layers)
+        if missing is not None:
+            return missing
+        # a factor between devices and one process is named by W alone (no shared positions)
+        compare = functools.partial(
+            compare_layers, answer, scale, expected, case.layers, tol, {"W": world}, {}
+        )
+        comparison = compare()
+        if comparison.wrong_layer is not None:
+            own = candidate.compute(shards[device], fisher_type, flavour)
+            mistake = {layer: dense_block(own[layer]) / scale for layer in own}
+            context = (
+                f"device {device} of W={world} holding {shards[device].num_data} of the "
+                f"{case.num_data} data, kfac_approx={flavour}, "
+            )
+            return _verdict(compare((OWN_SHARD, mistake)), answer, tol, context)
+        worst = max(worst, comparison.worst)
+    return {"observed": worst, "tolerance": tol}
+
+
+def on_devices(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
+    """Every device's answer equals the candidate's single-process answer for all the data, for
+    W in :data:`WORLD_SIZES` and every flavour of the item that the candidate offers."""
+    if not isinstance(candidate, MultiDeviceCandidate):
+        raise Refused("the candidate computes on one device only (it has no compute_on_devices)")
+    (fisher_type,) = item.fisher_types
+    offered = [f for f in item.flavours if candidate.refusal(case, fisher_type, f) is None]
+    if not offered:
+        _refuse_unless_offered(candidate, case, fisher_type, item.flavours[0])
+    scale = scale_of(candidate, fisher_type, case)
+    worst = 0.0
+    for flavour in offered:
+        single = candidate.compute(case, fisher_type, flavour)
+        missing = _missing(single, case.layers)
+        if missing is not None:
+            return missing
+        expected = {layer: dense_block(single[layer]) / scale for layer in case.layers}
+        for world in WORLD_SIZES:
+            verdict = _on_world(candidate, item, case, flavour, world, expected)
+            if "status" in verdict:
+                return verdict
+            worst = max(worst, verdict["observed"])
+    return {"observed": worst, "tolerance": tolerance(candidate.dtype)}
+
+
 def measure(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict:
     """The item's measurement (the check family is the part of its id before the ``/``)."""
     family = item.check_id.partition("/")[0]
@@ -257,4 +330,6 @@ def measure(candidate: FrameworkCandidate, item: Item, case: StoredCase) -> dict
         return agreement(candidate, item, case)
     if family == "invariance":
         return invariance(candidate, item, case)
+    if family == "distributed":
+        return on_devices(candidate, item, case)
     return exactness(candidate, item, case)

@@ -20,10 +20,17 @@ def _show(result: dict) -> None:
     print(line, flush=True)
 
 
-def main(argv: list[str] | None, module: str, registry: Mapping[str, str], default: str) -> int:
+def main(
+    argv: list[str] | None,
+    module: str,
+    registry: Mapping[str, str],
+    default: str,
+    distributed: bool = False,
+) -> int:
     """Run the stored-case items against a candidate of ``registry`` (or ``module:Class``);
     exit status 0 when nothing failed or errored. ``module`` is the runner's module, for the
-    reproduction commands."""
+    reproduction commands; ``distributed``: its candidates compute across devices, so the
+    ``distributed/*`` items are planned."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {module}", description="The checks of stored cases against a candidate."
     )
@@ -34,7 +41,7 @@ def main(argv: list[str] | None, module: str, registry: Mapping[str, str], defau
     parser.add_argument("--check", action="append", help="only these check ids (repeatable)")
     parser.add_argument("--item", action="append", help="only these item ids (repeatable)")
     args = parser.parse_args(argv)
-    items = plan(args.case, args.check)
+    items = plan(args.case, args.check, distributed)
     if args.item:
         items = [item for item in items if item.id in args.item]
     if not items:

@@ -9,9 +9,12 @@
   expand), as the PyTorch checks select them;
 - ``agreement/<fisher type>`` (type-2, empirical, forward-only) on every stored case that
   holds the reference's KFAC for it and where no exactness check holds it (the PyTorch
-  check's selection), in every flavour that differs there.
+  check's selection), in every flavour that differs there;
+- with ``distributed=True`` (a runner whose candidates compute across devices),
+  ``distributed/kfac-<fisher type>`` (type-2, empirical, forward-only) on
+  :data:`DISTRIBUTED_CASE_IDS`, in every flavour that differs there.
 
-The order is the PyTorch catalogue's (exactness, mc, invariance, agreement).
+The order is the PyTorch catalogue's (exactness, mc, invariance, agreement, distributed).
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ PERMUTATION = "invariance/permutation"
 DETERMINISTIC_FISHER_TYPES = ("type-2", "empirical", "forward-only")
 AGREEMENT_FISHER_TYPES = DETERMINISTIC_FISHER_TYPES
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")
+DISTRIBUTED_CHECKS = tuple(
+    (f"distributed/kfac-{fisher_type}", fisher_type) for fisher_type in DETERMINISTIC_FISHER_TYPES
+)
+# stored cases whose every batch splits into 4 equal shards, one of each kind of layer block:
+# an MLP with cross-entropy over two batches, a CNN, MSE over three batches, dense layers on a
+# sequence axis (kfac-jax's RepeatedDenseKroneckerFactored)
+DISTRIBUTED_CASE_IDS = (
+    "mlp[tanh-ce-batch]",
+    "cnn[relu-ce]",
+    "deep-linear[mse-mean-3batches]",
+    "reduce-deep-linear[mean-pool]",
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +80,12 @@ def _distinct_flavours(case: fixtures.StoredCase) -> tuple[str, ...]:
 
 
 def plan(
-    case_ids: Sequence[str] | None = None, check_ids: Sequence[str] | None = None
+    case_ids: Sequence[str] | None = None,
+    check_ids: Sequence[str] | None = None,
+    distributed: bool = False,
 ) -> list[Item]:
-    """Every item on ``case_ids`` (default: all stored) of ``check_ids`` (default: all)."""
+    """Every item on ``case_ids`` (default: all stored) of ``check_ids`` (default: all); the
+    ``distributed/*`` items only with ``distributed``."""
     selected = list(case_ids) if case_ids is not None else fixtures.case_ids()
     cases = [fixtures.load(case_id) for case_id in selected]
 
@@ -99,5 +117,12 @@ def plan(
                 Item(check_id, case.id, (fisher_type,), flavours)
                 for case in cases
                 if (flavours := _agreement_flavours(case, fisher_type))
+            ]
+    for check_id, fisher_type in DISTRIBUTED_CHECKS if distributed else ():
+        if wanted(check_id):
+            items += [
+                Item(check_id, case.id, (fisher_type,), _distinct_flavours(case))
+                for case in cases
+                if case.id in DISTRIBUTED_CASE_IDS
             ]
     return items

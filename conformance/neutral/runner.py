@@ -15,7 +15,7 @@ from pathlib import Path
 from kfac_conformance.contract.expected_failures import ExpectedFailure
 from kfac_conformance.neutral import checks, fixtures
 from kfac_conformance.neutral import report as reports
-from kfac_conformance.neutral.candidate import FrameworkCandidate, Refused
+from kfac_conformance.neutral.candidate import FrameworkCandidate, Refused, Unavailable
 from kfac_conformance.neutral.plan import Item
 
 
@@ -47,7 +47,8 @@ def load_candidate(spec: str, registry: Mapping[str, str]) -> FrameworkCandidate
 
 
 def run_item(candidate: FrameworkCandidate, item: Item, command: str) -> dict:
-    """One item's result; a refusal is ``skipped``, an exception of the candidate ``error``."""
+    """One item's result; a refusal or what this process lacks is ``skipped``, an exception of
+    the candidate ``error``."""
     start = time.perf_counter()
     result = {
         "check_id": item.check_id,
@@ -66,6 +67,8 @@ def run_item(candidate: FrameworkCandidate, item: Item, command: str) -> dict:
         result.update(
             status="skipped", message=f"not supported (refused by the candidate): {refused}"
         )
+    except Unavailable as unavailable:
+        result.update(status="skipped", message=f"not available in this process: {unavailable}")
     except Exception as exception:  # a crash of the candidate is a result, not the run's end
         trace = traceback.format_exception_only(type(exception), exception)
         result.update(status="error", message="candidate raised " + "".join(trace).strip())

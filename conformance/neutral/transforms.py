@@ -1,6 +1,7 @@
 """Stored cases transformed as the PyTorch suite's invariances transform problems
 (``kfac_conformance.checks.invariance``), in numpy: the other reduction, the batches
-concatenated or split, the data permuted.
+concatenated or split, the data permuted; and a case's shards for the devices of a
+data-parallel run (:func:`sharded`).
 
 A transformed case has its own id (the case's with what changed) and its own counts, so that
 a candidate that caches per case id computes it afresh and the conventions read its ``R``.
@@ -73,3 +74,23 @@ def permuted(case: StoredCase) -> StoredCase:
     order = np.random.default_rng(PERMUTATION_SEED).permutation(X.shape[0])
     tensors = _with_batches(case, [(X[order], y[order])])
     return _transformed(case, "data permuted", case.record, tensors)
+
+
+def sharded(case: StoredCase, world: int) -> list[StoredCase]:
+    """``case`` split over ``world`` devices: device ``d`` holds the ``d``-th of ``world`` equal
+    contiguous slices of every batch, so that each batch is one data-parallel step of all the
+    devices. Equal, because ``pmap``-style collectives need equal shapes on every device."""
+    sizes = [X.shape[0] for X, _ in case.batches]
+    if world < 1 or any(size % world for size in sizes):
+        raise ValueError(
+            f"case {case.id!r}: batches of {sizes} data do not split into {world} equal shards"
+        )
+    shards = []
+    for device in range(world):
+        pieces = [
+            (X[device * step : (device + 1) * step], y[device * step : (device + 1) * step])
+            for (X, y), step in zip(case.batches, (size // world for size in sizes), strict=True)
+        ]
+        change = f"shard {device} of {world}"
+        shards.append(_transformed(case, change, case.record, _with_batches(case, pieces)))
+    return shards
