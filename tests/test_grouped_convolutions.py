@@ -120,7 +120,9 @@ def _joint_ggn_in_grouped_order(split: nn.Sequential, X: Tensor) -> Tensor:
 
     def output(vector: Tensor) -> Tensor:
         pieces = dict(zip(names, vector.split([s.numel() for s in shapes]), strict=True))
-        chosen = {name: piece.reshape(s) for (name, piece), s in zip(pieces.items(), shapes)}
+        chosen = {
+            name: piece.reshape(s) for (name, piece), s in zip(pieces.items(), shapes, strict=True)
+        }
         return torch.func.functional_call(split, {**params, **chosen}, (X,)).flatten()
 
     jacobian = torch.func.jacrev(output)(flat)
