@@ -15,8 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor, nn
+from zoo import GroupedConvFirstGroupInputs
 
+from kfac_conformance.cases.canonical import ALL_CASES, Case
+from kfac_conformance.fuzzing.exact_layers import exactness_map
+from kfac_conformance.fuzzing.search import search
 from kfac_conformance.oracle.blocks import exact_blocks
+from kfac_conformance.reports.kill_matrix import FUZZ_EXAMPLES
 from kfac_ref import compute_ekfac, compute_kfac
 from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors
 
@@ -192,3 +197,77 @@ def test_grouped_factors_refuse_mixed_groups_with_a_message():
     ekfac = EKFACFactors(torch.eye(2), torch.eye(2), torch.ones(2, 2), "separate", torch.ones(2))
     with pytest.raises(TypeError, match="all be KroneckerFactors or all EKFACFactors"):
         GroupedFactors((kron, ekfac))
+
+
+# --- where a grouped layer can be exact: its groups apart up to an MSE loss ------------------
+
+
+@pytest.mark.parametrize(
+    ("case_id", "layer"),
+    [
+        ("grouped-conv-expand[last-layer-2-groups]", "2"),
+        ("grouped-conv-reduce[depthwise-mean-pool]", "1"),
+    ],
+)
+def test_the_exact_grouped_cases_have_no_cross_group_ggn_blocks(case_id: str, layer: str):
+    """The premise of their exactness claims (conformance/cases/grouped.py)."""
+    problem = ALL_CASES[case_id].make_problem(torch.float64)
+    block = exact_blocks(problem.model, problem.loss_func, problem.batches, [layer], "ggn")[layer]
+    module = problem.model.get_submodule(layer)
+    [factors] = compute_kfac(
+        problem.model, problem.loss_func, problem.batches, layers=[layer], bias="joint"
+    ).values()
+    inside = torch.zeros_like(block, dtype=torch.bool)
+    for index in factors.parameter_indices():
+        inside[index[:, None], index[None, :]] = True
+    assert len(factors.groups) == module.groups > 1
+    assert block[~inside].abs().max() <= TOL * block.abs().max()
+
+
+def test_the_fuzzers_exactness_map_keeps_a_grouped_layer_only_where_its_groups_stay_apart():
+    grouped_last = [["conv1d", 2, 2, 1, 1, 0, 1, True], ["conv1d", 2, 4, 1, 1, 0, 1, True, 2]]
+    grouped_first = [["conv1d", 2, 2, 1, 1, 0, 1, True, 2], ["conv1d", 2, 4, 1, 1, 0, 1, True]]
+    assert exactness_map(grouped_last, (3, 2, 4), "mse", 3) == {
+        "type-2/expand": ("0", "1")
+    }  # fmt: skip
+    assert exactness_map(grouped_first, (3, 2, 4), "mse", 3) == {"type-2/expand": ("1",)}
+    assert exactness_map(grouped_last, (1, 2, 1), "mse", 1) == {
+        "type-2/expand": ("0", "1"),
+        "type-2/reduce": ("0", "1"),
+        "empirical/expand": ("0",),
+        "empirical/reduce": ("0",),
+    }
+    assert exactness_map(grouped_last, (1, 2, 1), "ce", 1) == {
+        key: ("0",)
+        for key in ("type-2/expand", "type-2/reduce", "empirical/expand", "empirical/reduce")
+    }
+    for architecture, shape, loss in (
+        (grouped_last, (3, 2, 4), "mse"),
+        (grouped_first, (3, 2, 4), "mse"),
+        (grouped_last, (1, 2, 1), "mse"),
+    ):
+        case = Case("grouped-map", architecture, shape, loss, seed=5)
+        problem = case.make_problem(torch.float64)
+        exact_map = exactness_map(architecture, shape, loss, shape[0])
+        for key, layers in exact_map.items():
+            fisher_type, flavour = key.split("/")
+            curvature = "ggn" if fisher_type == "type-2" else "empirical"
+            exact = exact_blocks(
+                problem.model, problem.loss_func, problem.batches, layers, curvature
+            )
+            kfac = compute_kfac(
+                problem.model, problem.loss_func, problem.batches, layers=layers,
+                fisher_type=fisher_type, kfac_approx=flavour, bias="joint",
+            )  # fmt: skip
+            for layer in layers:
+                assert relative_error(kfac[layer].to_dense(), exact[layer]) < TOL, (key, layer)
+
+
+def test_the_fuzzer_kills_the_grouped_mutant_with_a_failure():
+    outcome = search(
+        GroupedConvFirstGroupInputs(), FUZZ_EXAMPLES, seed=0, database=None, max_failures=1
+    )
+    assert outcome.failures, f"survived {outcome.examples} examples"
+    [failure] = outcome.failures
+    assert failure.result.status == "failed"
+    assert any(spec[0].startswith("conv") and len(spec) > 8 for spec in failure.case.architecture)
