@@ -140,7 +140,11 @@ def _coordinates(case_id: str) -> set:
             {("conv groups", "depthwise"), ("conv groups", "1")},
             {("conv groups", "grouped")},
         ),
-        ("grouped-cnn[tanh-ce]", {("conv groups", "grouped")}, {("conv groups", "1")}),
+        (
+            "grouped-cnn[tanh-ce]",
+            {("conv groups", "grouped"), ("conv groups", "1")},
+            {("conv groups", "depthwise")},
+        ),
     ],
 )
 def test_a_call_is_placed_from_its_problem(case_id, present, absent):
