@@ -18,6 +18,10 @@ from torch import Tensor, nn
 from zoo import GroupedConvFirstGroupInputs
 
 from kfac_conformance.cases.canonical import ALL_CASES, Case
+from kfac_conformance.checks.base import CheckFailed
+from kfac_conformance.contract.problem import Request
+from kfac_conformance.execution.calling import validate_result
+from kfac_conformance.execution.session import reference_compute
 from kfac_conformance.fuzzing.exact_layers import exactness_map
 from kfac_conformance.fuzzing.search import search
 from kfac_conformance.oracle.blocks import exact_blocks
@@ -271,3 +275,20 @@ def test_the_fuzzer_kills_the_grouped_mutant_with_a_failure():
     [failure] = outcome.failures
     assert failure.result.status == "failed"
     assert any(spec[0].startswith("conv") and len(spec) > 8 for spec in failure.case.architecture)
+
+
+def test_a_grouped_layer_needs_one_result_per_group_and_is_told_so():
+    problem = ALL_CASES["grouped-conv-reduce[depthwise-mean-pool]"].make_problem(torch.float64)
+    request = Request(kfac_approx="reduce", bias="joint")
+    answer = reference_compute(problem, request)
+    assert validate_result(answer, problem, request, []).keys() == answer.keys()
+    one_pair = dict(answer, **{"1": answer["1"].groups[0]})
+    with pytest.raises(CheckFailed, match="groups=4 needs GroupedFactors of 4 KroneckerFactors"):
+        validate_result(one_pair, problem, request, [])
+    three_groups = dict(answer, **{"1": GroupedFactors(answer["1"].groups[:3])})
+    with pytest.raises(CheckFailed, match="got GroupedFactors of 3 groups"):
+        validate_result(three_groups, problem, request, [])
+    widened = KroneckerFactors(torch.eye(5, dtype=torch.float64), answer["1"].groups[1].B, "joint")
+    wrong_shape = dict(answer, **{"1": GroupedFactors((answer["1"].groups[0], widened) * 2)})
+    with pytest.raises(CheckFailed, match=r"layer '1', group 1, factor A: shape expected \(4, 4\)"):
+        validate_result(wrong_shape, problem, request, [])
