@@ -2,7 +2,8 @@
 
 The folder ``conformance/`` is the import package ``kfac_conformance`` (``conformance`` is
 taken on PyPI). The public contract: :class:`Candidate`, :class:`Problem`, :class:`Request`,
-:class:`Capabilities`, :class:`Conventions`, :class:`KroneckerFactors`, :class:`NotSupported` and
+:class:`Capabilities`, :class:`Conventions`, :class:`KroneckerFactors`, :class:`GroupedFactors`
+(a grouped convolution's answer), :class:`NotSupported` and
 :func:`load_candidate`. The programmatic API: :func:`check_candidate`, with
 :class:`RunOptions` and :class:`RunLimits`, returns a :class:`Report`.
 
@@ -18,6 +19,7 @@ _PUBLIC = {
     "Candidate": "kfac_conformance.contract.problem",
     "Capabilities": "kfac_conformance.contract.problem",
     "Conventions": "kfac_conformance.contract.conventions",
+    "GroupedFactors": "kfac_ref.factors",
     "KroneckerFactors": "kfac_ref.factors",
     "NotSupported": "kfac_conformance.contract.outcomes",
     "Problem": "kfac_conformance.contract.problem",

@@ -21,6 +21,7 @@ class ReferenceCandidate:
     capabilities = Capabilities(
         layer_types=frozenset(layer.__name__ for layer in SUPPORTED_LAYERS),
         approximations=frozenset({"kfac", "ekfac"}),
+        grouped_convolutions=True,
         distributed=True,
     )
 

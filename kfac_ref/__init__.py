@@ -10,7 +10,14 @@ eigenvalues), :mod:`kfac_ref.labels` (the labels MC draws) and :mod:`kfac_ref.da
 
 from kfac_ref.compute import compute_kfac
 from kfac_ref.ekfac import compute_ekfac
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors
 from kfac_ref.labels import sampled_labels
 
-__all__ = ["EKFACFactors", "KroneckerFactors", "compute_ekfac", "compute_kfac", "sampled_labels"]
+__all__ = [
+    "EKFACFactors",
+    "GroupedFactors",
+    "KroneckerFactors",
+    "compute_ekfac",
+    "compute_kfac",
+    "sampled_labels",
+]

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kfac_ref import data_parallel, losses
 from kfac_ref import layers as layer_rules
 from kfac_ref.backpropagated import FISHER_TYPES, backpropagated_vectors
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import GroupedFactors, KroneckerFactors
 
 BIAS_CHOICES = ("separate", "joint")
 
@@ -29,12 +29,13 @@ def compute_kfac(
     bias: str = "separate",
     layers: Sequence[str] | None = None,
     process_group: data_parallel.ProcessGroup | None = None,
-) -> dict[str, KroneckerFactors]:
+) -> dict[str, KroneckerFactors | GroupedFactors]:
     r"""KFAC of :math:`L = R\sum_n c_n` over all batches in ``data``, one entry per layer.
 
     ``A`` and ``B`` follow :mod:`kfac_ref.layers`; for ``"forward-only"`` the output-gradient
     factor (``B``, or ``A`` of an ``Embedding``: :func:`kfac_ref.layers.in_weight_order`) is
-    the identity.
+    the identity. A grouped convolution's entry is a
+    :class:`~kfac_ref.factors.GroupedFactors`, one Kronecker pair per group.
     The batches are treated as one concatenated batch: sums over data are accumulated and
     normalised once, with the reduction factor of the whole data set.
 
@@ -69,7 +70,7 @@ def input_and_grad_factors(
     seed: int,
     bias: str,
     process_group: data_parallel.ProcessGroup | None = None,
-) -> dict[str, KroneckerFactors]:
+) -> dict[str, KroneckerFactors | GroupedFactors]:
     """Every selected layer's KFAC with ``A`` from its inputs and ``B`` from its output
     gradients, before :func:`kfac_ref.layers.in_weight_order` (``seed``: this rank's)."""
     input_sums: dict[str, Tensor] = {}
@@ -106,8 +107,10 @@ def input_and_grad_factors(
             B = torch.eye(size, dtype=A.dtype, device=A.device)
         else:
             B = reduction * grad_sums[name]
+        if A.ndim == 3:
+            B = B.expand(A.shape[0], -1, -1) if fisher_type == "forward-only" else B
         mode = "none" if getattr(module, "bias", None) is None else bias
-        result[name] = KroneckerFactors(A.detach(), B.detach(), mode)
+        result[name] = layer_rules.kronecker_result(A.detach(), B.detach(), mode)
     return result
 
 

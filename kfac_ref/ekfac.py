@@ -27,6 +27,11 @@ them). EKFAC is therefore the Frobenius-nearest matrix to ``F`` among those diag
 basis ``Q``. A separate bias has :math:`s_b = R\sum_{n,v}(Q_B^\top\sum_s g_{n,s,v})^{\odot 2}`
 (the diagonal of :math:`Q_B^\top F_b Q_B`). ``"forward-only"`` has no loss curvature to
 correct and is refused.
+
+A grouped convolution has one KFAC pair :math:`(A_g, B_g)` per group (:mod:`kfac_ref.layers`)
+and so one eigenbasis :math:`Q_{B_g}\otimes Q_{A_g}` per group; :math:`S_g` is the formula
+above with :math:`G^{(g)}_{n,v} = \sum_s g^{(g)}_{n,s,v}a^{(g)\top}_{n,s}`, the gradient of
+group ``g``'s weight, i.e. the diagonal of the group's diagonal block of ``F`` in its basis.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from kfac_ref import compute, data_parallel, losses
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
-from kfac_ref.layers import in_weight_order
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors, groups_of
+from kfac_ref.layers import ekfac_result, in_weight_order
 
 EKFAC_FISHER_TYPES: tuple[str, ...] = ("type-2", "mc", "empirical")
 
@@ -55,7 +60,7 @@ def compute_ekfac(
     bias: str = "separate",
     layers: Sequence[str] | None = None,
     process_group: data_parallel.ProcessGroup | None = None,
-) -> dict[str, EKFACFactors]:
+) -> dict[str, EKFACFactors | GroupedFactors]:
     """EKFAC over all batches in ``data``, one entry per layer; arguments as for
     :func:`kfac_ref.compute_kfac`, whose factors give the eigenbasis.
 
@@ -63,7 +68,8 @@ def compute_ekfac(
     the same labels in both (one generator seeded with ``seed`` per pass). With a
     ``process_group``, ``data`` is this rank's shard: KFAC's factors and the eigenvalue sums
     are summed over ranks (:mod:`kfac_ref.data_parallel`), so every rank gets the same basis
-    and EKFAC of the union of the shards.
+    and EKFAC of the union of the shards. A grouped convolution's entry is a
+    :class:`~kfac_ref.factors.GroupedFactors`, one EKFAC per group.
     """
     if fisher_type not in EKFAC_FISHER_TYPES:
         raise ValueError(
@@ -92,8 +98,8 @@ def compute_ekfac(
         for grad_positions in batch.gradients:
             for name, grads in grad_positions.items():
                 QA, QB = bases[name]
-                g = grads.squeeze(0) @ QB  # (N, S, d_out): Q_B^T g per position
-                _add(weight_sums, name, rotated_squares(g, batch.inputs[name] @ QA))
+                g = rotated(grads.squeeze(0), QB)  # (N, S, d_out): Q_B^T g per position
+                _add(weight_sums, name, rotated_squares(g, rotated(batch.inputs[name], QA)))
                 if kfac[name].bias == "separate":
                     _add(bias_sums, name, g.sum(dim=1).square().sum(dim=0))
     data_parallel.sum_over_ranks(weight_sums, process_group)
@@ -103,7 +109,7 @@ def compute_ekfac(
     return {
         name: in_weight_order(
             rules[name],
-            EKFACFactors(
+            ekfac_result(
                 QA.detach(),
                 QB.detach(),
                 (R * weight_sums[name]).detach(),
@@ -115,15 +121,28 @@ def compute_ekfac(
     }
 
 
-def kfac_eigenbasis(factors: KroneckerFactors) -> tuple[Tensor, Tensor]:
-    """``(Q_A, Q_B)``: orthonormal eigenvectors (columns) of KFAC's symmetric ``A`` and ``B``."""
-    return torch.linalg.eigh(factors.A).eigenvectors, torch.linalg.eigh(factors.B).eigenvectors
+def kfac_eigenbasis(factors: KroneckerFactors | GroupedFactors) -> tuple[Tensor, Tensor]:
+    """``(Q_A, Q_B)``: orthonormal eigenvectors (columns) of KFAC's symmetric ``A`` and ``B``;
+    for a grouped layer stacked over a leading group axis, one basis per group."""
+    groups = groups_of(factors)
+    A = groups[0].A if len(groups) == 1 else torch.stack([group.A for group in groups])
+    B = groups[0].B if len(groups) == 1 else torch.stack([group.B for group in groups])
+    return torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(B).eigenvectors
+
+
+def rotated(positions: Tensor, basis: Tensor) -> Tensor:
+    """``Q^T x`` for every position ``x`` of ``(N, S, d)``, or of ``(N, S, G, d)`` with one
+    basis per group (``basis`` ``(G, d, d)``)."""
+    if basis.ndim == 2:
+        return positions @ basis
+    return torch.einsum("nsgi,gij->nsgj", positions, basis)
 
 
 def rotated_squares(rotated_grads: Tensor, rotated_inputs: Tensor) -> Tensor:
     r""":math:`\sum_n (Q_B^\top G_n Q_A)^{\odot 2}` with :math:`Q_B^\top G_n Q_A =
-    \sum_s (Q_B^\top g_{n,s})(Q_A^\top a_{n,s})^\top`, from the rotated ``(N, S, d)`` tensors."""
-    per_datum = torch.einsum("nso,nsi->noi", rotated_grads, rotated_inputs)
+    \sum_s (Q_B^\top g_{n,s})(Q_A^\top a_{n,s})^\top`, from the rotated ``(N, S, d)`` tensors
+    (``(N, S, G, d)`` per group, giving ``(G, d_out, d_in)``)."""
+    per_datum = torch.einsum("ns...o,ns...i->n...oi", rotated_grads, rotated_inputs)
     return per_datum.square().sum(dim=0)
 
 

@@ -156,3 +156,107 @@ class EKFACFactors:
         """The block times ``factor``."""
         S_bias = None if self.S_bias is None else factor * self.S_bias
         return EKFACFactors(self.QA, self.QB, factor * self.S, self.bias, S_bias)
+
+
+@dataclass(frozen=True)
+class GroupedFactors:
+    r"""The block of a grouped convolution (``groups > 1``): one result per group.
+
+    Group ``g`` is a convolution with ``C_in / groups`` input and ``C_out / groups`` output
+    channels: weight rows ``g * C_out / groups`` onwards, input channels ``g * C_in / groups``
+    onwards; ``groups[g]`` is its :class:`KroneckerFactors` (``A_g`` over its patch
+    ``(C_in / groups, *kernel)``, ``B_g`` over its output channels) or :class:`EKFACFactors`,
+    all of one type and one bias mode. The parameters of different groups never meet in KFAC,
+    so the layer's block is block-diagonal over the groups. Over ``[weight.flatten(), bias]``
+    (weight ``(C_out, C_in / groups, *kernel)``, row-major) group ``g``'s weight rows are the
+    ``g``-th contiguous run of ``weight.numel() / groups`` rows and its bias rows the ``g``-th
+    run of ``C_out / groups`` rows after the whole weight: :meth:`to_dense` places each group's
+    own block (weight then bias, :meth:`KroneckerFactors.to_dense`) at those rows, so the
+    layer's block keeps the order weight, then bias, and for a joint bias group ``g``'s
+    weight-bias cross terms land between its weight rows and its bias rows.
+    """
+
+    groups: tuple[KroneckerFactors, ...] | tuple[EKFACFactors, ...]
+
+    def __post_init__(self) -> None:
+        groups = tuple(self.groups) if isinstance(self.groups, (list, tuple)) else None
+        if not groups:
+            raise ValueError("groups must be a non-empty tuple of per-group factors")
+        kinds = {type(group) for group in groups}
+        if len(kinds) != 1 or not kinds <= {KroneckerFactors, EKFACFactors}:
+            raise TypeError(
+                "groups must all be KroneckerFactors or all EKFACFactors, got "
+                f"{sorted(kind.__name__ for kind in kinds)}"
+            )
+        if len({group.bias for group in groups}) != 1:
+            raise ValueError(f"every group must have one bias mode, got {[g.bias for g in groups]}")
+        object.__setattr__(self, "groups", groups)
+
+    @property
+    def bias(self) -> BiasMode:
+        return self.groups[0].bias
+
+    def parameter_indices(self) -> list[Tensor]:
+        """Each group's rows of the layer's block over ``[weight.flatten(), bias]``."""
+        sizes = [group_parameter_sizes(group) for group in self.groups]
+        weight_total = sum(weight for weight, _ in sizes)
+        indices, weight_start, bias_start = [], 0, weight_total
+        for weight, bias in sizes:
+            indices.append(
+                torch.cat(
+                    [
+                        torch.arange(weight_start, weight_start + weight),
+                        torch.arange(bias_start, bias_start + bias),
+                    ]
+                )
+            )
+            weight_start, bias_start = weight_start + weight, bias_start + bias
+        return indices
+
+    def to_dense(self) -> Tensor:
+        """The block-diagonal block over ``[weight.flatten(), bias]`` (see the class)."""
+        blocks = [group.to_dense() for group in self.groups]
+        size = sum(block.shape[0] for block in blocks)
+        dense = blocks[0].new_zeros(size, size)
+        for index, block in zip(self.parameter_indices(), blocks, strict=True):
+            index = index.to(dense.device)
+            dense[index[:, None], index[None, :]] = block
+        return dense
+
+    def to(self, *args, **kwargs) -> GroupedFactors:
+        return GroupedFactors(tuple(group.to(*args, **kwargs) for group in self.groups))
+
+    def scaled(self, factor: float) -> GroupedFactors:
+        """The block times ``factor``."""
+        return GroupedFactors(tuple(group.scaled(factor) for group in self.groups))
+
+
+def group_parameter_sizes(factors: KroneckerFactors | EKFACFactors) -> tuple[int, int]:
+    """``(weight rows, bias rows)`` of one ungrouped result's block."""
+    size_A, size_B = (
+        (factors.QA.shape[0], factors.QB.shape[0])
+        if isinstance(factors, EKFACFactors)
+        else (factors.A.shape[0], factors.B.shape[0])
+    )
+    bias_rows = 0 if factors.bias == "none" else size_B
+    return size_B * (size_A - (factors.bias == "joint")), bias_rows
+
+
+def groups_of(
+    factors: KroneckerFactors | EKFACFactors | GroupedFactors,
+) -> tuple[KroneckerFactors, ...] | tuple[EKFACFactors, ...]:
+    """The per-group results of a grouped layer, or the one result of any other layer."""
+    return factors.groups if isinstance(factors, GroupedFactors) else (factors,)
+
+
+def group_blocks(
+    factors: KroneckerFactors | EKFACFactors | GroupedFactors, block: Tensor
+) -> list[tuple[KroneckerFactors | EKFACFactors, Tensor]]:
+    """Each group's result with its diagonal block of ``block`` (a dense block over the
+    layer's ``[weight.flatten(), bias]``); ``[(factors, block)]`` for an ungrouped layer."""
+    if not isinstance(factors, GroupedFactors):
+        return [(factors, block)]
+    return [
+        (group, block[index[:, None].to(block.device), index[None, :].to(block.device)])
+        for group, index in zip(factors.groups, factors.parameter_indices(), strict=True)
+    ]

@@ -22,20 +22,33 @@ one-hot vector of the index at position ``s``. Its weight (``num_embeddings x di
 :math:`A\otimes B` with the factors above; :func:`in_weight_order` returns it as the
 contract's ``kron(B, A)`` by swapping the roles (``A`` the ``dim x dim`` output-gradient
 factor, ``B`` the one-hot factor).
+
+A grouped convolution (``groups = G > 1``) is ``G`` convolutions side by side: group ``g``
+sees input channels :math:`\mathcal I_g = [gC_{in}/G, (g+1)C_{in}/G)` and produces output
+channels :math:`\mathcal O_g = [gC_{out}/G, (g+1)C_{out}/G)`, with weight rows
+:math:`\mathcal O_g`. Its patch :math:`a^{(g)}_{n,s}` is the part of :math:`a_{n,s}` over the
+channels :math:`\mathcal I_g` (ordered ``(C_in/G, *kernel)`` like ``weight[o].flatten()``,
+with a joint bias followed by its own one) and :math:`g^{(g)}_{n,s,v}` the part of
+:math:`g_{n,s,v}` over :math:`\mathcal O_g`. KFAC treats the groups as separate layers:
+:math:`(A_g, B_g)` are the formulas above on :math:`a^{(g)}` and :math:`g^{(g)}` (same
+``S``, ``N`` and ``R``), and the layer's block is block-diagonal over the groups
+(:class:`kfac_ref.factors.GroupedFactors`). The positions then carry a group axis,
+``(N, S, G, d_g)`` and ``(V, N, S, G, d_g)``, and every sum is taken per group.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors
 
 FLAVOURS: tuple[str, ...] = ("expand", "reduce")
-FactorsT = TypeVar("FactorsT", KroneckerFactors, EKFACFactors)
+FactorsT = TypeVar("FactorsT", KroneckerFactors, EKFACFactors, GroupedFactors)
 
 
 def linear_positions(layer: nn.Linear, inputs: Tensor) -> Tensor:
@@ -76,11 +89,13 @@ def conv_nd_positions(layer: nn.Conv1d | nn.Conv3d, inputs: Tensor) -> Tensor:
     position, ordered ``(C_in, k_1, ..., k_d)`` like ``weight[o].flatten()``.
 
     Patch entry ``j`` is the output of a convolution whose kernel is the ``j``-th unit vector
-    of the flattened kernel shape, with the layer's own stride, padding and dilation.
+    of the flattened kernel shape ``(C_in, k_1, ..., k_d)`` (all input channels, also of a
+    grouped layer), with the layer's own stride, padding and dilation.
     """
-    patch_size = layer.weight[0].numel()
+    patch_shape = (layer.in_channels, *layer.kernel_size)
+    patch_size = math.prod(patch_shape)
     unit_kernels = torch.eye(patch_size, dtype=inputs.dtype, device=inputs.device).reshape(
-        patch_size, *layer.weight.shape[1:]
+        patch_size, *patch_shape
     )
     patches = _CONVOLUTIONS[type(layer)](
         inputs,
@@ -104,10 +119,22 @@ def embedding_positions(layer: nn.Embedding, inputs: Tensor) -> Tensor:
     return one_hot.reshape(inputs.shape[0], -1, layer.num_embeddings)
 
 
+def split_groups(
+    positions: Callable[[nn.Module, Tensor], Tensor],
+) -> Callable[[nn.Module, Tensor], Tensor]:
+    """``positions`` of a grouped layer with the feature axis split into ``(G, d / G)``: the
+    channels are the outermost axis of a patch and of an output, so each group's part is
+    contiguous."""
+
+    def grouped(layer: nn.Module, tensor: Tensor) -> Tensor:
+        found = positions(layer, tensor)
+        return found.reshape(*found.shape[:-1], layer.groups, -1)
+
+    return grouped
+
+
 def check_conv_supported(layer: nn.Module) -> None:
     kind = type(layer).__name__
-    if layer.groups != 1:
-        raise NotImplementedError(f"{kind} with groups={layer.groups} is not supported (only 1)")
     if layer.padding_mode != "zeros":
         raise NotImplementedError(
             f"{kind} with padding_mode={layer.padding_mode!r} is not supported (only 'zeros')"
@@ -131,28 +158,34 @@ def check_embedding_supported(layer: nn.Embedding) -> None:
         raise NotImplementedError(f"Embedding with {', '.join(named)} is not supported")
 
 
+def outer_sum(rows: Tensor) -> Tensor:
+    """``sum_m x_m x_m^T`` over the first axis of ``(M, d)`` rows, or per group of
+    ``(M, G, d)`` rows as ``(G, d, d)``."""
+    if rows.ndim == 2:
+        return rows.T @ rows
+    return torch.einsum("mgi,mgj->gij", rows, rows)
+
+
 def expand_input_sum(positions: Tensor) -> tuple[Tensor, int]:
     r""":math:`\sum_{n,s} a_{n,s}a_{n,s}^\top` and its count :math:`NS`."""
-    flat = positions.reshape(-1, positions.shape[-1])
-    return flat.T @ flat, flat.shape[0]
+    flat = positions.flatten(end_dim=1)
+    return outer_sum(flat), flat.shape[0]
 
 
 def expand_grad_sum(grad_positions: Tensor) -> Tensor:
     r""":math:`\sum_{n,s,v} g_{n,s,v}g_{n,s,v}^\top`."""
-    flat = grad_positions.reshape(-1, grad_positions.shape[-1])
-    return flat.T @ flat
+    return outer_sum(grad_positions.flatten(end_dim=2))
 
 
 def reduce_input_sum(positions: Tensor) -> tuple[Tensor, int]:
     r""":math:`\sum_n \bar a_n\bar a_n^\top` with :math:`\bar a_n = \frac1S\sum_s a_{n,s}`, count ``N``."""
     mean = positions.mean(dim=1)
-    return mean.T @ mean, mean.shape[0]
+    return outer_sum(mean), mean.shape[0]
 
 
 def reduce_grad_sum(grad_positions: Tensor) -> Tensor:
     r""":math:`\sum_{n,v}\bar g_{n,v}\bar g_{n,v}^\top` with :math:`\bar g_{n,v} = \sum_s g_{n,s,v}`."""
-    total = grad_positions.sum(dim=2).reshape(-1, grad_positions.shape[-1])
-    return total.T @ total
+    return outer_sum(grad_positions.sum(dim=2).flatten(end_dim=1))
 
 
 class LayerRule(NamedTuple):
@@ -193,6 +226,16 @@ for _flavour, (_input_sum, _grad_sum) in _SUMS.items():
         transposed_weight=True,
     )
 
+# convolutions with groups > 1: the same sums per group (module docstring)
+GROUPED_REGISTRY: dict[tuple[type[nn.Module], str], LayerRule] = {
+    key: rule._replace(
+        input_positions=split_groups(rule.input_positions),
+        output_positions=split_groups(rule.output_positions),
+    )
+    for key, rule in REGISTRY.items()
+    if key[0] in _CONVOLUTIONS
+}
+
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -206,7 +249,8 @@ def rule_for(layer: nn.Module, flavour: str) -> LayerRule:
     """The registry entry for ``layer``; raises naming the unsupported layer or flavour."""
     if flavour not in FLAVOURS:
         raise ValueError(f"kfac_approx must be one of {FLAVOURS}, got {flavour!r}")
-    rule = REGISTRY.get((type(layer), flavour))
+    registry = GROUPED_REGISTRY if getattr(layer, "groups", 1) > 1 else REGISTRY
+    rule = registry.get((type(layer), flavour))
     if rule is None:
         names = ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
         raise NotImplementedError(
@@ -222,9 +266,36 @@ def with_ones(positions: Tensor) -> Tensor:
 
 
 def output_features(layer: nn.Module, rule: LayerRule) -> int:
-    """The size of the output-gradient factor: the weight's rows, or its columns when the
-    weight is transposed (``Embedding``: its ``dim``)."""
-    return layer.weight.shape[1] if rule.transposed_weight else layer.weight.shape[0]
+    """The size of the output-gradient factor: the weight's rows (a group's, for a grouped
+    convolution), or its columns when the weight is transposed (``Embedding``: its ``dim``)."""
+    if rule.transposed_weight:
+        return layer.weight.shape[1]
+    return layer.weight.shape[0] // getattr(layer, "groups", 1)
+
+
+def kronecker_result(A: Tensor, B: Tensor, bias: str) -> KroneckerFactors | GroupedFactors:
+    """The contract's result from factors, or from factors stacked over a leading group axis
+    (a grouped convolution's, ``A`` of shape ``(G, d, d)``): then one result per group."""
+    if A.ndim == 2:
+        return KroneckerFactors(A, B, bias)
+    return GroupedFactors(
+        tuple(KroneckerFactors(A_g, B_g, bias) for A_g, B_g in zip(A, B, strict=True))
+    )
+
+
+def ekfac_result(
+    QA: Tensor, QB: Tensor, S: Tensor, bias: str, S_bias: Tensor | None
+) -> EKFACFactors | GroupedFactors:
+    """:func:`kronecker_result` for EKFAC's bases and eigenvalues."""
+    if QA.ndim == 2:
+        return EKFACFactors(QA, QB, S, bias, S_bias)
+    per_group_bias = [None] * len(QA) if S_bias is None else list(S_bias)
+    return GroupedFactors(
+        tuple(
+            EKFACFactors(*group, bias, s_b)
+            for *group, s_b in zip(QA, QB, S, per_group_bias, strict=True)
+        )
+    )
 
 
 def in_weight_order(rule: LayerRule, factors: FactorsT) -> FactorsT:
@@ -234,6 +305,8 @@ def in_weight_order(rule: LayerRule, factors: FactorsT) -> FactorsT:
     swapped (and EKFAC's ``S`` transposed, since :math:`K\,\mathrm{vec}(S) = \mathrm{vec}(S^\top)`)."""
     if not rule.transposed_weight:
         return factors
+    if isinstance(factors, GroupedFactors):
+        raise NotImplementedError("a transposed weight has no groups")
     if isinstance(factors, KroneckerFactors):
         return KroneckerFactors(factors.B, factors.A, factors.bias)
     return EKFACFactors(factors.QB, factors.QA, factors.S.T, factors.bias, factors.S_bias)

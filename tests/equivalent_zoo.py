@@ -27,14 +27,17 @@ from kfac_conformance.contract.problem import Capabilities, Problem, Request
 from kfac_conformance.execution.session import reference_compute
 from kfac_conformance.reference_candidate import ReferenceCandidate
 from kfac_ref import ekfac
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors, groups_of
 
-Factors = KroneckerFactors | EKFACFactors
+Factors = KroneckerFactors | EKFACFactors | GroupedFactors
 TENSOR_FIELDS = {KroneckerFactors: ("A", "B"), EKFACFactors: ("QA", "QB", "S", "S_bias")}
 
 
 def each_tensor(factors: Factors, change: Callable[[Tensor], Tensor]) -> Factors:
-    """``factors`` with ``change`` applied to each of its tensors (an absent ``S_bias`` stays)."""
+    """``factors`` with ``change`` applied to each of its tensors (an absent ``S_bias`` stays;
+    a grouped layer's, group by group)."""
+    if isinstance(factors, GroupedFactors):
+        return GroupedFactors(tuple(each_tensor(group, change) for group in factors.groups))
     changed = {
         name: change(getattr(factors, name))
         for name in TENSOR_FIELDS[type(factors)]
@@ -50,6 +53,7 @@ class Equivalent:
     capabilities = Capabilities(
         layer_types=ReferenceCandidate.capabilities.layer_types,
         approximations=frozenset({"kfac", "ekfac"}),
+        grouped_convolutions=True,
     )
     sampled_labels = ReferenceCandidate.sampled_labels
     version = ReferenceCandidate.version
@@ -62,7 +66,12 @@ class Equivalent:
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, Factors]:
         result = reference_compute(problem, request)
-        return {layer: self.form(factors) for layer, factors in result.items()}
+        return {layer: self._formed(factors) for layer, factors in result.items()}
+
+    def _formed(self, factors: Factors) -> Factors:
+        if isinstance(factors, GroupedFactors):
+            return GroupedFactors(tuple(self.form(group) for group in factors.groups))
+        return self.form(factors)
 
     def form(self, factors: Factors) -> Factors:
         return factors
@@ -109,9 +118,11 @@ class StridedStorage(Equivalent):
 class ChannelsLastInternally(Equivalent):
     """Computed on a copy of the problem whose model and 4-d inputs are channels-last: the
     convolutions run on NHWC memory, so every intermediate tensor is strided that way.
-    Channels-last is a 4-d memory format: it claims Linear and Conv2d only."""
+    Channels-last is a 4-d memory format: it claims Linear and Conv2d only (grouped included)."""
 
-    capabilities = Capabilities(approximations=frozenset({"kfac", "ekfac"}))
+    capabilities = Capabilities(
+        approximations=frozenset({"kfac", "ekfac"}), grouped_convolutions=True
+    )
 
     def compute(self, problem: Problem, request: Request) -> Mapping[str, Factors]:
         model = copy.deepcopy(problem.model).to(memory_format=torch.channels_last)
@@ -212,8 +223,15 @@ class _OtherEigenbasis(Equivalent):
         generator = torch.Generator().manual_seed(0)
         basis_of = type(self).basis_of
 
-        def other_basis(factors: KroneckerFactors) -> tuple[Tensor, Tensor]:
-            return basis_of(factors.A, generator), basis_of(factors.B, generator)
+        def other_basis(factors: KroneckerFactors | GroupedFactors) -> tuple[Tensor, Tensor]:
+            # a grouped layer's bases stacked over the groups, as kfac_ref.ekfac has them
+            bases = [
+                (basis_of(group.A, generator), basis_of(group.B, generator))
+                for group in groups_of(factors)
+            ]
+            if len(bases) == 1:
+                return bases[0]
+            return tuple(torch.stack(side) for side in zip(*bases, strict=True))
 
         with mock.patch.object(ekfac, "kfac_eigenbasis", other_basis):
             return reference_compute(problem, request)

@@ -12,7 +12,7 @@ import numpy as np
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.conventions import TUTORIAL, Conventions
 from kfac_conformance.neutral.candidate import Refused
-from kfac_conformance.neutral.factors import Factors
+from kfac_conformance.neutral.factors import Factors, per_group
 from kfac_conformance.neutral.fixtures import LOSS_CLASSES, StoredCase
 
 
@@ -47,7 +47,10 @@ class DoubledB(StoredReference):
 
     def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
         result = super().compute(case, fisher_type, flavour)
-        return {layer: Factors(f.A, 2 * f.B, f.bias) for layer, f in result.items()}
+        return {
+            layer: per_group(f, lambda g: Factors(g.A, 2 * g.B, g.bias))
+            for layer, f in result.items()
+        }
 
 
 class ConvertsToTutorialScale(StoredReference):
@@ -59,7 +62,10 @@ class ConvertsToTutorialScale(StoredReference):
     def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
         result = super().compute(case, fisher_type, flavour)
         factor = 1.0 if fisher_type == "forward-only" else 1.0 / case.counts["R"]
-        return {layer: Factors(f.A, factor * f.B, f.bias) for layer, f in result.items()}
+        return {
+            layer: per_group(f, lambda g: Factors(g.A, factor * g.B, g.bias))
+            for layer, f in result.items()
+        }
 
 
 class Float32(StoredReference):
@@ -71,7 +77,9 @@ class Float32(StoredReference):
     def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
         result = super().compute(case, fisher_type, flavour)
         return {
-            layer: Factors(f.A.astype(np.float32), f.B.astype(np.float32), f.bias)
+            layer: per_group(
+                f, lambda g: Factors(g.A.astype(np.float32), g.B.astype(np.float32), g.bias)
+            )
             for layer, f in result.items()
         }
 
@@ -136,7 +144,10 @@ class McDoubled(McIsItsExpectation):
 
     def compute(self, case, fisher_type, flavour, mc_samples=1, seed=0):
         result = super().compute(case, fisher_type, flavour)
-        return {layer: Factors(f.A, 2 * f.B, f.bias) for layer, f in result.items()}
+        return {
+            layer: per_group(f, lambda g: Factors(g.A, 2 * g.B, g.bias))
+            for layer, f in result.items()
+        }
 
 
 class NumpyEmpiricalKFAC:

@@ -135,6 +135,16 @@ def _coordinates(case_id: str) -> set:
             {("weight tying", "tied")},
         ),
         ("one-datum-mlp[tanh-mse-sum]", {("data", "one datum")}, {("data", "several data")}),
+        (
+            "grouped-conv-reduce[depthwise-mean-pool]",
+            {("conv groups", "depthwise"), ("conv groups", "1")},
+            {("conv groups", "grouped")},
+        ),
+        (
+            "grouped-cnn[tanh-ce]",
+            {("conv groups", "grouped"), ("conv groups", "1")},
+            {("conv groups", "depthwise")},
+        ),
     ],
 )
 def test_a_call_is_placed_from_its_problem(case_id, present, absent):

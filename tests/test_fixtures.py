@@ -74,14 +74,16 @@ def test_stored_file_has_the_documented_keys(case_id: str):
     expected |= {f"{kind}.{i}" for kind in ("X", "y") for i in range(record["num_batches"])}
     expected |= {f"{c}.{layer}" for c in ("ggn", "empirical") for layer in record["layers"]}
     if record["kind"] == "agreement":
-        expected |= reference_keys(record, dict(problem.model.named_parameters()))
+        expected |= reference_keys(record, problem.model)
     else:
         assert "reference" not in record, "only agreement cases store the reference's answers"
     assert keys == expected, STALE
 
 
-def reference_keys(record: dict, parameters: dict) -> set[str]:
-    """The documented keys of the stored reference answers (fixtures/README.md)."""
+def reference_keys(record: dict, model: torch.nn.Module) -> set[str]:
+    """The documented keys of the stored reference answers (fixtures/README.md): a grouped
+    convolution's per group."""
+    parameters = dict(model.named_parameters())
     stored, keys = record["reference"], set()
     for approximation, names in (("kfac", ("A", "B")), ("ekfac", ("QA", "QB", "S"))):
         for fisher_type in stored[approximation]:
@@ -89,10 +91,15 @@ def reference_keys(record: dict, parameters: dict) -> set[str]:
                 for bias in stored["bias"]:
                     for layer in record["layers"]:
                         prefix = f"{approximation}.{fisher_type}.{flavour}.{bias}.{layer}"
-                        keys |= {f"{prefix}.{name}" for name in names}
-                        separate = approximation == "ekfac" and bias == "separate"
-                        if separate and f"{layer}.bias" in parameters:
-                            keys.add(f"{prefix}.S_bias")
+                        groups = getattr(model.get_submodule(layer), "groups", 1)
+                        prefixes = [prefix] if groups == 1 else [
+                            f"{prefix}.group{g}" for g in range(groups)
+                        ]  # fmt: skip
+                        for where in prefixes:
+                            keys |= {f"{where}.{name}" for name in names}
+                            separate = approximation == "ekfac" and bias == "separate"
+                            if separate and f"{layer}.bias" in parameters:
+                                keys.add(f"{where}.S_bias")
     return keys
 
 

@@ -31,7 +31,7 @@ from kfac_conformance.execution.session import with_reduction
 from kfac_conformance.neutral import comparison, fixtures, plan, runner, transforms
 from kfac_conformance.neutral.checks import WORLD_SIZES
 from kfac_conformance.neutral.factors import EigenFactors, Factors, dense_block, joint_order
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors
 from kfac_ref.factors import joint_order as torch_joint_order
 
 # two float64 computations of one quantity by different code (numpy and torch): round-off
@@ -159,9 +159,11 @@ def test_errors_are_the_torch_sides_on_the_stored_blocks(case_id: str, bias: str
     case = fixtures.load(case_id)
     exact = torch_fixtures.load_exact_blocks(case_id, "ggn")
     for layer, factors in case.reference_kfac("type-2", "expand", bias).items():
-        torch_factors = KroneckerFactors(
-            torch.from_numpy(factors.A.copy()), torch.from_numpy(factors.B.copy()), factors.bias
+        torch_groups = tuple(
+            KroneckerFactors(torch.from_numpy(g.A.copy()), torch.from_numpy(g.B.copy()), g.bias)
+            for g in getattr(factors, "groups", (factors,))
         )
+        torch_factors = torch_groups[0] if len(torch_groups) == 1 else GroupedFactors(torch_groups)
         target = torch_blocks.restrict(exact[layer], torch_blocks.kfac_pattern(torch_factors))
         expected = torch_blocks.relative_error(torch_factors.to_dense(), target)
         neutral = comparison.layer_error(factors, 1.0, case.exact("ggn")[layer])

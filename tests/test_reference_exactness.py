@@ -15,6 +15,7 @@ from torch import Tensor
 from kfac_conformance.cases.canonical import ALL_CASES, CANONICAL_CASES, LOSSES, Case
 from kfac_conformance.oracle.blocks import exact_blocks
 from kfac_ref import KroneckerFactors, compute_kfac
+from kfac_ref.factors import GroupedFactors, groups_of
 
 EXACT_TOL = 1e-10
 NOT_EXACT_MIN = 1e-3
@@ -29,11 +30,16 @@ def relative_error(approx: Tensor, exact: Tensor) -> float:
     return difference / scale
 
 
-def comparable_exact(factors: KroneckerFactors, exact: Tensor) -> Tensor:
+def bias_rows(factors: KroneckerFactors | GroupedFactors) -> int:
+    """The layer's outputs: its ``B``'s size, the sum over the groups of a grouped layer."""
+    return sum(group.B.shape[0] for group in groups_of(factors))
+
+
+def comparable_exact(factors: KroneckerFactors | GroupedFactors, exact: Tensor) -> Tensor:
     """The exact block restricted to what KFAC models: a separate bias drops the cross terms."""
     if factors.bias != "separate":
         return exact
-    num_weights = exact.shape[0] - factors.B.shape[0]
+    num_weights = exact.shape[0] - bias_rows(factors)
     keep = torch.zeros_like(exact, dtype=torch.bool)
     keep[:num_weights, :num_weights] = True
     keep[num_weights:, num_weights:] = True
@@ -96,7 +102,7 @@ def test_reference_is_exact(case: Case, key: str, bias: str):
         dense = factors.to_dense()
         assert dense.shape == exact[layer].shape
         if factors.bias == "separate":
-            num_weights = dense.shape[0] - factors.B.shape[0]
+            num_weights = dense.shape[0] - bias_rows(factors)
             assert torch.count_nonzero(dense[:num_weights, num_weights:]) == 0
             assert torch.count_nonzero(dense[num_weights:, :num_weights]) == 0
         error = relative_error(dense, comparable_exact(factors, exact[layer]))

@@ -131,6 +131,7 @@ def _kfac_ref_state() -> dict:
         "backpropagated_vectors": compute.backpropagated_vectors,
         "with_ones": layers.with_ones,
         "registry": dict(layers.REGISTRY),
+        "grouped_registry": dict(layers.GROUPED_REGISTRY),
         "rotated_squares": ekfac.rotated_squares,
         "kfac_eigenbasis": ekfac.kfac_eigenbasis,
     }

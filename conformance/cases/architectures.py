@@ -3,7 +3,8 @@
 An architecture is a list of layer specs, each a list ``[kind, *arguments]``:
 
 - ``["linear", d_in, d_out, bias]``;
-- ``["conv1d" | "conv2d" | "conv3d", c_in, c_out, kernel, stride, padding, dilation, bias]``;
+- ``["conv1d" | "conv2d" | "conv3d", c_in, c_out, kernel, stride, padding, dilation, bias]``,
+  optionally followed by ``groups`` (a grouped convolution; absent means 1);
 - ``["embedding", num_embeddings, dim]``: only as the first layer, whose inputs are then
   indices (:func:`input_vocabulary`);
 - ``["tanh"]``, ``["sigmoid"]``, ``["relu"]``;
@@ -61,9 +62,16 @@ def build_layer(spec: LayerSpec) -> nn.Module:
         d_in, d_out, bias = args
         return nn.Linear(d_in, d_out, bias=bias)
     if kind in _CONVOLUTIONS:
-        c_in, c_out, kernel, stride, padding, dilation, bias = args
+        c_in, c_out, kernel, stride, padding, dilation, bias, *groups = args
         return _CONVOLUTIONS[kind](
-            c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias
+            c_in,
+            c_out,
+            kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=bias,
+            groups=groups[0] if groups else 1,
         )
     if kind == "embedding":
         num_embeddings, dim = args

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kfac_conformance.cases.architectures import PARAMETER_KINDS
 from kfac_conformance.cases.case import LOSSES, Case, draw_labels
+from kfac_conformance.cases.grouped import grouped_agreement_cases, grouped_exact_cases
 
 
 def _all(architecture: list) -> tuple[str, ...]:
@@ -500,9 +501,10 @@ CANONICAL_CASES: list[Case] = [
     *_reduce_cases(),
     *_conv_cases(),
     *_new_layer_cases(),
+    *grouped_exact_cases(),
     *_several_data_cases(),
 ]
-AGREEMENT_CASES: list[Case] = _agreement_cases()
+AGREEMENT_CASES: list[Case] = [*_agreement_cases(), *grouped_agreement_cases()]
 ALL_CASES: dict[str, Case] = {case.id: case for case in [*CANONICAL_CASES, *AGREEMENT_CASES]}
 
 # Case, LOSSES and draw_labels live in cases/case.py; importers of this module keep them

@@ -6,7 +6,9 @@ type in :data:`KFAC_FISHER_TYPES` and its EKFAC (``QA``, ``QB``, ``S``, ``S_bias
 :data:`EKFAC_FISHER_TYPES`, in both bias modes of :data:`BIAS_MODES`, for expand and, where a
 layer shares its weights, reduce; the keys are
 ``<approximation>.<fisher type>.<flavour>.<bias>.<layer>.<factor>``
-(:func:`kfac_conformance.neutral.fixtures.reference_key`). MC is not stored: its answer depends
+(:func:`kfac_conformance.neutral.fixtures.reference_key`), and for a grouped convolution
+``<...>.<layer>.group<g>.<factor>``, one set per group (its block is block-diagonal over the
+groups, :class:`kfac_ref.factors.GroupedFactors`). MC is not stored: its answer depends
 on the labels drawn, which another framework cannot reproduce.
 """
 
@@ -18,6 +20,7 @@ from kfac_conformance.comparison.diagnosis import problem_counts
 from kfac_conformance.contract.problem import FLAVOURS, Problem, Request
 from kfac_conformance.execution.session import reference_compute
 from kfac_conformance.neutral.fixtures import reference_key
+from kfac_ref.factors import groups_of
 
 KFAC_FISHER_TYPES = ("type-2", "empirical", "forward-only")
 EKFAC_FISHER_TYPES = ("type-2", "empirical")
@@ -70,8 +73,12 @@ def reference_tensors(problem: Problem, flavours: tuple[str, ...]) -> dict[str, 
             prefix = reference_key(
                 request.approximation, request.fisher_type, request.kfac_approx, request.bias, layer
             )
-            for name in names:
-                value = getattr(factors, name)
-                if value is not None:
-                    tensors[f"{prefix}.{name}"] = value.detach().clone().contiguous()
+            groups = groups_of(factors)
+            for g, group in enumerate(groups):
+                # a grouped convolution's factors per group (fixtures/README.md)
+                where = prefix if len(groups) == 1 else f"{prefix}.group{g}"
+                for name in names:
+                    value = getattr(group, name)
+                    if value is not None:
+                        tensors[f"{where}.{name}"] = value.detach().clone().contiguous()
     return tensors

@@ -27,7 +27,7 @@ from kfac_conformance.execution.session import (
     reference_compute,
     tolerance_for,
 )
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import GroupedFactors, KroneckerFactors
 from kfac_ref.layers import LayerRule, rule_for
 
 
@@ -107,10 +107,19 @@ def kfac_on_labels(
     }
 
 
-def _mean_over_draws(rule: LayerRule, draws: list[KroneckerFactors]) -> KroneckerFactors:
+def _mean_over_draws(
+    rule: LayerRule, draws: list[KroneckerFactors] | list[GroupedFactors]
+) -> KroneckerFactors | GroupedFactors:
     """The mean of the draws' blocks: only the output-gradient factor depends on the labels
-    (``B``, or ``A`` for a transposed weight), so the mean is that factor's."""
+    (``B``, or ``A`` for a transposed weight), so the mean is that factor's (per group)."""
     first = draws[0]
+    if isinstance(first, GroupedFactors):
+        return GroupedFactors(
+            tuple(
+                _mean_over_draws(rule, [draw.groups[g] for draw in draws])
+                for g in range(len(first.groups))
+            )
+        )
     if rule.transposed_weight:
         return KroneckerFactors(sum(d.A for d in draws) / len(draws), first.B, first.bias)
     return KroneckerFactors(first.A, sum(d.B for d in draws) / len(draws), first.bias)

@@ -15,6 +15,7 @@ from kfac_conformance.checks.base import (
 from kfac_conformance.checks.drawn import always
 from kfac_conformance.contract.problem import FISHER_TYPES, Request
 from kfac_conformance.execution.session import Session, tolerance_for
+from kfac_ref.factors import groups_of
 
 
 def _run(session: Session, entry: CaseEntry):
@@ -27,12 +28,18 @@ def _run(session: Session, entry: CaseEntry):
         result = session.call(problem, Request(fisher_type, "expand", mc_samples=2, bias=modes[0]))
         tolerance = tolerance_for(problem)
         for layer, factors in result.items():
-            for name, factor in (("A", factors.A), ("B", factors.B)):
+            groups = groups_of(factors)
+            for group, name, factor in (
+                (g, name, factor)
+                for g, one in enumerate(groups)
+                for name, factor in (("A", one.A), ("B", one.B))
+            ):
                 matrix = factor.detach().double().cpu()
                 scale = matrix.abs().max().item() or 1.0
                 asymmetry = (matrix - matrix.T).abs().max().item() / scale
                 measurement.record(asymmetry, tolerance)
-                where = f"layer {layer!r}, factor {name}, fisher_type={fisher_type!r}"
+                of_group = f", group {group}" if len(groups) > 1 else ""
+                where = f"layer {layer!r}{of_group}, factor {name}, fisher_type={fisher_type!r}"
                 if asymmetry > tolerance:
                     raise CheckFailed(
                         f"{where}: not symmetric (relative asymmetry {asymmetry:.3g})",

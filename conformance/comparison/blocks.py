@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kfac_conformance.comparison import tolerances
 from kfac_conformance.comparison.tolerances import float32_round_off, name_factor
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors, group_blocks
 
 
 def round_off_tolerance(dtype: torch.dtype) -> float:
@@ -26,8 +26,14 @@ def relative_error(candidate: Tensor, exact: Tensor) -> float:
     return difference / scale if scale > 0 else difference
 
 
-def factor_sizes(factors: KroneckerFactors | EKFACFactors) -> tuple[int, int]:
-    """``(size of A, size of B)``: the input and output sides of either kind of result."""
+def factor_sizes(factors: KroneckerFactors | EKFACFactors | GroupedFactors) -> tuple[int, int]:
+    """``(size of A, size of B)``: the input and output sides of either kind of result; for a
+    grouped convolution a group's ``A`` and the whole layer's output side (the sum of the
+    groups' ``B``), so that the weight has ``size of B`` rows of ``size of A`` entries as
+    for any other layer."""
+    if isinstance(factors, GroupedFactors):
+        sizes = [factor_sizes(group) for group in factors.groups]
+        return sizes[0][0], sum(size_B for _, size_B in sizes)
     if isinstance(factors, EKFACFactors):
         return factors.QA.shape[0], factors.QB.shape[0]
     return factors.A.shape[0], factors.B.shape[0]
@@ -88,6 +94,10 @@ def diagnose(
     scale, residual = fitted_factor(candidate, target)
     if scale != 0 and residual <= tolerance:
         return f"off by a constant factor x {scale:.6g}: a reduction or convention factor?"
+    if isinstance(factors, GroupedFactors):
+        groups = _diagnose_groups(factors, target, tolerance)
+        if groups is not None:
+            return groups
     kronecker = isinstance(factors, KroneckerFactors)
     swapped = (
         KroneckerFactors(factors.B, factors.A, "none")
@@ -120,6 +130,22 @@ def diagnose(
         return cast
     if isinstance(factors, EKFACFactors):
         return _diagnose_ekfac(candidate, target, tolerance)
+    return None
+
+
+def _diagnose_groups(factors: GroupedFactors, target: Tensor, tolerance: float) -> str | None:
+    """Some groups right and others wrong: each group's factors from other channels than its
+    own (the groups ignored)."""
+    errors = [
+        relative_error(group.to_dense(), block) for group, block in group_blocks(factors, target)
+    ]
+    wrong = [g for g, error in enumerate(errors) if not error <= tolerance]
+    right = [g for g, error in enumerate(errors) if error <= tolerance]
+    if wrong and right:
+        return (
+            f"wrong only in groups {wrong} (right in {right}) of the grouped convolution: does "
+            "every group take its factors from its own channels?"
+        )
     return None
 
 

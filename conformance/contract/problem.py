@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from kfac_conformance.contract import conventions
 from kfac_conformance.contract.conventions import TUTORIAL, Conventions
-from kfac_ref.factors import KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors
 
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")
 FLAVOURS = ("expand", "reduce")
@@ -156,8 +156,8 @@ class Capabilities:
     # Linear layers on inputs with leading shared axes, (N, S, ..., D), and Embedding layers on
     # index tensors (N, S, ...)
     weight_sharing: bool = True
-    # convolutions with groups > 1, whose KFAC is block-diagonal over the groups: a claim of
-    # their layer type alone does not cover them (no candidate here claims them yet)
+    # convolutions with groups > 1, whose KFAC is block-diagonal over the groups (a
+    # GroupedFactors per such layer): a claim of their layer type alone does not cover them
     grouped_convolutions: bool = False
     approximations: frozenset[str] = frozenset({"kfac"})
     # compute inside a torch.distributed process group, given this rank's shard of the data,
@@ -229,7 +229,13 @@ class Candidate(Protocol):
     name: str
     capabilities: Capabilities
 
-    def compute(self, problem: Problem, request: Request) -> Mapping[str, KroneckerFactors]: ...
+    def compute(
+        self, problem: Problem, request: Request
+    ) -> Mapping[str, KroneckerFactors | EKFACFactors | GroupedFactors]:
+        """One result per requested layer: :class:`KroneckerFactors` (``EKFACFactors`` for
+        ``approximation="ekfac"``), and for a convolution with ``groups > 1`` a
+        :class:`GroupedFactors` of one such result per group."""
+        ...
 
 
 __all__ = [

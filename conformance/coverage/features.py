@@ -28,6 +28,7 @@ class LayerUse:
 
     layer_type: str
     geometry: tuple[str, ...]  # a convolution's kernel, stride, padding and dilation values
+    groups: str | None  # a convolution's groups (conv_groups), None for other layers
     shared_axes: int | None  # a Linear layer's axes between batch and features
     # weight sharing: several positions per datum (a convolution, or shared axes)
     has_positions: bool
@@ -59,6 +60,8 @@ class Call:
         for use in uses:
             found.add(("layer type", use.layer_type))
             found.update(("conv geometry", value) for value in use.geometry)
+            if use.groups is not None:
+                found.add(("conv groups", use.groups))
             if use.shared_axes is not None:
                 found.add(("Linear shared axes", shared_axes_value(use.shared_axes)))
             if use.uses > 1:
@@ -93,6 +96,14 @@ def conv_geometry(layer: nn.Module) -> tuple[str, ...]:
     return tuple(values)
 
 
+def conv_groups(layer: nn.Module) -> str:
+    """``"1"``, ``"grouped"`` (``groups > 1``) or ``"depthwise"`` (one input channel per
+    group)."""
+    if layer.groups == 1:
+        return "1"
+    return "depthwise" if layer.groups == layer.in_channels else "grouped"
+
+
 def _batches_value(problem: Problem) -> str:
     sizes = {X.shape[0] for X, _ in problem.batches}
     if len(problem.batches) == 1:
@@ -124,6 +135,7 @@ def _layer_use(module: nn.Module, input_ndims: list[int]) -> LayerUse:
     return LayerUse(
         layer_type=type(module).__name__,
         geometry=conv_geometry(module) if is_conv else (),
+        groups=conv_groups(module) if is_conv else None,
         shared_axes=shared_axes,
         has_positions=is_conv or bool(shared_axes) or embedding_positions,
         has_bias=getattr(module, "bias", None) is not None,

@@ -2,8 +2,8 @@
 
 A *cell* is a (Fisher type, approximation) pair crossed with one value of one other
 dimension. The dimensions are what :class:`~kfac_conformance.contract.problem.Capabilities`
-lets a candidate claim (flavour, bias mode, reduction, loss, layer type, dtype, several
-batches) and the features of a problem that the checks must vary (convolution geometry,
+lets a candidate claim (flavour, bias mode, reduction, loss, layer type, grouped convolutions,
+dtype, several batches) and the features of a problem that the checks must vary (convolution geometry,
 shared axes, pooling, the number of data and of loss terms per datum, uneven batches, weight
 tying); :mod:`~kfac_conformance.coverage.features` derives every value from the problem.
 
@@ -30,6 +30,7 @@ from kfac_conformance.contract.problem import (
 Pair = tuple[str, str]  # (fisher type, approximation)
 
 CONV_GEOMETRY = ("1x1", "kernel>1", "stride>1", "padding>0", "dilation>1")
+CONV_GROUPS = ("1", "grouped", "depthwise")
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
 CONVOLUTION_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d"})
 POOLING = (
@@ -111,6 +112,15 @@ DIMENSIONS: tuple[Dimension, ...] = (
         "conv geometry",
         lambda c: CONV_GEOMETRY if CONVOLUTION_TYPES & c.layer_types else (),
         "a compared convolution's kernel, stride, padding and dilation",
+    ),
+    Dimension(
+        "conv groups",
+        lambda c: (
+            (CONV_GROUPS if c.grouped_convolutions else CONV_GROUPS[:1])
+            if CONVOLUTION_TYPES & c.layer_types
+            else ()
+        ),
+        "a compared convolution's groups: 1, more (grouped), one input channel each (depthwise)",
     ),
     Dimension(
         "Linear shared axes",

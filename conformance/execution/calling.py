@@ -27,7 +27,7 @@ from kfac_conformance.contract.outcomes import (
 from kfac_conformance.contract.problem import Candidate, Problem, Request
 from kfac_conformance.execution.watched_problem import watch_problem
 from kfac_conformance.execution.watched_state import GlobalState
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors, KroneckerFactors
 
 _TRACEBACK_FRAMES = 4
 
@@ -92,14 +92,20 @@ def _is_abandoned() -> bool:
 
 
 def expected_shapes(problem: Problem, layer: str, bias: str) -> tuple[int, int, str]:
-    """``(size of A, size of B, bias mode)`` a correct result has for ``layer``."""
+    """``(size of A, size of B, bias mode)`` a correct result has for ``layer`` (for one group
+    of a grouped convolution: its ``C_out / groups`` output channels)."""
     module = problem.model.get_submodule(layer)
     weight = module.weight
-    d_out, d_in = weight.shape[0], weight.shape[1:].numel()
+    d_out, d_in = weight.shape[0] // layer_groups(problem, layer), weight.shape[1:].numel()
     has_bias = getattr(module, "bias", None) is not None
     if not has_bias:
         return d_in, d_out, "none"
     return d_in + (bias == "joint"), d_out, bias
+
+
+def layer_groups(problem: Problem, layer: str) -> int:
+    """The layer's ``groups`` (1 for every layer but a grouped convolution)."""
+    return getattr(problem.model.get_submodule(layer), "groups", 1)
 
 
 def _validate_factor(
@@ -155,34 +161,71 @@ def validate_result(
     expected_type = EKFACFactors if request.approximation == "ekfac" else KroneckerFactors
     validated = {}
     for layer in problem.layers:
-        factors = result[layer]
-        if not isinstance(factors, expected_type):
+        factors, groups = result[layer], layer_groups(problem, layer)
+        if groups == 1:
+            validated[layer] = _validated_layer(
+                factors, expected_type, f"layer {layer!r}", problem, layer, request, hygiene
+            )
+            continue
+        if not (isinstance(factors, GroupedFactors) and len(factors.groups) == groups):
+            found = (
+                f"GroupedFactors of {len(factors.groups)} groups"
+                if isinstance(factors, GroupedFactors)
+                else type(factors).__name__
+            )
             raise CheckFailed(
-                f"invalid result for layer {layer!r}: expected {expected_type.__name__}, got {type(factors).__name__}"
+                f"invalid result for layer {layer!r}: a convolution with groups={groups} "
+                f"needs GroupedFactors of {groups} {expected_type.__name__}, got {found}"
             )
-        size_A, size_B, bias = expected_shapes(problem, layer, request.bias)
-        if factors.bias != bias:
-            raise CheckFailed(
-                f"invalid result for layer {layer!r}: bias mode expected {bias!r}, got {factors.bias!r}"
+        validated[layer] = GroupedFactors(
+            tuple(
+                _validated_layer(
+                    group,
+                    expected_type,
+                    f"layer {layer!r}, group {g}",
+                    problem,
+                    layer,
+                    request,
+                    hygiene,
+                )  # fmt: skip
+                for g, group in enumerate(factors.groups)
             )
-        if expected_type is EKFACFactors:
-            shapes = {"QA": (size_A, size_A), "QB": (size_B, size_B), "S": (size_B, size_A)}
-            if bias == "separate":
-                shapes["S_bias"] = (size_B,)
-        else:
-            shapes = {"A": (size_A, size_A), "B": (size_B, size_B)}
-        repaired = {
-            name: _validate_factor(
-                f"layer {layer!r}, factor {name}",
-                getattr(factors, name),
-                shape,
-                problem,
-                hygiene,
-            )
-            for name, shape in shapes.items()
-        }
-        validated[layer] = dataclasses.replace(factors, **repaired)
+        )
     return validated
+
+
+def _validated_layer(
+    factors: object,
+    expected_type: type,
+    where: str,
+    problem: Problem,
+    layer: str,
+    request: Request,
+    hygiene: list[str],
+) -> KroneckerFactors | EKFACFactors:
+    """One layer's (or one group's) factors, checked and repaired as :func:`validate_result` says."""
+    if not isinstance(factors, expected_type):
+        raise CheckFailed(
+            f"invalid result for {where}: expected {expected_type.__name__}, got {type(factors).__name__}"
+        )
+    size_A, size_B, bias = expected_shapes(problem, layer, request.bias)
+    if factors.bias != bias:
+        raise CheckFailed(
+            f"invalid result for {where}: bias mode expected {bias!r}, got {factors.bias!r}"
+        )
+    if expected_type is EKFACFactors:
+        shapes = {"QA": (size_A, size_A), "QB": (size_B, size_B), "S": (size_B, size_A)}
+        if bias == "separate":
+            shapes["S_bias"] = (size_B,)
+    else:
+        shapes = {"A": (size_A, size_A), "B": (size_B, size_B)}
+    repaired = {
+        name: _validate_factor(
+            f"{where}, factor {name}", getattr(factors, name), shape, problem, hygiene
+        )
+        for name, shape in shapes.items()
+    }
+    return dataclasses.replace(factors, **repaired)
 
 
 def call_candidate(

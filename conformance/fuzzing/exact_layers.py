@@ -21,7 +21,7 @@ def output_shapes(architecture: list, input_shape: tuple[int, ...]) -> list[tupl
         elif kind == "embedding":  # indices in, a vector of ``dim`` out at each of them
             shape = (*shape, args[1])
         elif kind in CONV_KINDS:
-            _, c_out, kernel, stride, padding, dilation, _ = args
+            _, c_out, kernel, stride, padding, dilation, *_ = args
             spatial = tuple(
                 conv_output_size(size, kernel, stride, padding, dilation) for size in shape[1:]
             )
@@ -54,8 +54,13 @@ def _pointwise(spec: list) -> bool:
     """A parameter layer that maps every shared position on its own, the same way."""
     if spec[0] in ("linear", "embedding"):
         return True
-    _, _, _, kernel, stride, padding, _, _ = spec
+    kernel, stride, padding = spec[3:6]
     return kernel == 1 and stride == 1 and padding == 0
+
+
+def groups(spec: list) -> int:
+    """A parameter layer's groups: a convolution spec's optional ninth entry, else 1."""
+    return spec[8] if spec[0] in CONV_KINDS and len(spec) > 8 else 1
 
 
 def exactness_map(
@@ -80,7 +85,39 @@ def exactness_map(
     An embedding is the linear layer it is on one-hot inputs, so the theorems treat it as one.
     All three assume each layer is used once: with a module applied twice the map is empty
     (only the weight-tying properties run on such problems, see ``FuzzProperty``).
+
+    A grouped convolution's KFAC is block-diagonal over its groups, so it can be exact only
+    where the exact block is: for type-2 with MSE when it is the last parameter layer (its
+    groups' outputs then reach the loss apart, and MSE's Hessian is a multiple of the
+    identity, so the cross-group GGN blocks vanish and each group is an ungrouped layer of
+    the theorems). Elsewhere, and for the empirical Fisher (a per-datum outer product
+    :math:`gg^\top` couples the groups), it is left out (:func:`_without_coupled_groups`).
     """
+    exact = _exact_ignoring_groups(architecture, input_shape, loss, num_data)
+    return _without_coupled_groups(exact, architecture, loss)
+
+
+def _without_coupled_groups(
+    exact: dict[str, tuple[str, ...]], architecture: list, loss: str
+) -> dict[str, tuple[str, ...]]:
+    parameter_layers = [i for i, spec in enumerate(architecture) if spec[0] in PARAMETER_KINDS]
+    apart = [] if loss != "mse" else parameter_layers[-1:]
+    coupled = {str(i) for i in parameter_layers if groups(architecture[i]) > 1 and i not in apart}
+    kept = {
+        key: tuple(
+            layer
+            for layer in layers
+            if layer not in coupled
+            and not (key.startswith("empirical/") and groups(architecture[int(layer)]) > 1)
+        )
+        for key, layers in exact.items()
+    }
+    return {key: layers for key, layers in kept.items() if layers}
+
+
+def _exact_ignoring_groups(
+    architecture: list, input_shape: tuple[int, ...], loss: str, num_data: int
+) -> dict[str, tuple[str, ...]]:
     if tied_layers(architecture):
         return {}
     specs = list(enumerate(architecture))

@@ -189,8 +189,9 @@ def _mlp(draw, capabilities: Capabilities, loss: str, size: _Size, embedding: bo
 
 @st.composite
 def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
-    """Convolutions of one dimension (1, 2 or 3, among the claimed) on ``(N, C, *spatial)``;
-    the feature map kept, pooled or flattened into Linear layers."""
+    """Convolutions of one dimension (1, 2 or 3, among the claimed) on ``(N, C, *spatial)``,
+    grouped (any divisor of the input channels) where the claim covers it; the feature map
+    kept, pooled or flattened into Linear layers."""
     claimed = [d for d, layer in CONVOLUTION_TYPES.items() if layer in capabilities.layer_types]
     # no draw where one is claimed, so that a Conv2d-only claim draws what it always drew
     dims = draw(st.sampled_from(claimed), label="spatial axes") if len(claimed) > 1 else claimed[0]
@@ -229,7 +230,15 @@ def _cnn(draw, capabilities: Capabilities, loss: str, size: _Size):
         if last and loss == "ce":
             c_out = max(c_out, 2)
         bias = draw(st.booleans(), label="bias")
-        architecture.append([kind, c_in, c_out, kernel, stride, padding, dilation, bias])
+        spec = [kind, c_in, c_out, kernel, stride, padding, dilation, bias]
+        if capabilities.grouped_convolutions:
+            # 1 first: a grouped layer shrinks to an ungrouped one; c_out rounded down to a
+            # multiple of the groups (never below them, never above the width drawn)
+            divisors = [groups for groups in range(1, c_in + 1) if c_in % groups == 0]
+            groups = draw(st.sampled_from(divisors), label="groups")
+            c_out = spec[2] = groups * max(1, c_out // groups)
+            spec += [groups] if groups > 1 else []
+        architecture.append(spec)
         shape = _conv_shape(shape, kernel, stride, padding, dilation)
         c_in = c_out
         if not last:

@@ -14,6 +14,11 @@ bias (``bias``) is
 EKFAC (:class:`EigenFactors`) has the same three modes, with
 :math:`(Q_B \otimes Q_A)\,\mathrm{diag}(\mathrm{vec}_{\text{row}} S)\,(Q_B \otimes Q_A)^\top`
 in place of ``kron(B, A)`` and :math:`Q_B\,\mathrm{diag}(s_b)\,Q_B^\top` as a separate bias block.
+
+A grouped convolution (:class:`GroupedFactors`) has one result per group; its block is
+block-diagonal over the groups, group ``g``'s weight rows the ``g``-th run of
+``weight.size / groups`` rows and its bias rows the ``g``-th run of ``C_out / groups`` rows
+after the whole weight (as :class:`kfac_ref.factors.GroupedFactors`).
 """
 
 from __future__ import annotations
@@ -120,8 +125,36 @@ class EigenFactors:
                 )
 
 
-def dense_block(factors: Factors | EigenFactors) -> np.ndarray:
+@dataclass(frozen=True)
+class GroupedFactors:
+    """A grouped convolution's result: one :class:`Factors` (or :class:`EigenFactors`) per
+    group, all of one bias mode."""
+
+    groups: tuple
+
+    def __post_init__(self) -> None:
+        if not self.groups or len({group.bias for group in self.groups}) != 1:
+            raise ValueError("groups must be a non-empty tuple of results of one bias mode")
+
+    @property
+    def bias(self) -> str:
+        return self.groups[0].bias
+
+
+def per_group(factors, change):
+    """``change(factors)``, or a grouped layer's :class:`GroupedFactors` of ``change`` of
+    every group."""
+    if isinstance(factors, GroupedFactors):
+        return GroupedFactors(tuple(change(group) for group in factors.groups))
+    return change(factors)
+
+
+def dense_block(factors: Factors | EigenFactors | GroupedFactors) -> np.ndarray:
     """The layer's block over ``[weight.flatten(), bias]`` in float64."""
+    if isinstance(factors, GroupedFactors):
+        return _block_diagonal_over_groups([dense_block(group) for group in factors.groups], [
+            0 if factors.bias == "none" else output_size(group) for group in factors.groups
+        ])  # fmt: skip
     if isinstance(factors, EigenFactors):
         QA, QB = factors.QA.astype(np.float64), factors.QB.astype(np.float64)
         basis = np.kron(QB, QA)
@@ -132,6 +165,23 @@ def dense_block(factors: Factors | EigenFactors) -> np.ndarray:
         return _arrange(weight_part, bias_block, factors.bias, QB.shape[0])
     A, B = factors.A.astype(np.float64), factors.B.astype(np.float64)
     return _arrange(np.kron(B, A), B, factors.bias, B.shape[0])
+
+
+def _block_diagonal_over_groups(blocks: list[np.ndarray], bias_rows: list[int]) -> np.ndarray:
+    weight_rows = [block.shape[0] - rows for block, rows in zip(blocks, bias_rows, strict=True)]
+    size = sum(block.shape[0] for block in blocks)
+    dense = np.zeros((size, size))
+    weight_start, bias_start = 0, sum(weight_rows)
+    for block, weight, bias in zip(blocks, weight_rows, bias_rows, strict=True):
+        index = np.concatenate(
+            [
+                np.arange(weight_start, weight_start + weight),
+                np.arange(bias_start, bias_start + bias),
+            ]
+        )
+        dense[np.ix_(index, index)] = block
+        weight_start, bias_start = weight_start + weight, bias_start + bias
+    return dense
 
 
 def kfac_pattern(block_size: int, bias: str, d_out: int) -> np.ndarray | None:
@@ -146,5 +196,8 @@ def kfac_pattern(block_size: int, bias: str, d_out: int) -> np.ndarray | None:
     return pattern
 
 
-def output_size(factors: Factors | EigenFactors) -> int:
+def output_size(factors: Factors | EigenFactors | GroupedFactors) -> int:
+    """The layer's output channels (a grouped convolution's: every group's)."""
+    if isinstance(factors, GroupedFactors):
+        return sum(output_size(group) for group in factors.groups)
     return (factors.QB if isinstance(factors, EigenFactors) else factors.B).shape[0]

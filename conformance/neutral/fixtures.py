@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from kfac_conformance.neutral.factors import EigenFactors, Factors
+from kfac_conformance.neutral.factors import EigenFactors, Factors, GroupedFactors
 
 PACKAGE = "kfac_conformance.fixture_data"
 INDEX_FILE = "cases.json"
@@ -117,9 +117,12 @@ class StoredCase:
         """``kfac_ref``'s KFAC of every layer for the request (a layer without a bias has
         bias mode ``"none"`` whatever ``bias`` asks)."""
         return {
-            layer: Factors(
-                *self._reference("kfac", fisher_type, flavour, bias, layer, ("A", "B")),
-                bias=self._bias_mode(layer, bias),
+            layer: self._per_group(
+                lambda where, layer=layer: Factors(
+                    *self._reference("kfac", fisher_type, flavour, bias, where, ("A", "B")),
+                    bias=self._bias_mode(layer, bias),
+                ),
+                layer,
             )
             for layer in self.layers
         }
@@ -130,9 +133,28 @@ class StoredCase:
         for layer in self.layers:
             mode = self._bias_mode(layer, bias)
             names = ("QA", "QB", "S", "S_bias") if mode == "separate" else ("QA", "QB", "S")
-            QA, QB, S, *S_bias = self._reference("ekfac", fisher_type, flavour, bias, layer, names)
-            result[layer] = EigenFactors(QA, QB, S, bias=mode, S_bias=S_bias[0] if S_bias else None)
+
+            def read(where: str, mode=mode, names=names) -> EigenFactors:
+                QA, QB, S, *S_bias = self._reference(
+                    "ekfac", fisher_type, flavour, bias, where, names
+                )
+                return EigenFactors(QA, QB, S, bias=mode, S_bias=S_bias[0] if S_bias else None)
+
+            result[layer] = self._per_group(read, layer)
         return result
+
+    def _per_group(self, read, layer: str):
+        """``read(layer)``, or for a grouped convolution (stored as ``<layer>.group<g>``) the
+        :class:`GroupedFactors` of ``read`` of every group."""
+        groups = self.layer_groups(layer)
+        if groups == 1:
+            return read(layer)
+        return GroupedFactors(tuple(read(f"{layer}.group{g}") for g in range(groups)))
+
+    def layer_groups(self, layer: str) -> int:
+        """The layer's ``groups``: a convolution spec's ninth entry (1 when absent)."""
+        spec = self.architecture[int(layer)]
+        return spec[8] if spec[0].startswith("conv") and len(spec) > 8 else 1
 
     def _bias_mode(self, layer: str, bias: str) -> str:
         return bias if self.parameter(layer, "bias") is not None else "none"

@@ -25,7 +25,12 @@ from .ekfac import (
     EkfacTransposedS,
     EkfacUncorrected,
 )
-from .layers import Conv1dChannelsLastInPatch, Conv3dKernelAxesReversed, EmbeddingCountsForReduce
+from .layers import (
+    Conv1dChannelsLastInPatch,
+    Conv3dKernelAxesReversed,
+    EmbeddingCountsForReduce,
+    GroupedConvFirstGroupInputs,
+)
 from .layout import (
     AccumulatesState,
     Float32Internally,
@@ -90,6 +95,7 @@ MUTANTS: list[type[Mutant]] = [
     Conv1dChannelsLastInPatch,
     Conv3dKernelAxesReversed,
     EmbeddingCountsForReduce,
+    GroupedConvFirstGroupInputs,
 ]
 MUTANTS_BY_NAME: dict[str, type[Mutant]] = {mutant.__name__: mutant for mutant in MUTANTS}
 

@@ -1,13 +1,15 @@
 """Pitfalls of the layers beyond Linear and Conv2d: patch order in 1-D and 3-D convolutions,
-and an embedding's one-hot inputs."""
+an embedding's one-hot inputs, and a grouped convolution's groups."""
 
 from __future__ import annotations
+
+from unittest import mock
 
 import torch
 from torch import Tensor, nn
 
 from kfac_conformance.contract.problem import Capabilities, Request
-from kfac_ref.layers import LayerRule, conv_nd_positions
+from kfac_ref.layers import GROUPED_REGISTRY, LayerRule, conv_nd_positions
 
 from .base import Mutant, rules_replaced
 
@@ -89,3 +91,29 @@ class EmbeddingCountsForReduce(Mutant):
             return rule
 
         return [rules_replaced(change)]
+
+
+class GroupedConvFirstGroupInputs(Mutant):
+    """A grouped convolution's patches unfolded over ``weight.shape[1] = C_in / groups``
+    input channels as for an ungrouped layer, so every group's A is the first group's: right
+    only when every group sees the same inputs.
+
+    Killed by exactness/type-2-expand on the grouped last-layer case.
+    """
+
+    killers = ("exactness/type-2-expand[grouped-conv-expand[last-layer-2-groups]]",)
+    diagnosis = "wrong only in groups [1] (right in [0])"
+    capabilities = Capabilities(
+        layer_types=frozenset({"Linear", "Conv1d", "Conv2d", "Conv3d"}), grouped_convolutions=True
+    )
+
+    def patches(self, request: Request):
+        def first_group_everywhere(rule: LayerRule):
+            def positions(layer: nn.Module, inputs: Tensor) -> Tensor:
+                grouped = rule.input_positions(layer, inputs)
+                return grouped[..., :1, :].expand(grouped.shape)
+
+            return rule._replace(input_positions=positions)
+
+        changed = {key: first_group_everywhere(rule) for key, rule in GROUPED_REGISTRY.items()}
+        return [mock.patch.dict(GROUPED_REGISTRY, changed)]

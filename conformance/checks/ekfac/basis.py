@@ -16,7 +16,7 @@ from kfac_conformance.checks.ekfac.calls import (
 from kfac_conformance.checks.ekfac.factors import off_diagonal, orthonormality_error
 from kfac_conformance.contract.problem import FLAVOURS, Request
 from kfac_conformance.execution.session import Session, tolerance_for
-from kfac_ref.factors import EKFACFactors, KroneckerFactors
+from kfac_ref.factors import EKFACFactors, KroneckerFactors, groups_of
 
 SOURCE = (
     "George et al. 2018 (EKFAC); the correction is the Frobenius projection onto KFAC's eigenbasis"
@@ -57,6 +57,15 @@ def basis_mix_up(
     return None
 
 
+def _per_group(layers, ekfac, kfac):
+    """``(layer, ", group g" or "", EKFAC, KFAC)`` for every layer, or every group of a
+    grouped convolution."""
+    for layer in layers:
+        groups = list(zip(groups_of(ekfac[layer]), groups_of(kfac[layer]), strict=True))
+        for g, (ekfac_group, kfac_group) in enumerate(groups):
+            yield layer, f", group {g}" if len(groups) > 1 else "", ekfac_group, kfac_group
+
+
 def _eigenbasis(session: Session, entry: CaseEntry):
     measurement, attempts = Measurement(), Attempts(session, entry)
     # the reference's MC KFAC draws other labels: MC only against the candidate's own KFAC
@@ -69,10 +78,10 @@ def _eigenbasis(session: Session, entry: CaseEntry):
             if kfac is None:
                 continue
             tolerance = tolerance_for(problem)
-            for layer in problem.layers:
-                where = f"layer {layer!r} ({request.describe()})"
+            for layer, group, ekfac_group, kfac_group in _per_group(problem.layers, result, kfac):
+                where = f"layer {layer!r}{group} ({request.describe()})"
                 for basis_name, factor_name in (("QA", "A"), ("QB", "B")):
-                    basis = getattr(result[layer], basis_name)
+                    basis = getattr(ekfac_group, basis_name)
                     measurement.hold(
                         orthonormality_error(basis),
                         tolerance,
@@ -80,14 +89,14 @@ def _eigenbasis(session: Session, entry: CaseEntry):
                     )
                     try:
                         measurement.hold(
-                            off_diagonal(basis, getattr(kfac[layer], factor_name)),
+                            off_diagonal(basis, getattr(kfac_group, factor_name)),
                             tolerance,
                             f"{where}: {basis_name} does not diagonalise {whose} {factor_name}: "
                             f"‖offdiag(Qᵀ{factor_name}Q)‖/‖{factor_name}‖",
                         )
                     except CheckFailed as failed:
                         failed.diagnosis = basis_mix_up(
-                            result[layer], kfac[layer], basis_name, tolerance
+                            ekfac_group, kfac_group, basis_name, tolerance
                         )
                         raise
     return attempts.outcome(measurement)

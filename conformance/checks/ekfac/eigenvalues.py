@@ -21,20 +21,24 @@ from kfac_conformance.checks.ekfac.factors import corrected_eigenvalues, flat_ei
 from kfac_conformance.comparison.blocks import fitted_factor, relative_error
 from kfac_conformance.comparison.diagnosis import problem_counts, scale_failure
 from kfac_conformance.execution.session import Session, tolerance_for
-from kfac_ref.factors import EKFACFactors
+from kfac_ref.factors import EKFACFactors, GroupedFactors
 
 
 def diagnose_correction(
-    factors: EKFACFactors,
+    factors: EKFACFactors | GroupedFactors,
     expected: Tensor,
     tolerance: float,
     alternatives: dict[str, Tensor],
 ) -> str | None:
-    """Name the likely mistake when ``S`` is not ``diag(Q^T F Q)``."""
+    """Name the likely mistake when ``S`` is not ``diag(Q^T F Q)`` (for a grouped
+    convolution, only a constant factor or an alternative curvature: the layouts of ``S``
+    are the groups')."""
     observed = flat_eigenvalues(factors)
     scale, residual = fitted_factor(observed, expected)
     if scale != 0 and residual <= tolerance:
         return f"off by a constant factor x {scale:.6g}: a reduction or convention factor?"
+    if isinstance(factors, GroupedFactors):
+        return _named_alternative(observed, alternatives, tolerance)
     S = factors.S.detach().double().cpu()
     weight = S.numel()
     # the (dim A, dim B) matrix of the right values, its buffer read as (dim B, dim A)
@@ -52,6 +56,12 @@ def diagnose_correction(
         and expected_singular[1] > 10 * tolerance * expected_singular[0]
     ):
         return "S is an outer product of two vectors (KFAC's eigenvalues λ_B λ_Aᵀ, uncorrected?)"
+    return _named_alternative(observed, alternatives, tolerance)
+
+
+def _named_alternative(
+    observed: Tensor, alternatives: dict[str, Tensor], tolerance: float
+) -> str | None:
     for name, other in alternatives.items():
         if relative_error(observed, other) <= tolerance:
             return f"S is diag(QᵀFQ) of the {name} instead"

@@ -6,17 +6,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kfac_ref.factors import EKFACFactors, joint_order
+from kfac_ref.factors import EKFACFactors, GroupedFactors, group_blocks, joint_order
 
 
-def corrected_eigenvalues(factors: EKFACFactors, block: Tensor) -> Tensor:
+def corrected_eigenvalues(factors: EKFACFactors | GroupedFactors, block: Tensor) -> Tensor:
     r"""``diag(Q^T F Q)`` in float64 for the candidate's basis, laid out like ``S`` (followed by
     :math:`\mathrm{diag}(Q_B^\top F_b Q_B)` for a separate bias), flattened.
 
     ``block`` is over ``[weight.flatten(), bias]``; a joint bias is first reordered into the
     row-major ``[W | b]`` the basis acts on. The diagonal is the column sums of
-    :math:`Q\odot(FQ)`.
+    :math:`Q\odot(FQ)`. A grouped convolution's are each group's, from the group's diagonal
+    block of ``block``, concatenated in group order (as :func:`flat_eigenvalues` lays them out).
     """
+    if isinstance(factors, GroupedFactors):
+        return torch.cat([corrected_eigenvalues(*pair) for pair in group_blocks(factors, block)])
     QA, QB = factors.QA.detach().double().cpu(), factors.QB.detach().double().cpu()
     F = block.detach().double().cpu()
     if factors.bias == "joint":
@@ -30,9 +33,11 @@ def corrected_eigenvalues(factors: EKFACFactors, block: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def flat_eigenvalues(factors: EKFACFactors) -> Tensor:
+def flat_eigenvalues(factors: EKFACFactors | GroupedFactors) -> Tensor:
     """The candidate's ``S`` (and ``S_bias``) flattened, in float64, to compare with
-    :func:`corrected_eigenvalues`."""
+    :func:`corrected_eigenvalues`; a grouped convolution's group by group."""
+    if isinstance(factors, GroupedFactors):
+        return torch.cat([flat_eigenvalues(group) for group in factors.groups])
     parts = [factors.S.flatten()]
     if factors.S_bias is not None:
         parts.append(factors.S_bias)

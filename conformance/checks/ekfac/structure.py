@@ -6,6 +6,7 @@ from kfac_conformance.checks.base import CaseEntry, Check, Measurement
 from kfac_conformance.checks.ekfac.calls import EKFAC_FISHER_TYPES, NEEDS_EKFAC, Attempts
 from kfac_conformance.checks.ekfac.factors import flat_eigenvalues, orthonormality_error
 from kfac_conformance.execution.session import Session, tolerance_for
+from kfac_ref.factors import groups_of
 
 
 def _structure(session: Session, entry: CaseEntry):
@@ -24,12 +25,13 @@ def _structure(session: Session, entry: CaseEntry):
                     f"{where}: a corrected eigenvalue is negative (each is a sum of squares); "
                     "its size over the largest",
                 )
-                for name in ("QA", "QB"):
-                    measurement.hold(
-                        orthonormality_error(getattr(factors, name)),
-                        tolerance,
-                        f"{where}: {name} is not orthonormal: ‖QᵀQ − I‖/√d",
-                    )
+                for group in groups_of(factors):
+                    for name in ("QA", "QB"):
+                        measurement.hold(
+                            orthonormality_error(getattr(group, name)),
+                            tolerance,
+                            f"{where}: {name} is not orthonormal: ‖QᵀQ − I‖/√d",
+                        )
     return attempts.outcome(measurement)
 
 
