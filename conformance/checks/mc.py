@@ -81,6 +81,9 @@ MC_CASE_IDS = frozenset(
         "conv-reduce[stride2-pad1-mean-pool]",
         "conv-expand[last-layer-stride2-pad1-dil2]",
         "cnn[relu-ce]",
+        "cnn1d[tanh-ce]",
+        "cnn3d[sigmoid-mse-feature-map]",
+        "embedding[tanh-bce-mean-pool]",
         "mlp[tanh-ce-batch]",
         "sequence[tanh-ce-per-position]",
     }
