@@ -111,7 +111,7 @@ class ItemRun:
         self._stopper = Stopper(options.limits)
         session = Session(self._candidate, PROFILES[options.profile], options.device)
         caller = GlobalState.take()
-        baseline = seeded_baseline()
+        baseline = seeded_baseline(caller)
         executor = open_executor(options, session, baseline, self._specs)
         try:
             for item in self._items:
