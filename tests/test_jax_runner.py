@@ -27,13 +27,15 @@ pytest.importorskip(
 )
 pytest.importorskip("kfac_jax", reason="the JAX runner needs kfac-jax (nox -s tests_jax)")
 
+import jax.numpy as jnp  # noqa: E402
 from import_blocking import blocking_prelude  # noqa: E402
 from jax_mutants import DISTRIBUTED_MUTANTS, MUTANTS  # noqa: E402
 
 from kfac_conformance.contract.expected_failures import read_expected_failures  # noqa: E402
-from kfac_conformance.jax import runner  # noqa: E402
+from kfac_conformance.jax import kinds, network, runner  # noqa: E402
 from kfac_conformance.jax.devices import HOST_DEVICE_FLAG  # noqa: E402
 from kfac_conformance.jax.kfac_jax_candidate import _torch_patch_order  # noqa: E402
+from kfac_conformance.neutral import fixtures  # noqa: E402
 
 ZOO = Path(__file__).parent / "zoo"
 # items of the stored cases that kfac-jax must pass: one per loss and reduction, several
@@ -198,3 +200,33 @@ def test_patches_are_reordered_from_kfac_jax_to_pytorch_order():
     rows = weight.transpose(2, 3, 1, 0).reshape(-1, c_out)
     order = _torch_patch_order(kernel_h, kernel_w, c_in)
     np.testing.assert_array_equal(rows[order], weight.reshape(c_out, -1).T)
+
+
+def test_the_kinds_read_without_jax_are_those_the_network_builds():
+    """``kinds.KINDS`` (importable without JAX, so that refusals need no JAX) against the
+    builder itself: of the layer kinds in the stored cases, the builder knows exactly those
+    listed, and every stored case that ``kinds.unsupported`` accepts builds and runs."""
+    specs = {
+        spec[0]: spec
+        for case_id in fixtures.case_ids()
+        for spec in fixtures.load(case_id).architecture
+    }
+    assert kinds.KINDS <= set(specs), "a listed kind in no stored case is not tried here"
+    built = set()
+    for kind, spec in specs.items():
+        try:
+            network.layer_function(spec, "0")
+        except ValueError as error:
+            assert repr(kind) in str(error)
+        else:
+            built.add(kind)
+    assert built == kinds.KINDS
+    for case_id in fixtures.case_ids():
+        case = fixtures.load(case_id)
+        if kinds.unsupported(case.architecture) is not None:
+            continue
+        X, y = case.batches[0]
+        output = network.build(case.architecture)(network.jax_params(case), jnp.asarray(X))
+        assert output.shape[0] == len(X) and bool(jnp.isfinite(output).all()), case_id
+        if case.loss == "mse":
+            assert output.shape == y.shape, case_id

@@ -107,7 +107,8 @@ def test_the_jax_mc_check_is_the_pytorch_one():
 
 def test_the_jax_runner_names_the_stored_cases_its_network_cannot_build():
     """The new layers' stored cases (issue 22) are refused by kfac-jax's candidate with the
-    kinds named, every other stored case is built (numpy only: importable here)."""
+    kinds named, and the grouped convolutions' cases with the grouped specs named; every
+    other stored case is built (numpy only: importable here)."""
     from kfac_conformance.cases.architectures import PARAMETER_KINDS
     from kfac_conformance.jax import kinds
     from kfac_conformance.neutral import fixtures as stored
@@ -117,11 +118,13 @@ def test_the_jax_runner_names_the_stored_cases_its_network_cannot_build():
     for case_id in stored.case_ids():
         architecture = stored.load(case_id).architecture
         beyond = {spec[0] for spec in architecture} - kinds.KINDS
+        grouped = [spec for spec in architecture if spec[0] == "conv2d" and len(spec) > 8]
         reason = kinds.unsupported(architecture)
-        assert (reason is None) == (not beyond), case_id
+        assert (reason is None) == (not beyond and not grouped), case_id
         assert all(kind in (reason or "") for kind in beyond), case_id
-        refused += bool(beyond)
-    assert refused == 7
+        assert all(str(list(spec)) in (reason or "") for spec in grouped) or beyond, case_id
+        refused += bool(beyond or grouped)
+    assert refused == 7 + 3  # the new layers' cases, then the grouped convolutions'
 
 
 def test_the_runner_asks_for_its_devices_and_keeps_a_count_the_user_set(monkeypatch):

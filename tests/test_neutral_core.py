@@ -304,6 +304,9 @@ def test_mc_unbiased_on_agreement_cases_targets_the_stored_type2_kfac():
     assert {item.case_id for item in items} == {
         "mlp[tanh-ce-batch]",
         "cnn[relu-ce]",
+        "cnn1d[tanh-ce]",
+        "cnn3d[sigmoid-mse-feature-map]",
+        "embedding[tanh-bce-mean-pool]",
         "sequence[tanh-ce-per-position]",
     }
     for result in run(neutral_candidates.McIsItsExpectation, items).values():

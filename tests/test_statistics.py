@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from zoo import (
     McConvBlockSixteenth,
     McGaussianUnitVariance,
@@ -43,6 +44,7 @@ from kfac_conformance.checks.mc_statistics import (
     unbiased_statistics,
     unbiased_tests,
 )
+from kfac_conformance.contract.problem import Capabilities
 from kfac_conformance.execution.profiles import PROFILES
 from kfac_conformance.execution.session import Session
 from kfac_conformance.reference_candidate import ReferenceCandidate
@@ -123,6 +125,31 @@ def test_a_convolution_block_hidden_in_a_pooled_statistic_is_found_per_layer():
     for block in statistics:
         if block.layer != "3":
             assert abs(block.mean_ratio * 16 - 1) < 0.2, block
+
+
+class McNewLayerBlockSixteenth(McConvBlockSixteenth):
+    """The same defect on the layer types of issue 22."""
+
+    scaled_layer_types = (nn.Conv1d, nn.Conv3d, nn.Embedding)
+    capabilities = Capabilities(layer_types=frozenset({"Linear", "Conv1d", "Conv3d", "Embedding"}))
+
+
+@pytest.mark.parametrize(
+    "case, wrong_layers",
+    [
+        ("cnn1d[tanh-ce]", {"0", "2"}),  # the Conv1d layers, not the Linear '4'
+        ("cnn3d[sigmoid-mse-feature-map]", {"0", "2"}),  # both layers are Conv3d
+        ("embedding[tanh-bce-mean-pool]", {"0"}),  # the Embedding, not the Linear '3'
+    ],
+)
+def test_the_statistical_cases_of_the_new_layer_types_find_a_wrong_block_on_them(
+    case, wrong_layers
+):
+    session = Session(McNewLayerBlockSixteenth(), PROFILES["default"])
+    statistics, _ = unbiased_statistics(session, _entry(case), _seeds())
+    rejected = {test.block for test in significance.holm_rejected(unbiased_tests(statistics))}
+    assert {layer for layer, _ in rejected} == wrong_layers
+    assert {flavour for _, flavour in rejected} == {"expand", "reduce"}
 
 
 # Student t: two-sided 5% and 0.1% points from the standard tables

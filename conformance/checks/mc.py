@@ -68,7 +68,8 @@ from kfac_conformance.execution.session import Session, compare_blocks, dense_bl
 
 # The canonical cases the MC checks run on (for custom cases, see the selectors below):
 # multilayer perceptrons, convolutions with stride, padding and dilation next to Linear layers,
-# and layers with shared axes, pooled (reduce) or not (expand)
+# 1-D and 3-D convolutions and an embedding (every layer type the suite claims), and layers
+# with shared axes, pooled (reduce) or not (expand)
 MC_CASE_IDS = frozenset(
     {
         "one-datum-mlp[tanh-mse-mean]",
@@ -81,6 +82,9 @@ MC_CASE_IDS = frozenset(
         "conv-reduce[stride2-pad1-mean-pool]",
         "conv-expand[last-layer-stride2-pad1-dil2]",
         "cnn[relu-ce]",
+        "cnn1d[tanh-ce]",
+        "cnn3d[sigmoid-mse-feature-map]",
+        "embedding[tanh-bce-mean-pool]",
         "mlp[tanh-ce-batch]",
         "sequence[tanh-ce-per-position]",
     }

@@ -118,7 +118,7 @@ class ItemRun:
             self._candidate, PROFILES[options.profile], options.device, options.launcher
         )
         caller = GlobalState.take()
-        baseline = seeded_baseline()
+        baseline = seeded_baseline(caller)
         executor = open_executor(options, session, baseline, self._specs)
         try:
             for item in self._items:

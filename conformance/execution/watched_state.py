@@ -185,16 +185,17 @@ class GlobalState(Snapshot):
 ITEM_SEED = 0
 
 
-def seeded_baseline() -> GlobalState:
+def seeded_baseline(caller: GlobalState | None = None) -> GlobalState:
     """The baseline every item of a run starts from: global torch state as it is now, with
     torch's global generators seeded with :data:`ITEM_SEED`. Torch seeds them at random in
     each process, so without this a candidate that draws from them (against the contract)
-    would get another verdict in every run. The caller's state is left as it was.
+    would get another verdict in every run. The caller's state is left as it was: as
+    ``caller`` holds it, if the caller took that snapshot just now to restore it later itself.
 
     The CUDA generators are seeded only once CUDA is in use: seeding them earlier would
     initialise CUDA, or leave a seed queued for when it is.
     """
-    caller = GlobalState.take()
+    caller = GlobalState.take() if caller is None else caller
     torch.default_generator.manual_seed(ITEM_SEED)
     if torch.cuda.is_initialized():
         torch.cuda.manual_seed_all(ITEM_SEED)

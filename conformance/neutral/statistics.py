@@ -25,6 +25,9 @@ MC_CASE_IDS = (
     "expand-deep-linear[2-axes]",
     "mlp[tanh-ce-batch]",
     "cnn[relu-ce]",
+    "cnn1d[tanh-ce]",
+    "cnn3d[sigmoid-mse-feature-map]",
+    "embedding[tanh-bce-mean-pool]",
     "sequence[tanh-ce-per-position]",
 )
 

@@ -134,11 +134,12 @@ class McConvBlockSixteenth(Mutant):
         "mc/unbiased[cnn[relu-ce]]",
         "mc/unbiased[conv-reduce[stride2-pad1-mean-pool]]",
     )
+    scaled_layer_types: tuple[type[nn.Module], ...] = (nn.Conv2d,)
 
     def compute(self, problem: Problem, request: Request):
         result = dict(reference_compute(problem, request))
         if request.fisher_type == "mc":
             for layer in result:
-                if isinstance(problem.model.get_submodule(layer), nn.Conv2d):
+                if isinstance(problem.model.get_submodule(layer), self.scaled_layer_types):
                     result[layer] = result[layer].scaled(_CONV_MC_FACTOR)
         return result
