@@ -70,12 +70,15 @@ FINDINGS = (
         libraries=("asdl",),
         title="shared axes give silent, wrong factors",
         classification="limitation",
-        pinned=(ASDL,),
+        pinned=(ASDL, "asdfghjkl==0.1a4"),
         at_head="unchanged (the head differs from the v0.1a5 tag in its version number only)",
         cause=(
             Source("0.1a5", "asdl/fisher.py", "473"),
             Source("0.1a5", "asdl/operations/linear.py", "155-156"),
             Source("0.1a5", "asdl/operations/embedding.py", "35-46"),
+            # laplace-torch's asdfghjkl: positions flattened into rows, A summed over them
+            Source("0.1a4", "asdl/operations/linear.py", "21-25"),
+            Source("0.1a4", "asdl/operations/linear.py", "76-77"),
         ),
         repros=("docs/repro/asdl_shared_axes.py", "docs/repro/asdl_embedding_shared_axes.py"),
     ),
@@ -165,13 +168,20 @@ FINDINGS = (
     ),
     Finding(
         id="G1",
-        libraries=("curvlinops", "asdl", "nngeometry"),
+        libraries=("curvlinops", "asdl", "nngeometry", "kronfluence"),
         title="a module applied twice gives an answer without an error",
         classification="limitation",
-        pinned=(CURVLINOPS, ASDL, NNGEOMETRY),
+        pinned=(CURVLINOPS, ASDL, NNGEOMETRY, KRONFLUENCE),
         at_head="curvlinops documents the limitation of its default `hooks` backend and offers "
-        '`backend="make_fx"` for weight-tied architectures; ASDL and nngeometry unchanged',
-        cause=(Source("3.0.1", "curvlinops/kfac.py", "806-823"),),
+        '`backend="make_fx"` for weight-tied architectures; ASDL, nngeometry and kronfluence '
+        "unchanged",
+        cause=(
+            Source("3.0.1", "curvlinops/kfac.py", "806-823"),
+            Source("3.0.1", "curvlinops/ekfac.py", "552"),
+            Source("3.0.1", "curvlinops/ekfac.py", "582"),
+            Source("1.0.1", "kronfluence/module/tracker/factor.py", "98-123"),
+            Source("1.0.1", "kronfluence/module/tracker/factor.py", "257-268"),
+        ),
         documented=(
             Source(
                 "head",
@@ -181,8 +191,18 @@ FINDINGS = (
                 "pass. Weight tying (same module called multiple times) will silently produce "
                 'incorrect results. Use ``backend="make_fx"`` for weight-tied architectures.',
             ),
+            Source(
+                "1.0.1",
+                "kronfluence/arguments.py",
+                "62-65",
+                "Indicates whether shared parameters are present in the model's forward pass.",
+            ),
         ),
-        repros=("docs/repro/weight_tying.py", "docs/repro/curvlinops_head_weight_tying.py"),
+        repros=(
+            "docs/repro/weight_tying.py",
+            "docs/repro/curvlinops_head_weight_tying.py",
+            "docs/repro/kronfluence_weight_tying.py",
+        ),
     ),
     Finding(
         id="K1",

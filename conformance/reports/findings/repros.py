@@ -48,6 +48,7 @@ REPROS = (
     Repro("docs/repro/weight_tying.py", "curvlinops,asdl,nngeometry"),
     Repro("docs/repro/curvlinops_head_weight_tying.py", "curvlinops-head"),
     Repro("docs/repro/kronfluence_shared_axes_scale.py", "kronfluence"),
+    Repro("docs/repro/kronfluence_weight_tying.py", "kronfluence"),
     Repro("docs/repro/laplace_ef_regression_scale.py", "laplace"),
     Repro("docs/repro/laplace_embedding_layout.py", "laplace"),
     Repro("docs/repro/kfac_jax_repeated_dense_bias.py", "jax"),
