@@ -188,3 +188,26 @@ def test_the_report_command_prints_the_summary_when_nothing_else_is_asked(tmp_pa
     report.write(tmp_path / "report.json")
     assert main(["report", str(tmp_path / "report.json"), "--format", "text"]) == 0
     assert capsys.readouterr().out == summary_text(report) + "\n"
+
+
+def test_rewriting_after_every_result_encodes_each_result_once(tmp_path, monkeypatch):
+    """The CLI rewrites the report after every result: re-encoding them all each time made a
+    default run's cost grow with the square of its length (80 s instead of about 40 s)."""
+    encoded = []
+    original = Result.to_json
+    monkeypatch.setattr(Result, "to_json", lambda self: encoded.append(1) or original(self))
+    planned = [f"c/x[case{i}]" for i in range(50)]
+    report = Report("spec", "name", None, "quick", "cpu", planned)
+    path = tmp_path / "report.json"
+    for i in range(50):
+        report.results.append(Result("c/x", f"case{i}", "failed", "wrong", observed=float("inf")))
+        report.write(path)
+    assert len(encoded) == 50
+    report.results[7].status, report.results[7].message = "xfailed", "expected failure (X1)"
+    report.write(path)
+    assert len(encoded) == 51  # a result changed after it was encoded is encoded again
+    written = json.loads(path.read_text())
+    assert written["results"][7]["status"] == "xfailed"
+    assert written["results"][3]["observed"] == "inf"
+    assert [r["id"] for r in written["results"]] == planned
+    assert written == json.loads(json.dumps(report.to_json(), default=str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -225,7 +226,9 @@ def _first_difference(first: Problem, second: Problem) -> str | None:
     return None
 
 
+@functools.cache
 def suite_version() -> str:
+    # read once per process: every rewrite of a running report asks for it
     return installed_version("kfac-conformance") or "unknown"
 
 

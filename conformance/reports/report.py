@@ -121,6 +121,11 @@ class Report:
     maxfail: int | None = None
     max_time_s: float | None = None
     stopped: str | None = None
+    # each result's JSON text, by id(result), with the result and the (status, message) it was
+    # encoded with: a run rewrites its report after every result (see write)
+    _encoded: dict[int, tuple[Result, str, str, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def state(self) -> str:
@@ -151,6 +156,33 @@ class Report:
         return summarize(self.results, Conventions(**declared))
 
     def to_json(self) -> dict:
+        return self._document([result.to_json() for result in self.results])
+
+    def to_text(self) -> str:
+        """:meth:`to_json` as JSON text, each result encoded once: re-encoding every result at
+        every rewrite made a run's cost grow with the square of its length."""
+        placeholder = "\x00results\x00"
+        text = json.dumps(self._document(placeholder), indent=1, default=str)
+        results = ",\n  ".join(self._encoded_result(result) for result in self.results)
+        return text.replace(json.dumps(placeholder), f"[\n  {results}\n ]" if results else "[]", 1)
+
+    def _encoded_result(self, result: Result) -> str:
+        cached = self._encoded.get(id(result))
+        if (
+            cached is None
+            or cached[0] is not result
+            or cached[1:3] != (result.status, result.message)
+        ):
+            cached = (
+                result,
+                result.status,
+                result.message,
+                json.dumps(result.to_json(), default=str),
+            )
+            self._encoded[id(result)] = cached
+        return cached[3]
+
+    def _document(self, results: list[dict] | str) -> dict:
         # judged once the run is over: while it runs, each result would redo the judgement
         scales = None if self.state == "running" else self.scale_summary()
         return {
@@ -180,7 +212,7 @@ class Report:
             "summary": self.counts(),
             "not_run": self.not_run(),
             "unused_expected_failures": self.unused_expected_failures,
-            "results": [result.to_json() for result in self.results],
+            "results": results,
             "scale_summary": None if scales is None else scales.to_json(),
         }
 
@@ -209,7 +241,7 @@ class Report:
         path.parent.mkdir(parents=True, exist_ok=True)
         # one temporary file per process: two runs writing one report must not collide
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_json(), indent=1, default=str))
+        temporary.write_text(self.to_text())
         os.replace(temporary, path)
 
 
