@@ -96,22 +96,6 @@ BAD_SETTINGS = [
         r"layer '0' \(LayerNorm\) is not supported",
     ),
     (
-        "conv2d-groups",
-        lambda: (
-            nn.Sequential(nn.Conv2d(2, 2, 1, groups=2), nn.Flatten()).double(),
-            MSE,
-            [
-                (
-                    torch.zeros(3, 2, 2, 2, dtype=torch.float64),
-                    torch.zeros(3, 8, dtype=torch.float64),
-                )
-            ],
-            {},
-        ),
-        NotImplementedError,
-        "groups=2",
-    ),
-    (
         "conv2d-padding-mode",
         lambda: (
             nn.Sequential(
