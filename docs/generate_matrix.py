@@ -229,7 +229,8 @@ def readme_summary(reports: list[dict]) -> str:
     for report in reports:
         outcomes = [outcome(r) for r in report["results"]]
         xfailed = [r for r in report["results"] if r["status"] == "xfailed"]
-        findings = f" [{', '.join(finding_ids(xfailed))}]" if finding_ids(xfailed) else ""
+        ids = finding_ids(xfailed)
+        findings = f" [{', '.join(ids)}]" if ids else ""
         name = f"{report['candidate']['name']} {report['candidate'].get('version') or ''}"
         lines.append(
             f"| {name.strip()} | {report['profile']} | {outcomes.count('passed')} "
